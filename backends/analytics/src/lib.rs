@@ -1,0 +1,136 @@
+//! galion-analytics: stores events (`POST /events`, idempotent by id) and
+//! answers admin queries (`GET /events`, `GET /stats`).
+//!
+//! Writers authenticate with the service token (the outbox relays of auth
+//! and users) or an admin JWT; readers need an admin JWT, verified against
+//! auth's JWKS.
+
+pub mod ingest;
+pub mod query;
+pub mod settings;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::Router;
+use galion_common::db::{Db, DbError};
+use galion_common::jwt::JwtVerifier;
+use galion_common::metrics::Metrics;
+use galion_common::ApiError;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::AnalyticsSettings;
+
+pub struct AppState {
+    pub db: Db,
+    pub settings: AnalyticsSettings,
+    pub verifier: JwtVerifier,
+    pub metrics: Arc<Metrics>,
+    pub received: prometheus::IntCounter,
+    pub stored: prometheus::IntCounter,
+    pub rejected: prometheus::IntCounter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Who is calling.
+pub enum Caller {
+    Service,
+    Admin,
+}
+
+/// Accepts the service token or a valid admin JWT; anything else is 401
+/// (no/invalid credentials) or 403 (valid non-admin token).
+pub async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    allow_service: bool,
+) -> Result<Caller, ApiError> {
+    let token = galion_common::auth::bearer(headers).ok_or_else(ApiError::invalid_token)?;
+    if state.settings.common.service_token.matches(token) {
+        return if allow_service {
+            Ok(Caller::Service)
+        } else {
+            Err(ApiError::Forbidden)
+        };
+    }
+    let claims = state.verifier.verify(token).await.map_err(|e| {
+        tracing::debug!(error = %e, "token rejected");
+        ApiError::invalid_token()
+    })?;
+    if claims.is_admin() {
+        Ok(Caller::Admin)
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    let metrics = state.metrics.clone();
+    let max_body = state.settings.max_body_bytes;
+    let api = Router::new()
+        .route("/events", get(query::list).post(ingest::post_events))
+        .route("/stats", get(query::stats))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state.clone());
+    let router = api.merge(galion_common::health::routes(
+        state.db.clone(),
+        metrics.clone(),
+    ));
+    galion_common::server::finish(router, metrics)
+}
+
+pub async fn build(settings: AnalyticsSettings) -> Result<Arc<AppState>, StartupError> {
+    let db = Db::connect(&settings.common.database_url, &settings.common.db).await?;
+    let metrics = Metrics::new("analytics")?;
+    let received = metrics.counter(
+        "analytics_events_received_total",
+        "Events received in POST /events",
+    )?;
+    let stored = metrics.counter(
+        "analytics_events_stored_total",
+        "Events stored (first delivery of an id)",
+    )?;
+    let rejected = metrics.counter(
+        "analytics_events_rejected_total",
+        "Events rejected by validation",
+    )?;
+    let verifier = JwtVerifier::remote(
+        &settings.common.jwt,
+        &settings.common.auth_url,
+        Duration::from_secs(10),
+    );
+    tracing::info!(database = db.engine(), "galion-analytics ready");
+    Ok(Arc::new(AppState {
+        db,
+        settings,
+        verifier,
+        metrics,
+        received,
+        stored,
+        rejected,
+    }))
+}
+
+pub async fn run(
+    settings: AnalyticsSettings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartupError> {
+    let state = build(settings).await?;
+    tracing::info!(addr = %listener.local_addr()?, "galion-analytics listening");
+    galion_common::server::serve(listener, app(state.clone()), shutdown).await?;
+    state.db.close().await;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! `galion-analytics` binary.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use galion_analytics::AnalyticsSettings;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "galion-analytics", version, about = "Galion analytics service")]
+struct Cli {
+    /// Optional YAML config (see conf/analytics.yaml); env vars override it.
+    #[arg(short, long, env = "GALION_ANALYTICS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() {
+    galion_common::telemetry::init();
+    if let Err(e) = real_main().await {
+        tracing::error!(error = format!("{e:#}"), "galion-analytics failed");
+        eprintln!("galion-analytics: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings =
+        AnalyticsSettings::load(cli.config.as_deref()).context("invalid configuration")?;
+    let listener = galion_common::server::bind(settings.common.listen).await?;
+    let shutdown = CancellationToken::new();
+    galion_common::server::cancel_on_signal(shutdown.clone());
+    galion_analytics::run(settings, listener, shutdown).await?;
+    Ok(())
+}

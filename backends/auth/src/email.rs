@@ -1,0 +1,258 @@
+//! Email verification and password reset: single-use tokens (random, stored
+//! as SHA-256, expiring) "sent" by writing to `mail_outbox` in the same
+//! transaction, and logged. A separate mailer drains `mail_outbox`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use galion_common::accounts::{self, UserRow};
+use galion_common::config::RunMode;
+use galion_common::db::Tx;
+use galion_common::{with_db, with_tx, ApiError, ApiJson};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::password::check_strength;
+use crate::tokens::{authenticate, token_hash};
+use crate::AppState;
+
+const VERIFY_TTL: Duration = Duration::from_secs(24 * 3600);
+const RESET_TTL: Duration = Duration::from_secs(3600);
+
+/// A mail written in a transaction, logged once that transaction commits.
+pub struct QueuedMail {
+    to: String,
+    subject: &'static str,
+    link: String,
+}
+
+impl QueuedMail {
+    pub fn log(&self, state: &AppState) {
+        if state.settings.common.mode == RunMode::Dev {
+            tracing::info!(to = %self.to, subject = self.subject, link = %self.link, "mail queued (dev: link logged)");
+        } else {
+            tracing::info!(to = %self.to, subject = self.subject, "mail queued");
+        }
+    }
+}
+
+async fn queue(
+    state: &AppState,
+    tx: &mut Tx,
+    user: &UserRow,
+    purpose: &'static str,
+    ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<QueuedMail, ApiError> {
+    let token = galion_common::secrets::random_token();
+    let expires = now + chrono::Duration::from_std(ttl).map_err(ApiError::internal)?;
+    with_tx!(&mut *tx, |c| {
+        sqlx::query(
+        "INSERT INTO one_time_tokens (id, user_id, purpose, token_hash, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)"
+    )
+    .bind(Uuid::new_v4())
+    .bind(user.id)
+    .bind(purpose)
+    .bind(token_hash(&token))
+    .bind(expires)
+    .bind(now)
+    .execute(c)
+    .await.map(|r| r.rows_affected())
+    })?;
+    let (subject, path) = match purpose {
+        "verify_email" => ("Confirm your email address", "verify-email"),
+        _ => ("Reset your password", "reset-password"),
+    };
+    let link = format!(
+        "{}/{path}?token={token}",
+        state.settings.public_url.trim_end_matches('/')
+    );
+    let body = format!(
+        "Hello {},\n\nOpen this link (valid {}):\n{link}\n",
+        user.name,
+        humantime::format_duration(ttl)
+    );
+    with_tx!(tx, |c| {
+        sqlx::query("INSERT INTO mail_outbox (id, to_email, subject, body, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(Uuid::new_v4())
+        .bind(&user.email)
+        .bind(subject)
+        .bind(body)
+        .bind(now)
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+    })?;
+    Ok(QueuedMail {
+        to: user.email.clone(),
+        subject,
+        link,
+    })
+}
+
+/// Queues a verification mail for `user` inside `tx`.
+pub async fn queue_verification(
+    state: &AppState,
+    tx: &mut Tx,
+    user: &UserRow,
+    now: DateTime<Utc>,
+) -> Result<QueuedMail, ApiError> {
+    queue(state, tx, user, "verify_email", VERIFY_TTL, now).await
+}
+
+/// Claims an unused, unexpired token of `purpose` inside `tx`; returns its user.
+async fn consume(
+    tx: &mut Tx,
+    token: &str,
+    purpose: &str,
+    now: DateTime<Utc>,
+) -> Result<Uuid, ApiError> {
+    let invalid = || ApiError::BadRequest("invalid or expired token".into());
+    let hash = token_hash(token);
+    let row: Option<(Uuid, Uuid)> = with_tx!(&mut *tx, |c| {
+        sqlx::query_as(
+        "SELECT id, user_id FROM one_time_tokens WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3"
+    )
+    .bind(&hash)
+    .bind(purpose)
+    .bind(now)
+    .fetch_optional(c)
+    .await
+    })?;
+    let (id, user_id) = row.ok_or_else(invalid)?;
+    let claimed = with_tx!(tx, |c| sqlx::query(
+        "UPDATE one_time_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL"
+    )
+    .bind(now)
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if claimed != 1 {
+        return Err(invalid());
+    }
+    Ok(user_id)
+}
+
+#[derive(Deserialize)]
+pub struct TokenBody {
+    token: String,
+}
+
+#[derive(Deserialize)]
+pub struct ResetRequestBody {
+    email: String,
+}
+
+#[derive(Deserialize)]
+pub struct ResetConfirmBody {
+    token: String,
+    password: String,
+}
+
+/// `POST /verify-email/request` (bearer) → 202; sends a new link.
+pub async fn verify_request(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let claims = authenticate(&state, &headers).await?;
+    let id = claims.user_id().ok_or_else(ApiError::invalid_token)?;
+    let user = accounts::find_by_id(&state.db, id)
+        .await?
+        .filter(UserRow::is_usable)
+        .ok_or_else(ApiError::invalid_token)?;
+    if user.email_verified {
+        return Ok((StatusCode::OK, Json(json!({"status": "already_verified"}))));
+    }
+    let now = galion_common::time::now();
+    let mut tx = state.db.begin().await?;
+    let mail = queue_verification(&state, &mut tx, &user, now).await?;
+    tx.commit().await?;
+    mail.log(&state);
+    Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued"}))))
+}
+
+/// `POST /verify-email/confirm {"token"}` → 204.
+pub async fn verify_confirm(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let now = galion_common::time::now();
+    let mut tx = state.db.begin().await?;
+    let user_id = consume(&mut tx, &body.token, "verify_email", now).await?;
+    with_tx!(&mut tx, |c| {
+        sqlx::query("UPDATE users SET email_verified = $1, updated_at = $2 WHERE id = $3 AND deleted_at IS NULL")
+        .bind(true)
+        .bind(now)
+        .bind(user_id)
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+    })?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /password-reset/request {"email"}` → always 202 (no enumeration).
+pub async fn reset_request(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<ResetRequestBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let email = accounts::normalize_email(&body.email);
+    if let Some(user) = accounts::find_by_email(&state.db, &email)
+        .await?
+        .filter(UserRow::is_usable)
+    {
+        let now = galion_common::time::now();
+        let mut tx = state.db.begin().await?;
+        let mail = queue(&state, &mut tx, &user, "password_reset", RESET_TTL, now).await?;
+        tx.commit().await?;
+        mail.log(&state);
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued"}))))
+}
+
+/// `POST /password-reset/confirm {"token","password"}` → 204; every
+/// session of the account is revoked.
+pub async fn reset_confirm(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<ResetConfirmBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let hash_of = |t: &str| token_hash(t);
+    let token_user: Option<(Uuid,)> = with_db!(&state.db, |p| {
+        sqlx::query_as(
+        "SELECT user_id FROM one_time_tokens WHERE token_hash = $1 AND purpose = 'password_reset'"
+    )
+    .bind(hash_of(&body.token))
+    .fetch_optional(p)
+    .await
+    })?;
+    let invalid = || ApiError::BadRequest("invalid or expired token".into());
+    let user = match token_user {
+        Some((id,)) => accounts::find_by_id(&state.db, id)
+            .await?
+            .ok_or_else(invalid)?,
+        None => return Err(invalid()),
+    };
+    check_strength(&body.password, &user.email)?;
+    let new_hash = state.hasher.hash(&body.password).await?;
+    let now = galion_common::time::now();
+    let mut tx = state.db.begin().await?;
+    consume(&mut tx, &body.token, "password_reset", now).await?;
+    with_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3"
+    )
+    .bind(&new_hash)
+    .bind(now)
+    .bind(user.id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    accounts::revoke_all_sessions(&mut tx, user.id, now).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

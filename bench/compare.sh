@@ -1,0 +1,639 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark (not a test): nginx vs galion-gateway vs a bare Pingora
+# proxy built with the same release profile and allocator
+# (gateway/examples/bare_proxy.rs), in front of the same origin.
+#
+#   bench/compare.sh                          # 3 interleaved rounds, 10 s runs, 64 conns
+#   ROUNDS=5 DURATION=10s bench/compare.sh
+#   ACCESS_LOG=1 bench/compare.sh             # also the gateway with its access log on
+#   LOADGEN=wrk bench/compare.sh              # wrk instead of oha (half oha's CPU per request)
+#   SKIP_BUILD=1 NO_INSTALL=1 bench/compare.sh
+#   MODE=auth bench/compare.sh                # access control: public vs JWT vs API-key route, one gateway
+#   MODE=https bench/compare.sh               # TLS termination: gateway vs nginx, same certificate
+#
+# Layout (2 cores): the origin (a second nginx, one worker, `return 200` and a
+# 16 KiB file, keep-alive) and the load generator share CPU 0; every proxy runs
+# one worker pinned to CPU 1. All on 127.0.0.1, free ports picked at start.
+# Runs are interleaved (round r: small then 16 KiB, each through every proxy,
+# proxy order rotated per round). Per run: req/s, p50, p99 (load generator),
+# requests per CPU-second of the proxy process tree (utime+stime from
+# /proc/PID/stat before/after, / CLK_TCK). Prints medians and the ratios
+# gateway/nginx, gateway/bare, bare/nginx (median of the per-round ratios);
+# raw figures go to bench/results/<timestamp>/ (gitignored). See bench/README.md.
+#
+# Environment:
+#   MODE=plain|auth|https             plain (default): the proxies above. auth: one gateway with the
+#                                     routes /pub (public), /jwt (auth: jwt, EdDSA token from a
+#                                     generated JWKS file) and /key (auth: api_key, X-API-Key), targets
+#                                     "pub jwt key", ratios jwt/pub and key/pub. https: nginx and the
+#                                     gateway terminating TLS with the same dev-certs certificate,
+#                                     targets "nginx_tls gateway_tls", keep-alive, ratio gateway_tls/nginx_tls
+#   ROUNDS=3  DURATION=10s  CONNS=64  WARMUP=2s
+#   SCENARIOS="small 16k"             request paths /small (3-byte body) and /16k (16384 bytes)
+#                                     (default "small" with MODE=auth and MODE=https)
+#   PROXIES="nginx gateway bare"      subset/order of targets (gateway_log added by ACCESS_LOG=1);
+#                                     MODE=auth: "pub jwt key"; MODE=https: "nginx_tls gateway_tls"
+#   ACCESS_LOG=0|1                    1: add "gateway_log", the gateway writing its access log to a file
+#   LOADGEN=oha|wrk                   default oha (latency percentiles); wrk costs less CPU on CPU 0
+#   LOAD_CPU=0  PROXY_CPU=1           cores for origin+load generator and for the proxies
+#   SKIP_BUILD=1                      use the binaries already in target/release
+#   NO_INSTALL=1                      fail instead of installing missing tools
+#   RESULTS_DIR=bench/results         where the raw results go
+#   NOISE_PCT=15  RETRIES=2           a run during which a compiler ran, or other work took more
+#                                     than NOISE_PCT% of the proxy core, is repeated up to RETRIES times
+#   GATEWAY_HOST_EXTRA='...'          YAML keys added to the gateway's host, e.g.
+#                                     'security_headers: { enabled: false }' (default: as shipped)
+#   WAIT_FOR_BUILDS=1                 0: do not wait for running rustc/cc/ld before each run (profiling)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+MODE=${MODE:-plain}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+WARMUP=${WARMUP:-2s}
+case $MODE in
+  plain) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx gateway bare"} ;;
+  auth) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"pub jwt key"} ;;
+  https) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"nginx_tls gateway_tls"} ;;
+  *) printf '[compare] error: MODE=%s (plain, auth, https)\n' "$MODE" >&2; exit 1 ;;
+esac
+ACCESS_LOG=${ACCESS_LOG:-0}
+[[ "$MODE" == plain ]] || ACCESS_LOG=0
+LOADGEN=${LOADGEN:-oha}
+LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
+if [[ "$ACCESS_LOG" == 1 && " $PROXIES " != *" gateway_log "* ]]; then
+  PROXIES="$PROXIES gateway_log"
+fi
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- processes --
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/galion-bench.XXXXXX")
+PIDS=()          # every process this script started, stopped on exit
+declare -A STOP_SIG=()
+
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then kill "-${STOP_SIG[$pid]:-TERM}" "$pid" 2>/dev/null || true; fi
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid did not stop; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME SIGNAL CPU CMD... : runs CMD pinned to CPU, in the background, logs in $RUN_DIR.
+start() {
+  local name=$1 sig=$2 cpu=$3; shift 3
+  taskset -c "$cpu" "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  STOP_SIG[$pid]=$sig
+  printf -v "PID_$name" '%s' "$pid"
+}
+
+wait_port() { # PORT PID NAME
+  local i
+  for i in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { cat "$RUN_DIR/$3.log" >&2; die "$3 exited during startup"; }
+    sleep 0.1
+  done
+  cat "$RUN_DIR/$3.log" >&2
+  die "$3 is not listening on 127.0.0.1:$1 after 10 s"
+}
+
+# -------------------------------------------------------------------- tools --
+need_apt=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
+command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v jq >/dev/null || need_apt+=(jq)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v pgrep >/dev/null || need_apt+=(procps)
+command -v getconf >/dev/null || need_apt+=(libc-bin)
+[[ "$MODE" == plain ]] || command -v openssl >/dev/null || need_apt+=(openssl)
+[[ "$LOADGEN" == wrk ]] && { command -v wrk >/dev/null || need_apt+=(wrk); }
+if ((${#need_apt[@]})); then
+  [[ "${NO_INSTALL:-0}" == 1 ]] && die "missing: ${need_apt[*]} (NO_INSTALL=1)"
+  SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
+  log "installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
+if [[ "$LOADGEN" == oha ]] && ! command -v oha >/dev/null; then
+  [[ "${NO_INSTALL:-0}" == 1 ]] && die "oha is missing (NO_INSTALL=1)"
+  log "installing oha (cargo install oha --locked; a few minutes)"
+  cargo install oha --locked
+fi
+NGINX=$(command -v nginx)
+
+# oha's flags changed across versions (1.16: --output-format json, --worker-threads).
+OHA_ARGS=()
+if [[ "$LOADGEN" == oha ]]; then
+  oha_help=$(oha --help)
+  if grep -q -- '--output-format' <<<"$oha_help"; then OHA_ARGS+=(--output-format json)
+  elif grep -q -- '--json' <<<"$oha_help"; then OHA_ARGS+=(--json)
+  else die "this oha has neither --output-format nor --json"; fi
+  grep -q -- '--worker-threads' <<<"$oha_help" && OHA_ARGS+=(--worker-threads 1)
+  grep -q -- '--no-tui' <<<"$oha_help" && OHA_ARGS+=(--no-tui)
+fi
+
+# -------------------------------------------------------------------- build --
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  log "building release binaries (fat LTO; slow the first time)"
+  cargo build --release -p galion-gateway --bins --example bare_proxy
+fi
+GATEWAY=$ROOT/target/release/galion-gateway
+BARE=$ROOT/target/release/examples/bare_proxy
+[[ -x "$GATEWAY" && -x "$BARE" ]] || die "build first: cargo build --release -p galion-gateway --bins --example bare_proxy"
+
+# The machine must be quiet: wait for any compiler run (ours or someone else's).
+compiler_running() { pgrep -x rustc >/dev/null || pgrep -x cc1 >/dev/null || pgrep -x ld >/dev/null; }
+wait_quiet() {
+  [[ "${WAIT_FOR_BUILDS:-1}" == 1 ]] || return 0
+  local waited=0
+  while compiler_running; do
+    ((waited == 0)) && log "a build is running; waiting for it to finish before measuring"
+    waited=1
+    sleep 5
+  done
+}
+
+# -------------------------------------------------------------------- ports --
+declare -A USED_PORT=()
+while read -r _ local _; do
+  [[ "$local" == *:* ]] && USED_PORT[$((16#${local##*:}))]=1
+done < <(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
+NEXT_PORT=$(( 20000 + RANDOM % 5000 ))
+for var in P_ORIGIN P_NGINX P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN; do
+  # below the ephemeral range, not listening/connected now (no subshell: USED_PORT must grow)
+  while [[ -n "${USED_PORT[$NEXT_PORT]:-}" ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
+  ((NEXT_PORT < EPH_LOW)) || die "no free port below $EPH_LOW"
+  USED_PORT[$NEXT_PORT]=1
+  printf -v "$var" '%s' "$NEXT_PORT"
+done
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RUN_DIR=$RESULTS_DIR/$STAMP
+mkdir -p "$RUN_DIR"
+
+# ------------------------------------------------------------------ configs --
+ME_USER=$(id -un); ME_GROUP=$(id -gn)
+nginx_temp_paths() { # DIR: every temp path inside DIR (Debian defaults are in /var/lib/nginx)
+  local d=$1 v; v=$("$NGINX" -V 2>&1)
+  mkdir -p "$d"
+  echo "client_body_temp_path $d/body; proxy_temp_path $d/proxy;"
+  [[ "$v" == *--without-http_fastcgi_module* ]] || echo "fastcgi_temp_path $d/fastcgi;"
+  [[ "$v" == *--without-http_uwsgi_module* ]] || echo "uwsgi_temp_path $d/uwsgi;"
+  [[ "$v" == *--without-http_scgi_module* ]] || echo "scgi_temp_path $d/scgi;"
+}
+nginx_main() { # NAME
+  cat <<EOF
+worker_processes 1;
+user $ME_USER $ME_GROUP;
+pid $TMP/$1.pid;
+error_log $TMP/$1.error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+
+mkdir -p "$TMP/www"
+head -c 16384 /dev/zero | tr '\0' 'x' >"$TMP/www/16k"
+
+nginx_main origin >"$TMP/origin.conf"
+cat >>"$TMP/origin.conf" <<EOF
+http {
+  $(nginx_temp_paths "$TMP/origin-tmp")
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  open_file_cache max=16;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$P_ORIGIN backlog=4096;
+    root $TMP/www;
+    location = /small { return 200 "ok\n"; }
+    location = /16k { }
+  }
+}
+EOF
+
+nginx_main nginx >"$TMP/nginx.conf"
+cat >>"$TMP/nginx.conf" <<EOF
+http {
+  $(nginx_temp_paths "$TMP/nginx-tmp")
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  upstream origin {
+    server 127.0.0.1:$P_ORIGIN;
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX backlog=4096;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+
+# MODE=https: nginx terminating TLS with the gateway's dev certificate.
+if [[ "$MODE" == https ]]; then
+  "$GATEWAY" dev-certs "$TMP/certs" >"$TMP/dev-certs.log" 2>&1 || { cat "$TMP/dev-certs.log" >&2; die "dev-certs failed"; }
+  [[ -f "$TMP/certs/galion.app.pem" && -f "$TMP/certs/galion.app.key" ]] || die "dev-certs wrote no galion.app.pem/.key"
+  nginx_main nginx_tls >"$TMP/nginx_tls.conf"
+  cat >>"$TMP/nginx_tls.conf" <<EOF
+http {
+  $(nginx_temp_paths "$TMP/nginx_tls-tmp")
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  upstream origin {
+    server 127.0.0.1:$P_ORIGIN;
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX_TLS ssl backlog=4096;
+    server_name localhost galion.app;
+    ssl_certificate $TMP/certs/galion.app.pem;
+    ssl_certificate_key $TMP/certs/galion.app.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+fi
+
+# MODE=auth: an Ed25519 key, its JWKS as a file, one long-lived EdDSA token, one API key.
+JWT_TOKEN=; API_KEY=
+if [[ "$MODE" == auth ]]; then
+  openssl genpkey -algorithm ed25519 -out "$TMP/jwt.key" 2>/dev/null || die "openssl cannot make an Ed25519 key"
+  jwk_x=$(openssl pkey -in "$TMP/jwt.key" -pubout -outform DER | tail -c 32 | b64url)
+  printf '{"keys":[{"kty":"OKP","crv":"Ed25519","x":"%s","kid":"bench","alg":"EdDSA","use":"sig"}]}\n' "$jwk_x" >"$TMP/jwks.json"
+  jwt_head=$(printf '{"alg":"EdDSA","typ":"JWT","kid":"bench"}' | b64url)
+  jwt_body=$(printf '{"iss":"https://bench.local","aud":"bench","sub":"bench-user","role":"user","iat":%d,"exp":4102444800}' "$(date +%s)" | b64url)
+  printf '%s.%s' "$jwt_head" "$jwt_body" >"$TMP/jwt.msg"
+  jwt_sig=$(openssl pkeyutl -sign -inkey "$TMP/jwt.key" -rawin -in "$TMP/jwt.msg" | b64url)
+  JWT_TOKEN=$jwt_head.$jwt_body.$jwt_sig
+  API_KEY=bench-$(head -c 24 /dev/urandom | b64url)
+  API_KEY_SHA=$(printf '%s' "$API_KEY" | sha256sum | cut -d' ' -f1)
+  printf '%s\n' "$JWT_TOKEN" >"$RUN_DIR/jwt.txt"; cp "$TMP/jwks.json" "$RUN_DIR/"
+fi
+
+gateway_conf() { # PORT ADMIN_PORT NAME LOG(true|false)
+  local listen_key=http
+  [[ "$MODE" == https ]] && listen_key=https
+  cat <<EOF
+# Generated by bench/compare.sh (MODE=$MODE), one worker thread.
+listen:
+  $listen_key: 127.0.0.1:$1
+  admin: 127.0.0.1:$2
+server:
+  threads: 1
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  pid_file: $TMP/$3.pid
+  upgrade_sock: $TMP/$3.sock
+access_log:
+  enabled: $4
+EOF
+  [[ "$4" == true ]] && echo "  path: $TMP/$3.access.log"
+  if [[ "$MODE" == https ]]; then
+    cat <<EOF
+tls:
+  certificates:
+    - { hosts: [localhost, galion.app], cert: $TMP/certs/galion.app.pem, key: $TMP/certs/galion.app.key, default: true }
+EOF
+  fi
+  if [[ "$MODE" == auth ]]; then
+    cat <<EOF
+auth:
+  jwt:
+    jwks_file: $TMP/jwks.json
+    issuer: https://bench.local
+    audience: [bench]
+  api_keys:
+    - { name: bench, sha256: $API_KEY_SHA, roles: [svc] }
+EOF
+  fi
+  cat <<EOF
+upstreams:
+  origin:
+    servers: [127.0.0.1:$P_ORIGIN]
+hosts:
+  bench.local:
+    aliases: [127.0.0.1, localhost, galion.app]
+    default: true
+    routes:
+EOF
+  if [[ "$MODE" == auth ]]; then
+    cat <<EOF
+      - { name: pub, prefix: /pub, strip_prefix: true, upstream: origin }
+      - { name: jwt, prefix: /jwt, strip_prefix: true, upstream: origin, auth: jwt }
+      - { name: key, prefix: /key, strip_prefix: true, upstream: origin, auth: api_key }
+EOF
+  else
+    echo "      - { name: all, prefix: /, upstream: origin }"
+  fi
+  # Extra keys for the host (e.g. 'security_headers: { enabled: false }'), one per line.
+  if [[ -n "${GATEWAY_HOST_EXTRA:-}" ]]; then
+    while IFS= read -r l; do printf '    %s\n' "$l"; done <<<"$GATEWAY_HOST_EXTRA"
+  fi
+}
+gateway_conf "$P_GATEWAY" "$P_GW_ADMIN" gateway false >"$TMP/gateway.yaml"
+gateway_conf "$P_GATEWAY_LOG" "$P_GWL_ADMIN" gateway_log true >"$TMP/gateway_log.yaml"
+if [[ "$MODE" == https ]]; then
+  gateway_conf "$P_GATEWAY_TLS" "$P_GWT_ADMIN" gateway_tls false >"$TMP/gateway_tls.yaml"
+fi
+
+for f in origin.conf nginx.conf nginx_tls.conf gateway.yaml gateway_log.yaml gateway_tls.yaml; do
+  [[ -f "$TMP/$f" ]] && cp "$TMP/$f" "$RUN_DIR/"
+done
+"$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/origin.conf" || die "origin config rejected"
+"$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx.conf" || die "nginx config rejected"
+if [[ "$MODE" == https ]]; then
+  "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_tls.conf" || die "nginx_tls config rejected"
+  "$GATEWAY" check -c "$TMP/gateway_tls.yaml" >/dev/null || die "gateway_tls config rejected (above)"
+else
+  "$GATEWAY" check -c "$TMP/gateway.yaml" >/dev/null || die "gateway config rejected (above)"
+fi
+
+# ------------------------------------------------------------------- start --
+# A target is what the load generator hits: URL_OF (base URL), HDR_OF (one request
+# header or empty), PROC_OF (the process whose CPU is counted). MODE=auth: three
+# routes of one gateway process.
+declare -A URL_OF=() HDR_OF=() PROC_OF=()
+declare -A PORT_OF=([nginx]=$P_NGINX [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [bare]=$P_BARE
+                    [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS)
+for p in $PROXIES; do
+  case $MODE:$p in
+    plain:nginx | plain:gateway | plain:gateway_log | plain:bare)
+      URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
+    auth:pub) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/pub; PROC_OF[$p]=gateway ;;
+    auth:jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]="Authorization: Bearer $JWT_TOKEN" ;;
+    auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
+    https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
+    *) die "unknown target '$p' for MODE=$MODE (plain: nginx gateway gateway_log bare; auth: pub jwt key; https: nginx_tls gateway_tls)" ;;
+  esac
+done
+PROCS=$(for p in $PROXIES; do echo "${PROC_OF[$p]}"; done | awk '!seen[$0]++' | tr '\n' ' ')
+
+start origin TERM "$LOAD_CPU" "$NGINX" -p "$TMP" -e "$TMP/origin.error.log" -c "$TMP/origin.conf" -g 'daemon off;'
+# shellcheck disable=SC2154 # set by start()
+wait_port "$P_ORIGIN" "$PID_origin" origin
+for p in $PROCS; do
+  case $p in
+    nginx) start nginx TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf" -g 'daemon off;' ;;
+    nginx_tls) start nginx_tls TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_tls.error.log" -c "$TMP/nginx_tls.conf" -g 'daemon off;' ;;
+    # Pingora: SIGINT is the fast shutdown (SIGTERM waits for the grace period).
+    gateway) start gateway INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway.yaml" ;;
+    gateway_log) start gateway_log INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_log.yaml" ;;
+    gateway_tls) start gateway_tls INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_tls.yaml" ;;
+    bare) start bare INT "$PROXY_CPU" env RUST_LOG=warn "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_ORIGIN" 1 ;;
+  esac
+  pid_var=PID_$p
+  wait_port "${PORT_OF[$p]}" "${!pid_var}" "$p"
+done
+
+# curl_check TARGET PATH [CURL ARGS...] -> "status size"
+curl_check() {
+  local p=$1 path=$2; shift 2
+  local hdr=()
+  [[ -n "${HDR_OF[$p]:-}" ]] && hdr=(-H "${HDR_OF[$p]}")
+  curl -sS -k -o /dev/null -w '%{http_code} %{size_download}' "${hdr[@]}" "$@" "${URL_OF[$p]}/$path"
+}
+# Every target must return the origin's bodies before anything is measured.
+for p in $PROXIES; do
+  for s in $SCENARIOS; do
+    case $s in small) want=3 ;; 16k) want=16384 ;; *) die "unknown scenario '$s' (small, 16k)" ;; esac
+    got=$(curl_check "$p" "$s")
+    [[ "$got" == "200 $want" ]] || die "$p /$s answered '$got', expected '200 $want'"
+  done
+done
+# MODE=auth: the protected routes must refuse a request without (or with a wrong) credential.
+if [[ "$MODE" == auth ]]; then
+  for path in jwt/small key/small; do
+    got=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_GATEWAY/$path")
+    [[ "$got" == 401 ]] || die "/$path without a credential answered $got, expected 401"
+  done
+  got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%?}x" "http://127.0.0.1:$P_GATEWAY/jwt/small")
+  [[ "$got" == 401 ]] || die "/jwt/small with a bad signature answered $got, expected 401"
+  got=$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: wrong" "http://127.0.0.1:$P_GATEWAY/key/small")
+  [[ "$got" == 401 ]] || die "/key/small with a wrong key answered $got, expected 401"
+  log "auth check: /jwt and /key answer 200 with the credential, 401 without or with a wrong one"
+fi
+# MODE=https: both must serve the same certificate over TLS.
+if [[ "$MODE" == https ]]; then
+  for p in $PROXIES; do
+    v=$(curl -sS --cacert "$TMP/certs/ca.pem" --resolve "localhost:${PORT_OF[$p]}:127.0.0.1" -o /dev/null \
+      -w '%{http_code} %{http_version}' "https://localhost:${PORT_OF[$p]}/small") || die "$p: TLS check with the dev CA failed"
+    log "$p: https://localhost (dev CA verified): $v"
+  done
+fi
+
+sleep 0.5
+for p in origin $PROCS; do
+  pid_var=PID_$p
+  kill -0 "${!pid_var}" 2>/dev/null || { tail -n 5 "$RUN_DIR/$p.log" >&2; die "$p exited after startup"; }
+done
+
+# ----------------------------------------------------------------- measure --
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # PID: utime+stime of the process (all threads) and of its children (nginx's worker)
+  local total=0 p s f
+  for p in "$1" $(pgrep -P "$1" || true); do
+    s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    s=${s##*) }          # after "pid (comm) ": f[0] is field 3 (state)
+    read -ra f <<<"$s"
+    total=$((total + f[11] + f[12]))  # fields 14 utime, 15 stime
+  done
+  echo "$total"
+}
+rss_kb() { # PID: VmRSS of the process and its children
+  local total=0 p v
+  for p in "$1" $(pgrep -P "$1" || true); do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+cpu_busy() { # CPU: "busy total" jiffies from /proc/stat
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+cat >"$TMP/wrk.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+EOF
+
+# load TARGET PATH DURATION OUTFILE -> prints "rps p50_ms p99_ms requests errors"
+load() {
+  local url=${URL_OF[$1]}/$2 dur=$3 out=$4 hdr=()
+  [[ -n "${HDR_OF[$1]:-}" ]] && hdr=(-H "${HDR_OF[$1]}")
+  if [[ "$LOADGEN" == wrk ]]; then
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" "${hdr[@]}" -s "$TMP/wrk.lua" "$url" >"$out.txt"
+    tail -n 1 "$out.txt" >"$out"
+    jq -r '[(.requests / (.duration_us / 1e6)), (.p50_us / 1000), (.p99_us / 1000),
+            .requests, (.errors + .non2xx)] | map(tostring) | join(" ")' "$out"
+  else
+    local tls=()
+    [[ "$url" == https:* ]] && tls=(--insecure)
+    taskset -c "$LOAD_CPU" oha -z "$dur" -c "$CONNS" "${OHA_ARGS[@]}" "${tls[@]}" "${hdr[@]}" "$url" >"$out"
+    # Requests cut off by the deadline are not errors; anything else, or a non-200, is.
+    jq -r '([.statusCodeDistribution // {} | to_entries[] | .value] | add // 0) as $n
+           | ([.statusCodeDistribution // {} | to_entries[] | select(.key != "200") | .value] | add // 0) as $bad
+           | ([.errorDistribution // {} | to_entries[] | select(.key | test("deadline") | not) | .value] | add // 0) as $err
+           | [.summary.requestsPerSec, (.latencyPercentiles.p50 * 1000), (.latencyPercentiles.p99 * 1000), $n, ($bad + $err)]
+           | map(tostring) | join(" ")' "$out"
+  fi
+}
+
+{
+  echo "date: $STAMP"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo -) $(git diff --quiet HEAD -- gateway 2>/dev/null || echo '(gateway/ has uncommitted changes)')"
+  echo "host: $(uname -srm), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+  echo "binaries: galion-gateway $(date -u -r "$GATEWAY" +%FT%TZ), bare_proxy $(date -u -r "$BARE" +%FT%TZ) (build times)"
+  echo "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //')"
+  if [[ $LOADGEN == oha ]]; then echo "loadgen: $(oha --version) ${OHA_ARGS[*]}"
+  else echo "loadgen: $( (wrk -v 2>&1 || true) | head -1) -t1"; fi
+  echo "mode=$MODE rounds=$ROUNDS duration=$DURATION conns=$CONNS proxies='$PROXIES' scenarios='$SCENARIOS' load_cpu=$LOAD_CPU proxy_cpu=$PROXY_CPU"
+} >"$RUN_DIR/meta.txt"
+cat "$RUN_DIR/meta.txt" >&2
+
+wait_quiet
+log "warm-up: $WARMUP per proxy and body"
+for p in $PROXIES; do
+  for s in $SCENARIOS; do
+    load "$p" "$s" "$WARMUP" "$TMP/warmup.json" >/dev/null
+  done
+done
+
+TSV=$RUN_DIR/runs.tsv
+printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\twall_s\tproxy_cpu_s\treq_per_cpu_s\tproxy_cpu_pct\tload_cpu_pct\trss_mb\tloadavg\tproxy_core_other_pct\tnoisy\n' >"$TSV"
+read -ra PLIST <<<"$PROXIES"
+NP=${#PLIST[@]}
+for ((r = 1; r <= ROUNDS; r++)); do
+  for s in $SCENARIOS; do
+    for ((i = 0; i < NP; i++)); do
+      p=${PLIST[$(((i + r - 1) % NP))]}   # rotate the order each round
+      pid_var=PID_${PROC_OF[$p]}; pid=${!pid_var}
+      for ((try = 0; ; try++)); do
+        kill -0 "$pid" 2>/dev/null || die "${PROC_OF[$p]} (pid $pid) died; see $RUN_DIR/${PROC_OF[$p]}.log"
+        wait_quiet
+        loadavg=$(cut -d' ' -f1 /proc/loadavg)
+        read -r b0 t0 < <(cpu_busy "$LOAD_CPU"); read -r q0 u0 < <(cpu_busy "$PROXY_CPU")
+        c0=$(cpu_ticks "$pid"); w0=$(date +%s.%N)
+        res=$(load "$p" "$s" "$DURATION" "$RUN_DIR/r$r-$s-$p.json")
+        read -r rps p50 p99 n err <<<"$res"
+        w1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
+        read -r b1 t1 < <(cpu_busy "$LOAD_CPU"); read -r q1 u1 < <(cpu_busy "$PROXY_CPU")
+        noisy=0; compiler_running && noisy=1
+        rss=$(rss_kb "$pid")
+        # proxy_core_other_pct: busy share of the proxy's core not used by the proxy
+        # (another process, or loopback softirq work charged to no process).
+        line=$(awk -v r="$r" -v s="$s" -v p="$p" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$n" -v err="$err" \
+          -v w0="$w0" -v w1="$w1" -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v b0="$b0" -v b1="$b1" -v t0="$t0" -v t1="$t1" \
+          -v q0="$q0" -v q1="$q1" -v u0="$u0" -v u1="$u1" -v rss="$rss" -v la="$loadavg" -v noisy="$noisy" \
+          -v noise_pct="${NOISE_PCT:-15}" 'BEGIN {
+            wall = w1 - w0; cpu = (c1 - c0) / hz
+            other = (u1 > u0 ? 100 * (q1 - q0) / (u1 - u0) : 0) - 100 * cpu / wall
+            if (other > noise_pct) noisy = 1
+            printf "%d\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%.0f\t%d\n",
+              r, s, p, rps, p50, p99, n, err, wall, cpu, (cpu > 0 ? n / cpu : 0), 100 * cpu / wall,
+              (t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0), rss / 1024, la, other, noisy }')
+        awk -F'\t' '{ printf "[compare] round %s %-5s %-12s %7s req/s  p50 %6.2f ms  p99 %6.2f ms  %7s req/CPU-s  proxy CPU %3s%%  load core %3s%%%s%s\n",
+          $1, $2, $3, $4, $5, $6, $11, $12, $13, ($8 > 0 ? "  ERRORS " $8 : ""), ($17 ? "  NOISY (other work on proxy core " $16 "%)" : "") }' <<<"$line" >&2
+        # A run disturbed by a build or by other work on the proxy's core is repeated.
+        if [[ "$(cut -f17 <<<"$line")" == 0 ]] || ((try >= ${RETRIES:-2})); then break; fi
+        log "repeating that run"
+      done
+      printf '%s\n' "$line" >>"$TSV"
+    done
+  done
+done
+
+# ----------------------------------------------------------------- summary --
+summarize() { # TSV
+  awk -F'\t' -v proxies="$PROXIES" -v scenarios="$SCENARIOS" -v rounds="$ROUNDS" -v dur="$DURATION" -v conns="$CONNS" '
+    function median(list,   a, n, i, j, t) {
+      n = split(list, a, " ")
+      if (n == 0) return ""
+      for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    NR > 1 {
+      k = $2 SUBSEP $3
+      rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
+      rpc[k] = rpc[k] " " $11; pcpu[k] = pcpu[k] " " $12; lcpu[k] = lcpu[k] " " $13
+      rss[k] = rss[k] " " $14; errs[k] += $8; noisy += $17
+      R[$1, $2, $3] = $4; C[$1, $2, $3] = $11; maxr = ($1 > maxr ? $1 : maxr)
+    }
+    function ratio(s, a, b,   r, lr, lc, have) {
+      have = 0; lr = ""; lc = ""
+      for (r = 1; r <= maxr; r++)
+        if ((r, s, a) in R && (r, s, b) in R && R[r, s, b] > 0 && C[r, s, b] > 0) {
+          lr = lr " " R[r, s, a] / R[r, s, b]; lc = lc " " C[r, s, a] / C[r, s, b]; have = 1
+        }
+      if (have) printf "  %-24s %8.2fx %10.2fx\n", a " / " b, median(lr), median(lc)
+    }
+    END {
+      np = split(proxies, P, " "); ns = split(scenarios, S, " ")
+      for (i = 1; i <= ns; i++) {
+        s = S[i]
+        printf "\n%s body (GET /%s), %s conns, %s per run, %s rounds, medians:\n", (s == "small" ? "small" : "16 KiB"), s, conns, dur, rounds
+        printf "  %-12s %9s %8s %8s %11s %9s %9s %7s\n", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s", "proxy CPU", "load CPU", "RSS MB"
+        for (j = 1; j <= np; j++) {
+          k = s SUBSEP P[j]
+          if (!(k in rps)) continue
+          printf "  %-12s %9.0f %8.2f %8.2f %11.0f %8.0f%% %8.0f%% %7.1f%s\n", P[j], median(rps[k]), median(p50[k]), median(p99[k]),
+            median(rpc[k]), median(pcpu[k]), median(lcpu[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
+        }
+        printf "  %-24s %9s %11s   (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s"
+        ratio(s, "gateway", "nginx"); ratio(s, "gateway", "bare"); ratio(s, "bare", "nginx")
+        ratio(s, "gateway_log", "gateway"); ratio(s, "gateway_log", "nginx")
+        ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")
+        ratio(s, "gateway_tls", "nginx_tls")
+      }
+      if (noisy) printf "\nwarning: %d run(s) still disturbed after retries (column noisy in runs.tsv)\n", noisy
+    }' "$1"
+}
+summarize "$TSV" | tee "$RUN_DIR/summary.txt"
+printf '\nraw results: %s\n' "${RUN_DIR#"$ROOT"/}"

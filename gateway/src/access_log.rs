@@ -1,0 +1,116 @@
+//! Logging setup and the JSON access log.
+//!
+//! Application logs go to stderr (level from `RUST_LOG`). The access log is one
+//! JSON object per request under the `access` target, written through a
+//! non-blocking writer so a slow disk or terminal never stalls a request task.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use pingora::proxy::Session;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::prelude::*;
+
+use crate::config::{AccessLogSettings, LogTarget};
+use crate::proxy::{LocalReply, RequestCtx};
+
+pub const TARGET: &str = "access";
+
+/// Installs the global subscriber. Keep the guard alive for the process lifetime
+/// (dropping it flushes the access log).
+pub fn init(settings: &AccessLogSettings) -> std::io::Result<WorkerGuard> {
+    let (writer, guard) = match &settings.target {
+        LogTarget::Stdout => tracing_appender::non_blocking(std::io::stdout()),
+        LogTarget::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            tracing_appender::non_blocking(file)
+        }
+    };
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let access = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_target(false)
+        .with_level(false)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(writer)
+        .with_filter(filter_fn(|m| m.target() == TARGET))
+        .with_filter(filter());
+    let app = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter_fn(|m| m.target() != TARGET))
+        .with_filter(filter());
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::registry()
+        .with(access)
+        .with(app)
+        .try_init();
+    Ok(guard)
+}
+
+/// One access log line.
+pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration) {
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let req = session.req_header();
+    // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    let route = ctx.route.as_ref().map_or("", |r| &r.name);
+    let upstream = match (&ctx.route, ctx.last_server()) {
+        (Some(r), Some(i)) => r.pool.servers.get(i).map_or("", |s| s.label.as_str()),
+        _ => "",
+    };
+    let local = match ctx.local {
+        Some(LocalReply::UnknownHost) => "unknown_host",
+        Some(LocalReply::NoRoute) => "no_route",
+        Some(LocalReply::MethodNotAllowed) => "method_not_allowed",
+        Some(LocalReply::BadRequest) => "bad_request",
+        Some(LocalReply::HeadersTooLarge) => "headers_too_large",
+        Some(LocalReply::BodyTooLarge) => "body_too_large",
+        Some(LocalReply::Unauthorized) => "unauthorized",
+        Some(LocalReply::Forbidden) => "forbidden",
+        Some(LocalReply::Preflight) => "cors_preflight",
+        Some(LocalReply::Redirect) => "https_redirect",
+        Some(LocalReply::Acme) => "acme_challenge",
+        None => "",
+    };
+    let auth = match (&ctx.identity, ctx.auth_reject) {
+        (_, Some(r)) => r.as_str(),
+        (Some(id), None) => match id.kind {
+            crate::auth::IdentityKind::Jwt => "jwt",
+            crate::auth::IdentityKind::ApiKey => "api_key",
+        },
+        (None, None) => "public",
+    };
+    let user = ctx.identity.as_ref().map_or("", |i| i.subject.as_str());
+    tracing::info!(
+        target: TARGET,
+        request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+        host,
+        route,
+        method = req.method.as_str(),
+        path = req.uri.path(),
+        status,
+        bytes = session.body_bytes_sent(),
+        upstream,
+        attempts = ctx.attempts,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        cache = "",
+        auth,
+        user,
+        local,
+    );
+}

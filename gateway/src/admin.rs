@@ -1,0 +1,182 @@
+//! The admin listener: Prometheus metrics, health, and the authenticated admin API.
+//!
+//! `/metrics`, `/health/live` and `/health/ready` are open (the listener is on
+//! loopback by default); everything under `/admin/` needs `Authorization: Bearer T`
+//! where SHA-256(T) is listed in `admin.token_sha256`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::metrics;
+use crate::reload::Reloader;
+use crate::snapshot::{summary_of, SnapshotHandle};
+
+pub struct AdminApp {
+    snapshot: SnapshotHandle,
+    reloader: Arc<Reloader>,
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let body = body.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    json_response(status, json!({"error": {"code": code, "message": message}}))
+}
+
+/// Constant-time check of a bearer token against the configured digests.
+pub fn token_ok(header: Option<&[u8]>, digests: &[[u8; 32]]) -> bool {
+    let Some(token) = header
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
+        return false;
+    };
+    if token.is_empty() {
+        return false;
+    }
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Check every entry so timing does not reveal which one matched.
+    digests
+        .iter()
+        .fold(0u8, |acc, d| acc | d.ct_eq(&digest).unwrap_u8())
+        == 1
+}
+
+impl AdminApp {
+    pub fn new(snapshot: SnapshotHandle, reloader: Arc<Reloader>) -> Self {
+        AdminApp { snapshot, reloader }
+    }
+
+    fn ready(&self) -> Response<Vec<u8>> {
+        let snap = self.snapshot.load();
+        let mut down = Vec::new();
+        for pool in snap.pools.values() {
+            if pool.config.health_check.is_none() {
+                continue;
+            }
+            if !(0..pool.servers.len()).any(|i| pool.available(i)) {
+                down.push(pool.name.to_string());
+            }
+        }
+        // Ready, but say so when a certificate is about to expire.
+        let warnings: Vec<String> = crate::tls::expiring_within(&snap.config.tls, 14)
+            .into_iter()
+            .map(|(hosts, days)| format!("certificate for {hosts} expires in {days} day(s)"))
+            .collect();
+        if down.is_empty() {
+            json_response(
+                StatusCode::OK,
+                json!({"status": "ready", "generation": snap.generation, "warnings": warnings}),
+            )
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "not_ready", "pools_without_healthy_server": down}),
+            )
+        }
+    }
+
+    async fn admin(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+        match (method, path) {
+            (&Method::GET, "/admin/config") => {
+                let snap = self.snapshot.load();
+                let loaded = snap
+                    .loaded_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut body = summary_of(&snap.config);
+                body["generation"] = json!(snap.generation);
+                body["loaded_at_unix"] = json!(loaded);
+                body["file"] = json!(self.reloader.path().display().to_string());
+                json_response(StatusCode::OK, body)
+            }
+            (&Method::POST, "/admin/reload") => match self.reloader.reload("admin api") {
+                Ok(outcome) => json_response(StatusCode::OK, json!({"result": outcome.as_str()})),
+                Err(e) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"error": {"code": "invalid_config", "message": e.to_string()}}),
+                ),
+            },
+            _ => error(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_owned();
+        let auth = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        match (&method, path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                let body = metrics::render();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .unwrap_or_else(|_| Response::new(Vec::new()))
+            }
+            (&Method::GET, "/health/live") => {
+                json_response(StatusCode::OK, json!({"status": "live"}))
+            }
+            (&Method::GET, "/health/ready") => self.ready(),
+            (_, p) if p.starts_with("/admin/") => {
+                let digests = self.snapshot.load().config.admin.token_sha256.clone();
+                if token_ok(auth.as_deref(), &digests) {
+                    self.admin(&method, p).await
+                } else {
+                    let mut r = error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "a valid admin bearer token is required",
+                    );
+                    r.headers_mut().insert(
+                        "www-authenticate",
+                        http::HeaderValue::from_static("Bearer realm=\"galion-admin\""),
+                    );
+                    r
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "unknown endpoint"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        let d: [u8; 32] = Sha256::digest(b"s3cret").into();
+        assert!(token_ok(Some(b"Bearer s3cret"), &[d]));
+        assert!(!token_ok(Some(b"Bearer nope"), &[d]));
+        assert!(!token_ok(Some(b"s3cret"), &[d]));
+        assert!(!token_ok(None, &[d]));
+        assert!(!token_ok(Some(b"Bearer s3cret"), &[]));
+        assert!(!token_ok(Some(b"Bearer "), &[d]));
+    }
+}

@@ -1,0 +1,301 @@
+//! Access control per route: public, JWT, API key or either, with roles.
+//!
+//! [`Authenticator`] is built per configuration and reused across reloads while the
+//! `auth:` section is unchanged (keeping fetched keys, the token cache and known
+//! revocations). [`AuthService`] refreshes keys and polls revocations in the
+//! background.
+
+pub mod cache;
+pub mod identity;
+pub mod jwt;
+pub mod keys;
+pub mod revocation;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::HeaderMap;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prometheus::IntCounter;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub use identity::{Identity, IdentityKind, Reject};
+
+use crate::config::{AccessRule, ApiKeyConfig, AuthConfig, AuthMode};
+use crate::snapshot::SnapshotHandle;
+
+pub struct Authenticator {
+    pub config: AuthConfig,
+    pub jwt: Option<jwt::JwtVerifier>,
+    pub revocations: Option<revocation::Revocations>,
+    api_keys: Vec<(ApiKeyConfig, Arc<Identity>)>,
+    rejected: Vec<IntCounter>,
+}
+
+static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
+impl Authenticator {
+    pub fn new(config: AuthConfig) -> Self {
+        let api_keys = config
+            .api_keys
+            .iter()
+            .map(|k| {
+                let id = Identity::new(
+                    format!("apikey:{}", k.name),
+                    None,
+                    k.roles.clone(),
+                    None,
+                    u64::MAX,
+                    IdentityKind::ApiKey,
+                );
+                (k.clone(), Arc::new(id))
+            })
+            .collect();
+        let m = &crate::metrics::metrics().auth_rejected;
+        Authenticator {
+            jwt: config.jwt.clone().map(jwt::JwtVerifier::new),
+            revocations: config.revocation.clone().map(revocation::Revocations::new),
+            api_keys,
+            rejected: Reject::ALL
+                .iter()
+                .map(|r| m.with_label_values(&[r.as_str()]))
+                .collect(),
+            config,
+        }
+    }
+
+    pub fn count(&self, r: Reject) {
+        if let Some(c) = Reject::ALL
+            .iter()
+            .position(|x| *x == r)
+            .and_then(|i| self.rejected.get(i))
+        {
+            c.inc();
+        }
+    }
+
+    /// Checks a request against a route's rule. `Ok(None)` for public routes.
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        rule: &AccessRule,
+    ) -> Result<Option<Arc<Identity>>, Reject> {
+        let id = match rule.mode {
+            AuthMode::Public => return Ok(None),
+            AuthMode::Jwt => self.jwt_identity(headers).await?,
+            AuthMode::ApiKey => self.api_key_identity(headers)?,
+            AuthMode::Any => {
+                if headers.contains_key(&X_API_KEY) {
+                    self.api_key_identity(headers)?
+                } else {
+                    self.jwt_identity(headers).await?
+                }
+            }
+        };
+        if !id.has_any_role(&rule.roles) {
+            return Err(Reject::Forbidden);
+        }
+        Ok(Some(id))
+    }
+
+    async fn jwt_identity(&self, headers: &HeaderMap) -> Result<Arc<Identity>, Reject> {
+        let verifier = self.jwt.as_ref().ok_or(Reject::Missing)?;
+        let token = bearer_token(headers, verifier.config.cookie.as_deref())?;
+        let id = verifier.verify(token).await?;
+        if let (Some(jti), Some(rev)) = (&id.jti, &self.revocations) {
+            if rev.is_revoked(jti) {
+                return Err(Reject::Revoked);
+            }
+        }
+        Ok(id)
+    }
+
+    fn api_key_identity(&self, headers: &HeaderMap) -> Result<Arc<Identity>, Reject> {
+        let mut values = headers.get_all(&X_API_KEY).iter();
+        let key = values.next().ok_or(Reject::Missing)?;
+        if values.next().is_some() {
+            return Err(Reject::Duplicate);
+        }
+        if key.len() > 1024 {
+            return Err(Reject::Oversized);
+        }
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        // Compare against every key so the time does not depend on which matched.
+        let mut found = None;
+        for (k, id) in &self.api_keys {
+            if bool::from(k.sha256.ct_eq(&digest)) {
+                found = Some(id.clone());
+            }
+        }
+        found.ok_or(Reject::BadApiKey)
+    }
+}
+
+/// The bearer token from `Authorization` or the configured cookie; both at once, or
+/// several `Authorization` headers, are refused.
+pub fn bearer_token<'h>(headers: &'h HeaderMap, cookie: Option<&str>) -> Result<&'h str, Reject> {
+    let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+    let from_header = match auth.next() {
+        Some(v) => {
+            if auth.next().is_some() {
+                return Err(Reject::Duplicate);
+            }
+            let v = v.to_str().map_err(|_| Reject::Malformed)?;
+            let (scheme, token) = v.split_once(' ').ok_or(Reject::Malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(Reject::Missing);
+            }
+            Some(token.trim())
+        }
+        None => None,
+    };
+    let from_cookie = match cookie {
+        Some(name) => cookie_value(headers, name)?,
+        None => None,
+    };
+    match (from_header, from_cookie) {
+        (Some(_), Some(_)) => Err(Reject::Duplicate),
+        (Some(t), None) | (None, Some(t)) if !t.is_empty() => Ok(t),
+        _ => Err(Reject::Missing),
+    }
+}
+
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Reject> {
+    let mut found = None;
+    for line in headers.get_all(http::header::COOKIE) {
+        let Ok(line) = line.to_str() else { continue };
+        for pair in line.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=') {
+                if k == name {
+                    if found.is_some() {
+                        return Err(Reject::Duplicate);
+                    }
+                    found = Some(v.trim_matches('"'));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Refreshes JWKS and polls revocations for the live snapshot's authenticator.
+pub struct AuthService {
+    snapshot: SnapshotHandle,
+}
+
+impl AuthService {
+    pub fn new(snapshot: SnapshotHandle) -> Self {
+        AuthService { snapshot }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AuthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            let auth = self.snapshot.load().auth.clone();
+            if let Some(v) = &auth.jwt {
+                if v.refresh_due() {
+                    match v.refresh().await {
+                        Ok(n) => tracing::debug!(keys = n, "JWKS refreshed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good keys")
+                        }
+                    }
+                }
+            }
+            if let Some(r) = &auth.revocations {
+                if r.poll_due() {
+                    if let Ok(new) = r.poll().await {
+                        if let Some(v) = &auth.jwt {
+                            for jti in &new {
+                                v.forget_jti(jti);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn token_extraction() {
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Bearer abc")]), None),
+            Ok("abc")
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "bearer abc")]), None),
+            Ok("abc")
+        );
+        assert_eq!(bearer_token(&headers(&[]), None), Err(Reject::Missing));
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Basic x")]), None),
+            Err(Reject::Missing)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Bearer")]), None),
+            Err(Reject::Malformed)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("cookie", "s=tok; b=1")]), Some("s")),
+            Ok("tok")
+        );
+        assert_eq!(
+            bearer_token(
+                &headers(&[("cookie", "s=a"), ("authorization", "Bearer b")]),
+                Some("s")
+            ),
+            Err(Reject::Duplicate)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("cookie", "s=a; s=b")]), Some("s")),
+            Err(Reject::Duplicate)
+        );
+        assert_eq!(
+            bearer_token(
+                &headers(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]),
+                None
+            ),
+            Err(Reject::Duplicate)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn extraction_never_panics(v in "\\PC{0,200}") {
+            if let Ok(hv) = http::HeaderValue::from_str(&v) {
+                let mut h = HeaderMap::new();
+                h.insert(http::header::AUTHORIZATION, hv.clone());
+                h.insert(http::header::COOKIE, hv);
+                let _ = bearer_token(&h, Some("s"));
+            }
+        }
+    }
+}

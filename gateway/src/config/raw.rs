@@ -1,0 +1,383 @@
+//! Stage one of config loading: serde structs that mirror the YAML exactly.
+//!
+//! Every struct denies unknown keys. Items that an operator edits often (upstreams,
+//! hosts, routes, top-level sections) are wrapped in [`Lenient`], so one broken item
+//! does not hide the errors of the others: `check` reports them all at once.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use super::error::{KeyPath, Seg};
+
+/// A value that failed to deserialize keeps its error (with the key path inside the
+/// value) instead of aborting the whole document.
+#[derive(Debug)]
+pub enum Lenient<T> {
+    Ok(T),
+    Err { path: KeyPath, message: String },
+}
+
+impl<T: Default> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient::Ok(T::default())
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_norway::Value::deserialize(d)?;
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Ok(Lenient::Ok(t)),
+            Err(e) => {
+                let mut segs: Vec<Seg> = e
+                    .path()
+                    .iter()
+                    .filter_map(|s| match s {
+                        serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                        serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                        serde_path_to_error::Segment::Enum { variant } => {
+                            Some(Seg::Key(variant.clone()))
+                        }
+                        serde_path_to_error::Segment::Unknown => None,
+                    })
+                    .collect();
+                let message = e.into_inner().to_string();
+                // Point unknown-key errors at the key itself, not at its parent.
+                if let Some(field) = unknown_field_name(&message) {
+                    if segs.last() != Some(&Seg::Key(field.to_owned())) {
+                        segs.push(Seg::Key(field.to_owned()));
+                    }
+                }
+                Ok(Lenient::Err {
+                    path: KeyPath(segs),
+                    message,
+                })
+            }
+        }
+    }
+}
+
+fn unknown_field_name(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: Lenient<RawListen>,
+    #[serde(default)]
+    pub server: Lenient<RawServer>,
+    #[serde(default)]
+    pub trusted_proxies: Lenient<Vec<String>>,
+    #[serde(default)]
+    pub admin: Lenient<RawAdmin>,
+    #[serde(default)]
+    pub access_log: Lenient<RawAccessLog>,
+    #[serde(default)]
+    pub tls: Lenient<RawTls>,
+    #[serde(default)]
+    pub auth: Lenient<RawAuth>,
+    #[serde(default)]
+    pub limits: Lenient<RawLimits>,
+    #[serde(default)]
+    pub upstreams: IndexMap<String, Lenient<RawUpstream>>,
+    #[serde(default)]
+    pub hosts: IndexMap<String, Lenient<RawHost>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub grace_period: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub graceful_shutdown_timeout: Option<Duration>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub keepalive_requests: Option<u32>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    /// `stdout` (default) or a file path.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawServerEntry {
+    Addr(String),
+    Full(RawServerFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerFull {
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub servers: Vec<RawServerEntry>,
+    pub balance: Option<String>,
+    pub hash_key: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    pub retries: Option<u32>,
+    pub passive: Option<RawPassive>,
+    /// Host header sent upstream; default: the client's.
+    pub host_header: Option<String>,
+    /// TLS to the upstream servers.
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Server name sent and verified (default: the host_header, else none).
+    pub sni: Option<String>,
+    /// PEM file of the CA(s) to trust (default: the system's roots).
+    pub ca: Option<String>,
+    /// Verify the certificate chain and name (default true).
+    pub verify: Option<bool>,
+    /// Client certificate chain and key (PEM) for mTLS.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub healthy_threshold: Option<usize>,
+    pub unhealthy_threshold: Option<usize>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub read: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub write: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub max_fails: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub routes: Vec<Lenient<RawRoute>>,
+    /// Default access rule of the host's routes.
+    pub auth: Option<RawAuthRule>,
+    pub roles: Option<Vec<String>>,
+    pub cors: Option<RawCors>,
+    pub security_headers: Option<RawSecurityHeaders>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub rewrite: Option<String>,
+    #[serde(default)]
+    pub request_headers: RawHeaderOps,
+    #[serde(default)]
+    pub response_headers: RawHeaderOps,
+    pub auth: Option<RawAuthRule>,
+    pub roles: Option<Vec<String>>,
+    pub cors: Option<RawCors>,
+    /// Largest request body accepted (413 beyond), e.g. `1MiB`.
+    pub max_body: Option<RawSize>,
+    /// Served over plain HTTP too instead of redirecting to HTTPS.
+    #[serde(default)]
+    pub allow_plain: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    #[serde(default)]
+    pub set: IndexMap<String, String>,
+    #[serde(default)]
+    pub add: IndexMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A byte size: a number, or a string such as `512KiB`, `10MB`, `1MiB`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// `public | jwt | api_key | any`, or `{any: [jwt, api_key]}`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawAuthRule {
+    Mode(String),
+    Any { any: Vec<String> },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub jwt: Option<RawJwt>,
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+    pub revocation: Option<RawRevocation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    /// Name of the environment variable holding an HS256 secret.
+    pub hs256_secret_env: Option<String>,
+    /// File (0600/0400) holding an HS256 secret.
+    pub hs256_secret_file: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_refresh_interval: Option<Duration>,
+    /// Also accept the token from this cookie.
+    pub cookie: Option<String>,
+    pub cache_entries: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub name: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocation {
+    pub url: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<RawSize>,
+    pub max_body: Option<RawSize>,
+    pub max_connections_per_ip: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurityHeaders {
+    pub enabled: Option<bool>,
+    pub hsts: Option<String>,
+    pub content_type_options: Option<String>,
+    pub frame_options: Option<String>,
+    pub referrer_policy: Option<String>,
+    pub csp: Option<String>,
+    /// Replace an upstream's own value (default: the upstream's value wins).
+    #[serde(default, rename = "override")]
+    pub override_upstream: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    /// Directory served at `/.well-known/acme-challenge/` over plain HTTP (certbot webroot).
+    pub acme_webroot: Option<String>,
+    /// Plain HTTP redirects to HTTPS (308) when an HTTPS listener exists (default true).
+    pub redirect_http: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub default: bool,
+}

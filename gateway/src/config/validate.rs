@@ -1,0 +1,334 @@
+//! `RawConfig` → `Config`: checks every value and cross-reference, collecting all
+//! errors (with file, line and key path) instead of stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use indexmap::IndexMap;
+use ipnet::IpNet;
+use regex::RegexBuilder;
+
+use super::error::{ConfigError, ConfigErrors, KeyPath};
+use super::locate::LineIndex;
+use super::raw::*;
+use super::types::*;
+
+/// Collects errors and warnings with their locations.
+pub struct Checker<'a> {
+    file: &'a Path,
+    index: &'a LineIndex,
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(file: &'a Path, index: &'a LineIndex) -> Self {
+        Checker {
+            file,
+            index,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line: self.index.line_of(path),
+            path: path.clone(),
+            message: message.into(),
+        });
+    }
+
+    pub fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
+        self.warnings.push(ConfigWarning {
+            line: self.index.line_of(path),
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Unwraps a lenient item, recording its deserialization error under `at`.
+    pub fn take<T>(&mut self, at: &KeyPath, item: Lenient<T>) -> Option<T> {
+        match item {
+            Lenient::Ok(t) => Some(t),
+            Lenient::Err { path, message } => {
+                self.err(&at.join(&path), message);
+                None
+            }
+        }
+    }
+}
+
+pub fn validate(
+    raw: RawConfig,
+    file: &Path,
+    index: &LineIndex,
+    content_hash: String,
+) -> Result<(Config, Vec<ConfigWarning>), ConfigErrors> {
+    let mut c = Checker::new(file, index);
+    let root = KeyPath::root();
+
+    let listen = c
+        .take(&root.key("listen"), raw.listen)
+        .map(|l| listen_of(&mut c, l))
+        .unwrap_or(Listen {
+            http: None,
+            https: None,
+            admin: default_admin(),
+        });
+    let server = c
+        .take(&root.key("server"), raw.server)
+        .map(|s| server_of(&mut c, s))
+        .unwrap_or_else(|| server_of(&mut c, RawServer::default()));
+    let trusted_proxies = c
+        .take(&root.key("trusted_proxies"), raw.trusted_proxies)
+        .map(|t| cidrs(&mut c, &root.key("trusted_proxies"), &t))
+        .unwrap_or_default();
+    let admin = c
+        .take(&root.key("admin"), raw.admin)
+        .map(|a| admin_of(&mut c, a))
+        .unwrap_or_default();
+    let access_log = c
+        .take(&root.key("access_log"), raw.access_log)
+        .map(access_log_of)
+        .unwrap_or(AccessLogSettings {
+            enabled: true,
+            target: LogTarget::Stdout,
+        });
+
+    // Routes naming an upstream that failed validation should not add a second,
+    // misleading "unknown upstream" error: every declared name counts.
+    let declared: HashSet<String> = raw.upstreams.keys().cloned().collect();
+    let tls = c
+        .take(&root.key("tls"), raw.tls)
+        .map(|t| super::tls::tls_of(&mut c, t))
+        .unwrap_or_default();
+    let auth = c
+        .take(&root.key("auth"), raw.auth)
+        .map(|a| super::policy::auth_of(&mut c, a))
+        .unwrap_or_default();
+    let limits = c
+        .take(&root.key("limits"), raw.limits)
+        .map(|l| super::policy::limits_of(&mut c, l))
+        .unwrap_or_default();
+    let mut upstreams = IndexMap::new();
+    for (name, item) in raw.upstreams {
+        let at = root.key("upstreams").key(&name);
+        if let Some(u) = c.take(&at, item) {
+            if let Some(u) = super::upstream::upstream_of(&mut c, &at, &name, u) {
+                upstreams.insert(name, u);
+            }
+        }
+    }
+    let hosts = super::hosts::hosts_of(&mut c, raw.hosts, &declared, &auth, &limits);
+
+    let listen_errors = c
+        .errors
+        .iter()
+        .any(|e| e.path.0.first() == Some(&super::error::Seg::Key("listen".into())));
+    if listen.https.is_some() && tls.certs.is_empty() {
+        c.err(
+            &root.key("tls").key("certificates"),
+            "listen.https needs at least one certificate",
+        );
+    }
+    if listen.http.is_none() && listen.https.is_none() && !listen_errors {
+        c.err(
+            &root.key("listen").key("http"),
+            "no proxy listener configured",
+        );
+    }
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok((
+        Config {
+            listen,
+            server,
+            trusted_proxies,
+            admin,
+            access_log,
+            tls,
+            auth,
+            limits,
+            upstreams,
+            hosts,
+            content_hash,
+        },
+        c.warnings,
+    ))
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+/// Parses `host:port`, resolving names once at load time (never on the request path).
+pub fn socket_addr(c: &mut Checker, at: &KeyPath, s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    match s.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(a)) => Some(a),
+        _ => {
+            c.err(at, format!("{s:?} is not an address of the form host:port"));
+            None
+        }
+    }
+}
+
+fn listen_of(c: &mut Checker, l: RawListen) -> Listen {
+    let at = KeyPath::root().key("listen");
+    let http = l.http.and_then(|s| socket_addr(c, &at.key("http"), &s));
+    let https = l.https.and_then(|s| socket_addr(c, &at.key("https"), &s));
+    let admin = match l.admin {
+        Some(s) => socket_addr(c, &at.key("admin"), &s).unwrap_or_else(default_admin),
+        None => default_admin(),
+    };
+    if !admin.ip().is_loopback() {
+        c.warn(
+            &at.key("admin"),
+            format!("admin listener {admin} is not on loopback; keep it behind a firewall"),
+        );
+    }
+    Listen { http, https, admin }
+}
+
+fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
+    let at = KeyPath::root().key("server");
+    let threads = s.threads.unwrap_or(1);
+    if threads == 0 || threads > 256 {
+        c.err(&at.key("threads"), "must be between 1 and 256");
+    }
+    ServerSettings {
+        threads: threads.max(1),
+        work_stealing: s.work_stealing.unwrap_or(true),
+        grace_period: s.grace_period.unwrap_or(Duration::from_secs(5)),
+        graceful_shutdown_timeout: s
+            .graceful_shutdown_timeout
+            .unwrap_or(Duration::from_secs(5)),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(256),
+        keepalive_requests: s.keepalive_requests,
+        pid_file: s.pid_file,
+        upgrade_sock: s.upgrade_sock,
+    }
+}
+
+pub fn cidrs(c: &mut Checker, at: &KeyPath, list: &[String]) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        if let Ok(net) = s.parse::<IpNet>() {
+            out.push(net.trunc());
+        } else if let Ok(ip) = s.parse::<IpAddr>() {
+            out.push(IpNet::from(ip));
+        } else {
+            c.err(&at.index(i), format!("{s:?} is not an IP address or CIDR"));
+        }
+    }
+    out
+}
+
+fn admin_of(c: &mut Checker, a: RawAdmin) -> AdminSettings {
+    let at = KeyPath::root().key("admin").key("token_sha256");
+    let mut token_sha256 = Vec::new();
+    for (i, t) in a.token_sha256.iter().enumerate() {
+        let mut digest = [0u8; 32];
+        match hex::decode_to_slice(t.trim(), &mut digest) {
+            Ok(()) => token_sha256.push(digest),
+            Err(_) => c.err(
+                &at.index(i),
+                "must be a SHA-256 digest in hex (64 characters); see `galion-gateway hash-key`",
+            ),
+        }
+    }
+    AdminSettings { token_sha256 }
+}
+
+fn access_log_of(a: RawAccessLog) -> AccessLogSettings {
+    let target = match a.path.as_deref() {
+        None | Some("stdout") | Some("-") => LogTarget::Stdout,
+        Some(p) => LogTarget::File(PathBuf::from(p)),
+    };
+    AccessLogSettings {
+        enabled: a.enabled.unwrap_or(true),
+        target,
+    }
+}
+
+pub fn header_name(c: &mut Checker, at: &KeyPath, s: &str) -> Option<HeaderName> {
+    match HeaderName::from_bytes(s.trim().to_ascii_lowercase().as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            c.err(at, format!("{s:?} is not a valid header name"));
+            None
+        }
+    }
+}
+
+pub fn header_ops(c: &mut Checker, at: &KeyPath, raw: RawHeaderOps) -> HeaderOps {
+    let mut ops = HeaderOps::default();
+    let pairs = |c: &mut Checker, key: &str, map: IndexMap<String, String>| {
+        let mut out = Vec::new();
+        for (name, value) in map {
+            let p = at.key(key).key(&name);
+            let n = header_name(c, &p, &name);
+            let v = HeaderValue::from_str(&value);
+            match (n, v) {
+                (Some(n), Ok(v)) => out.push((n, v)),
+                (_, Err(_)) => c.err(&p, "header value has characters not allowed in HTTP"),
+                _ => {}
+            }
+        }
+        out
+    };
+    ops.set = pairs(c, "set", raw.set);
+    ops.add = pairs(c, "add", raw.add);
+    for (i, name) in raw.remove.iter().enumerate() {
+        if let Some(n) = header_name(c, &at.key("remove").index(i), name) {
+            ops.remove.push(n);
+        }
+    }
+    ops
+}
+
+pub fn method(c: &mut Checker, at: &KeyPath, s: &str) -> Option<Method> {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    let up = s.trim().to_ascii_uppercase();
+    if !KNOWN.contains(&up.as_str()) {
+        c.err(at, format!("unknown HTTP method {s:?}"));
+        return None;
+    }
+    Method::from_bytes(up.as_bytes()).ok()
+}
+
+pub fn regex(c: &mut Checker, at: &KeyPath, s: &str) -> Option<regex::Regex> {
+    // Bounded compiled size: a config regex must not become a memory bomb.
+    match RegexBuilder::new(s).size_limit(1 << 20).build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            c.err(at, format!("invalid regex: {e}"));
+            None
+        }
+    }
+}
+
+/// Returns the set of names that appear more than once.
+pub fn duplicates<'s>(names: impl Iterator<Item = &'s str>) -> Vec<&'s str> {
+    let mut seen = HashMap::new();
+    let mut dups = Vec::new();
+    for n in names {
+        let count = seen.entry(n).or_insert(0);
+        *count += 1;
+        if *count == 2 {
+            dups.push(n);
+        }
+    }
+    dups
+}

@@ -1,0 +1,149 @@
+//! Wraps the proxy application to see whole client connections.
+//!
+//! Pingora hands a kept-alive connection back to its service loop after each
+//! request; this wrapper keeps that loop inside itself so it knows when a
+//! connection opens and closes: for `gateway_open_connections` and for
+//! `limits.max_connections_per_ip` (counted on the TCP peer address, since no
+//! request has been read yet).
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+use crate::metrics::metrics;
+use crate::snapshot::SnapshotHandle;
+
+const SHARDS: usize = 16;
+
+/// Open connections per client IP, sharded so accepts on different workers rarely
+/// meet on one lock.
+pub struct PerIp {
+    shards: Vec<Mutex<HashMap<IpAddr, u32>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for PerIp {
+    fn default() -> Self {
+        PerIp {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl PerIp {
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
+    }
+
+    /// Takes a slot for `ip` unless it already holds `max`.
+    pub fn acquire(&self, ip: IpAddr, max: u32) -> bool {
+        let mut m = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn release(&self, ip: IpAddr) {
+        let mut m = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+pub struct Counted<A> {
+    inner: Arc<A>,
+    snapshot: SnapshotHandle,
+    per_ip: Arc<PerIp>,
+}
+
+impl<A> Counted<A> {
+    pub fn new(inner: A, snapshot: SnapshotHandle) -> Self {
+        Counted {
+            inner: Arc::new(inner),
+            snapshot,
+            per_ip: Arc::new(PerIp::default()),
+        }
+    }
+}
+
+/// Releases the gauge and the per-IP slot even if the connection task is cancelled.
+struct OpenGuard {
+    per_ip: Option<(Arc<PerIp>, IpAddr)>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        metrics().open_connections.dec();
+        if let Some((p, ip)) = self.per_ip.take() {
+            p.release(ip);
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let max = self.snapshot.load().config.limits.max_connections_per_ip;
+        let mut slot = None;
+        if let Some(max) = max {
+            let peer = stream.get_socket_digest().and_then(|d| {
+                d.peer_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_canonical())
+            });
+            if let Some(ip) = peer {
+                if !self.per_ip.acquire(ip, max) {
+                    tracing::debug!(%ip, max, "connection refused: too many from this IP");
+                    return None;
+                }
+                slot = Some((self.per_ip.clone(), ip));
+            }
+        }
+        metrics().open_connections.inc();
+        let _open = OpenGuard { per_ip: slot };
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_slots() {
+        let p = PerIp::default();
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        assert!(p.acquire(ip, 2));
+        assert!(p.acquire(ip, 2));
+        assert!(!p.acquire(ip, 2));
+        assert!(p.acquire([192, 0, 2, 2].into(), 2));
+        p.release(ip);
+        assert!(p.acquire(ip, 2));
+    }
+}

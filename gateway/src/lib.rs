@@ -1,0 +1,26 @@
+//! Galion Gateway: a reverse proxy on Pingora.
+//!
+//! The binary (`main.rs`) only parses arguments; everything else lives here so the
+//! tests can reach it. Module map: [`config`] (YAML → validated types),
+//! [`snapshot`] (compiled config in an `ArcSwap`), [`routing`], [`upstream`]
+//! (pools, health, ejection), [`proxy`] (Pingora phases), [`client_ip`],
+//! [`request_id`], [`metrics`], [`admin`], [`reload`], [`access_log`], [`server`].
+
+pub mod access_log;
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod client_ip;
+pub mod config;
+pub mod conn;
+pub mod cors;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod request_id;
+pub mod routing;
+pub mod security_headers;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;

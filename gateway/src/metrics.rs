@@ -1,0 +1,282 @@
+//! Prometheus metrics with the names of the spec.
+//!
+//! Families are registered once per process. The snapshot builder resolves the
+//! label sets it can know in advance (per route, per pool, per server) into plain
+//! handles, so the request path increments atomics instead of hashing labels.
+
+use std::sync::{Arc, OnceLock};
+
+use http::Method;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub upstream_retries: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_success: Gauge,
+    pub open_connections: IntGauge,
+    pub auth_rejected: IntCounterVec,
+    pub tls_cert_expiry: prometheus::GaugeVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Registration only fails on a duplicate name, which is a programming error.
+    r.register(Box::new(v.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    v
+}
+
+impl Metrics {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = counter_vec(
+            &registry,
+            "gateway_requests_total",
+            "Requests answered, by host, route, method and status code.",
+            &["host", "route", "method", "code"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request start to the end of the response.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["host", "route"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(duration.clone()))
+            .unwrap_or_else(|e| panic!("register histogram: {e}"));
+        let upstream_requests = counter_vec(
+            &registry,
+            "gateway_upstream_requests_total",
+            "Attempts to upstream servers by outcome (ok, connect_error, timeout, error).",
+            &["upstream", "outcome"],
+        );
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_healthy",
+                "1 when the server passes its health checks and is not ejected.",
+            ),
+            &["upstream", "server"],
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(upstream_healthy.clone()))
+            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        let upstream_retries = counter_vec(
+            &registry,
+            "gateway_upstream_retries_total",
+            "Requests retried on another attempt.",
+            &["upstream"],
+        );
+        let config_reloads = counter_vec(
+            &registry,
+            "gateway_config_reloads_total",
+            "Configuration reloads by result (success, error).",
+            &["result"],
+        );
+        let config_last_success = Gauge::new(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last configuration successfully applied.",
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(config_last_success.clone()))
+            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        let open_connections = IntGauge::new(
+            "gateway_open_connections",
+            "Client connections currently open on the proxy listeners.",
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(open_connections.clone()))
+            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        let auth_rejected = counter_vec(
+            &registry,
+            "gateway_auth_rejected_total",
+            "Requests refused by access control, by reason.",
+            &["reason"],
+        );
+        let tls_cert_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "gateway_tls_cert_expiry_timestamp_seconds",
+                "Unix time at which the certificate serving a host expires.",
+            ),
+            &["host"],
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(tls_cert_expiry.clone()))
+            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        // Make the reload series visible from the start.
+        config_reloads.with_label_values(&["success"]);
+        config_reloads.with_label_values(&["error"]);
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_requests,
+            upstream_healthy,
+            upstream_retries,
+            config_reloads,
+            config_last_success,
+            open_connections,
+            auth_rejected,
+            tls_cert_expiry,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        buf
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Arc<Metrics> {
+    static M: OnceLock<Arc<Metrics>> = OnceLock::new();
+    M.get_or_init(|| Arc::new(Metrics::new()))
+}
+
+/// Methods with their own label; everything else is counted as `OTHER` so a client
+/// cannot grow the label set.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+/// Status codes with a pre-resolved counter; rarer codes fall back to a label lookup.
+const CODES: [u16; 20] = [
+    200, 201, 204, 206, 301, 302, 304, 308, 400, 401, 403, 404, 405, 408, 413, 429, 500, 502, 503,
+    504,
+];
+
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// Per-route handles, built once per snapshot.
+pub struct RouteMetrics {
+    host: Arc<str>,
+    route: Arc<str>,
+    duration: Histogram,
+    // Lazily filled: most (method, code) pairs never occur on a given route.
+    requests: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RouteMetrics {
+    pub fn new(host: &str, route: &str) -> Self {
+        let m = metrics();
+        RouteMetrics {
+            host: host.into(),
+            route: route.into(),
+            duration: m.duration.with_label_values(&[host, route]),
+            requests: (0..METHODS.len() * CODES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    pub fn record(&self, method: &Method, code: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        let mi = method_index(method);
+        match CODES.iter().position(|c| *c == code) {
+            Some(ci) => self.requests[mi * CODES.len() + ci]
+                .get_or_init(|| {
+                    metrics().requests.with_label_values(&[
+                        &self.host,
+                        &self.route,
+                        METHODS[mi],
+                        &code.to_string(),
+                    ])
+                })
+                .inc(),
+            None => metrics()
+                .requests
+                .with_label_values(&[&self.host, &self.route, METHODS[mi], &code.to_string()])
+                .inc(),
+        }
+    }
+}
+
+/// Per-pool handles.
+pub struct PoolMetrics {
+    pub ok: IntCounter,
+    pub connect_error: IntCounter,
+    pub timeout: IntCounter,
+    pub error: IntCounter,
+    pub retries: IntCounter,
+}
+
+impl PoolMetrics {
+    pub fn new(pool: &str) -> Self {
+        let m = metrics();
+        let o = |outcome: &str| m.upstream_requests.with_label_values(&[pool, outcome]);
+        PoolMetrics {
+            ok: o("ok"),
+            connect_error: o("connect_error"),
+            timeout: o("timeout"),
+            error: o("error"),
+            retries: m.upstream_retries.with_label_values(&[pool]),
+        }
+    }
+}
+
+/// Requests answered before a route was known (unknown host, no route, bad path).
+pub fn unrouted() -> &'static RouteMetrics {
+    static U: OnceLock<RouteMetrics> = OnceLock::new();
+    U.get_or_init(|| RouteMetrics::new("_", "_none"))
+}
+
+/// Encodes metrics for the admin endpoint.
+pub fn render() -> Vec<u8> {
+    metrics().render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_metrics_count_by_method_and_code() {
+        let r = RouteMetrics::new("h.test", "r1");
+        r.record(&Method::GET, 200, 0.001);
+        r.record(&Method::GET, 200, 0.001);
+        r.record(
+            &Method::from_bytes(b"PROPFIND").unwrap_or(Method::GET),
+            418,
+            0.001,
+        );
+        let text = String::from_utf8(render()).unwrap_or_default();
+        assert!(text.contains(
+            r#"gateway_requests_total{code="200",host="h.test",method="GET",route="r1"} 2"#
+        ));
+        assert!(text.contains(r#"code="418",host="h.test",method="OTHER",route="r1"} 1"#));
+    }
+}

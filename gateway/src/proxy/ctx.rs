@@ -1,0 +1,99 @@
+//! Per-request state carried through Pingora's phases.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::auth::{Identity, Reject};
+use crate::config::SecurityHeaders;
+use crate::routing::Route;
+use crate::snapshot::Snapshot;
+use crate::upstream::Tried;
+
+/// Why the gateway answered by itself (for the access log and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalReply {
+    UnknownHost,
+    NoRoute,
+    MethodNotAllowed,
+    BadRequest,
+    HeadersTooLarge,
+    BodyTooLarge,
+    Unauthorized,
+    Forbidden,
+    Preflight,
+    Redirect,
+    Acme,
+}
+
+pub struct RequestCtx {
+    pub start: Instant,
+    /// Loaded once in `request_filter`; the whole request uses this snapshot.
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub route: Option<Arc<Route>>,
+    pub client_ip: Option<IpAddr>,
+    pub peer_ip: Option<IpAddr>,
+    pub peer_trusted: bool,
+    pub request_id: Option<HeaderValue>,
+    /// Index of the server of the current attempt in the route's pool.
+    pub server: Option<usize>,
+    /// The server of the last attempt, kept for the access log.
+    pub last: Option<usize>,
+    pub tried: Tried,
+    pub attempts: u32,
+    /// Set when the upstream's response header arrived: no retry after that.
+    pub response_started: bool,
+    pub local: Option<LocalReply>,
+    /// The verified caller, when the route is not public.
+    pub identity: Option<Arc<Identity>>,
+    pub auth_reject: Option<Reject>,
+    pub security: Option<Arc<SecurityHeaders>>,
+    /// Request body bytes seen so far (for `max_body`).
+    pub body_bytes: u64,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            snapshot: None,
+            route: None,
+            client_ip: None,
+            peer_ip: None,
+            peer_trusted: false,
+            request_id: None,
+            server: None,
+            last: None,
+            tried: Tried::default(),
+            attempts: 0,
+            response_started: false,
+            local: None,
+            identity: None,
+            auth_reject: None,
+            security: None,
+            body_bytes: 0,
+        }
+    }
+
+    pub fn last_server(&self) -> Option<usize> {
+        self.last
+    }
+
+    /// Ends the in-flight count of the current attempt (least-connections).
+    pub fn release_server(&mut self) {
+        if let (Some(i), Some(route)) = (self.server.take(), self.route.as_ref()) {
+            if let Some(s) = route.pool.servers.get(i) {
+                s.inflight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,460 @@
+//! The Pingora `ProxyHttp` implementation: the request phases of the gateway.
+//!
+//! `request_filter` loads the snapshot, resolves the client IP, request id, host
+//! and route; `upstream_peer` picks a server; the filters set forwarding headers
+//! and header rules; `fail_to_connect`/`error_while_proxy` decide retries and
+//! passive ejection; `logging` writes metrics and the access log, once.
+
+mod ctx;
+mod forward;
+mod plain;
+pub mod respond;
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+pub use ctx::{LocalReply, RequestCtx};
+
+use crate::access_log;
+use crate::client_ip;
+use crate::config::Balance;
+use crate::config::HashKey;
+use crate::request_id;
+use crate::routing::{path_is_safe, RouteMatch};
+use crate::snapshot::SnapshotHandle;
+
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+pub struct GatewayProxy {
+    snapshot: SnapshotHandle,
+    /// Whether this service terminates TLS (for `X-Forwarded-Proto`).
+    https: bool,
+}
+
+impl GatewayProxy {
+    pub fn new(snapshot: SnapshotHandle, https: bool) -> Self {
+        GatewayProxy { snapshot, https }
+    }
+
+    /// CORS preflight, access control and body limit of the matched route.
+    /// Returns `Ok(true)` when the gateway answered.
+    async fn route_policies(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &crate::snapshot::Snapshot,
+        route: &crate::routing::Route,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        if let Some(cors) = &route.cors {
+            // Preflights carry no credentials: answered before access control.
+            if crate::cors::is_preflight(&req.method, &req.headers) {
+                let resp = crate::cors::preflight_response(cors, &req.headers)?;
+                ctx.local = Some(LocalReply::Preflight);
+                session.write_response_header(Box::new(resp), true).await?;
+                return Ok(true);
+            }
+        }
+        if route.access.mode != crate::config::AuthMode::Public {
+            match snap.auth.check(&req.headers, &route.access).await {
+                Ok(id) => ctx.identity = id,
+                Err(reason) => {
+                    snap.auth.count(reason);
+                    ctx.auth_reject = Some(reason);
+                    let forbidden = reason == crate::auth::Reject::Forbidden;
+                    ctx.local = Some(if forbidden {
+                        LocalReply::Forbidden
+                    } else {
+                        LocalReply::Unauthorized
+                    });
+                    respond::auth_error(session, forbidden, ctx.request_id.as_ref()).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if let Some(max) = route.max_body {
+            let declared = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Self::reply(session, ctx, LocalReply::BodyTooLarge).await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn reply(session: &mut Session, ctx: &mut RequestCtx, why: LocalReply) -> Result<bool> {
+        let (status, code, msg) = match why {
+            LocalReply::UnknownHost => (404, "unknown_host", "no site is served under this name"),
+            LocalReply::NoRoute => (404, "not_found", "no route matches this path"),
+            LocalReply::MethodNotAllowed => {
+                (405, "method_not_allowed", "this method is not allowed here")
+            }
+            LocalReply::BadRequest => (400, "bad_request", "malformed request"),
+            LocalReply::HeadersTooLarge => {
+                (431, "headers_too_large", "request headers are too large")
+            }
+            LocalReply::BodyTooLarge => (413, "payload_too_large", "the request body is too large"),
+            LocalReply::Unauthorized
+            | LocalReply::Forbidden
+            | LocalReply::Preflight
+            | LocalReply::Redirect
+            | LocalReply::Acme => (400, "bad_request", "malformed request"),
+        };
+        ctx.local = Some(why);
+        respond::json_error(session, status, code, msg, ctx.request_id.as_ref()).await?;
+        Ok(true)
+    }
+}
+
+/// Requests that different HTTP parsers could frame differently (request smuggling):
+/// both `Content-Length` and `Transfer-Encoding`, or several `Content-Length`s.
+fn is_ambiguous(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    let cl = h.get_all(http::header::CONTENT_LENGTH).iter().count();
+    cl > 1 || (cl == 1 && h.contains_key(http::header::TRANSFER_ENCODING))
+}
+
+/// Total size of the request head as the client sent it (approximately: names,
+/// values and separators).
+fn headers_size(req: &RequestHeader) -> u64 {
+    let mut n = req.uri.path_and_query().map_or(0, |p| p.as_str().len()) + 16;
+    for (k, v) in req.headers.iter() {
+        n += k.as_str().len() + v.len() + 4;
+    }
+    n as u64
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = self.snapshot.load_full();
+        let req = session.req_header();
+        ctx.request_id = Some(request_id::from_request(
+            req.headers.get(&forward::X_REQUEST_ID),
+        ));
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let peer = client_ip::canonical(peer);
+            let trusted = client_ip::is_trusted(peer, &snap.trusted_proxies);
+            let req = session.req_header();
+            let xff = req.headers.get_all(&forward::X_FORWARDED_FOR);
+            ctx.client_ip = Some(client_ip::resolve(
+                peer,
+                &snap.trusted_proxies,
+                xff.iter().map(|v| v.as_bytes()),
+                req.headers.get("cf-connecting-ip").map(|v| v.as_bytes()),
+            ));
+            ctx.peer_ip = Some(peer);
+            ctx.peer_trusted = trusted;
+        }
+        ctx.snapshot = Some(snap.clone());
+
+        let req = session.req_header();
+        let path = req.uri.path();
+        if !path_is_safe(path) || is_ambiguous(req) {
+            return Self::reply(session, ctx, LocalReply::BadRequest).await;
+        }
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        if host.is_none() && req.version == http::Version::HTTP_11 {
+            // RFC 9112 §3.2: an HTTP/1.1 request without Host is invalid (as nginx).
+            return Self::reply(session, ctx, LocalReply::BadRequest).await;
+        }
+        let Some(host_routes) = snap.router.host(host) else {
+            return Self::reply(session, ctx, LocalReply::UnknownHost).await;
+        };
+        if !self.https && path.starts_with(ACME_PREFIX) {
+            if let Some(root) = &snap.config.tls.acme_webroot {
+                let token = path[ACME_PREFIX.len()..].to_owned();
+                return plain::acme_challenge(session, ctx, root, &token).await;
+            }
+        }
+        if headers_size(req) > snap.config.limits.max_header_bytes {
+            return Self::reply(session, ctx, LocalReply::HeadersTooLarge).await;
+        }
+        ctx.security = Some(host_routes.security.clone());
+        match host_routes.find(path, &req.method) {
+            RouteMatch::Found(route) => {
+                let route = route.clone();
+                ctx.route = Some(route.clone());
+                if !self.https && !route.allow_plain && snap.config.tls.redirect_http {
+                    if let Some(https) = snap.config.listen.https {
+                        let host = host.map(|h| crate::routing::normalize_host(h).into_owned());
+                        return plain::redirect_to_https(
+                            session,
+                            ctx,
+                            host.as_deref(),
+                            https.port(),
+                        )
+                        .await;
+                    }
+                }
+                self.route_policies(session, ctx, &snap, &route).await
+            }
+            RouteMatch::MethodNotAllowed => {
+                Self::reply(session, ctx, LocalReply::MethodNotAllowed).await
+            }
+            RouteMatch::NotFound => Self::reply(session, ctx, LocalReply::NoRoute).await,
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(max)) = (body.as_ref(), ctx.route.as_ref().and_then(|r| r.max_body)) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > max {
+                // Stops the upload before the upstream gets the whole body.
+                ctx.local = Some(LocalReply::BodyTooLarge);
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_body");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.release_server();
+        let Some(route) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no route in context");
+        };
+        let pool = &route.pool;
+        if ctx.attempts > 0 {
+            pool.metrics.retries.inc();
+        }
+        let ip_bytes;
+        let key: &[u8] = match &pool.config.balance {
+            Balance::ConsistentHash(HashKey::Ip) => {
+                ip_bytes = ctx.client_ip.map(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                });
+                ip_bytes.as_deref().unwrap_or(b"")
+            }
+            Balance::ConsistentHash(HashKey::Path) => session.req_header().uri.path().as_bytes(),
+            Balance::ConsistentHash(HashKey::Header(h)) => session
+                .req_header()
+                .headers
+                .get(h)
+                .map_or(b"".as_slice(), |v| v.as_bytes()),
+            _ => b"",
+        };
+        let Some(i) = pool.select(key, ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::Custom(respond::NO_UPSTREAM),
+                "every server of the pool is down",
+            );
+        };
+        ctx.tried.add(i);
+        ctx.attempts += 1;
+        pool.servers[i].inflight.fetch_add(1, Relaxed);
+        ctx.server = Some(i);
+        ctx.last = Some(i);
+        Ok(pool.peer(i))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::forwarded_headers(upstream_request, ctx, self.https)?;
+        forward::identity_headers(upstream_request, ctx.identity.as_deref())?;
+        if let Some(route) = &ctx.route {
+            if let Some(p) = route.rewritten_path(upstream_request.uri.path()) {
+                forward::set_path(upstream_request, &p)?;
+            }
+            if let Some(h) = &route.pool.config.host_header {
+                upstream_request.insert_header(http::header::HOST, h.as_str())?;
+            }
+            if !route.request_headers.is_empty() {
+                forward::apply_request_ops(upstream_request, &route.request_headers)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        if let (Some(route), Some(i)) = (&ctx.route, ctx.server) {
+            route.pool.report_success(i);
+            route.pool.metrics.ok.inc();
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header(forward::X_REQUEST_ID.clone(), id.clone())?;
+        }
+        if let Some(sec) = &ctx.security {
+            crate::security_headers::apply(sec, self.https, resp)?;
+        }
+        if let Some(route) = &ctx.route {
+            if let Some(cors) = &route.cors {
+                let origin = session.req_header().headers.get(http::header::ORIGIN);
+                crate::cors::decorate(cors, origin, resp)?;
+            }
+            if !route.response_headers.is_empty() {
+                forward::apply_response_ops(resp, &route.response_headers)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(route), Some(i)) = (&ctx.route, ctx.server) {
+            let pool = &route.pool;
+            pool.report_failure(i);
+            if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                pool.metrics.timeout.inc();
+            } else {
+                pool.metrics.connect_error.inc();
+            }
+            // Nothing reached the server, so any method may go elsewhere.
+            e.set_retry(ctx.attempts <= pool.config.retries);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let upstream_fault = e.esource() == &ErrorSource::Upstream;
+        if let (Some(route), Some(i)) = (&ctx.route, ctx.server) {
+            let pool = &route.pool;
+            if upstream_fault {
+                pool.report_failure(i);
+                if matches!(
+                    e.etype(),
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                ) {
+                    pool.metrics.timeout.inc();
+                } else {
+                    pool.metrics.error.inc();
+                }
+            }
+            let retry_allowed = upstream_fault
+                && !ctx.response_started
+                && is_idempotent(&session.req_header().method)
+                && !session.as_ref().retry_buffer_truncated()
+                && ctx.attempts <= pool.config.retries;
+            if retry_allowed {
+                e.set_retry(true);
+            } else if client_reused && upstream_fault && !ctx.response_started {
+                // A pooled connection closed under us: pingora's own rule retries only
+                // when nothing can have been processed.
+                e.retry.decide_reuse(client_reused);
+                if !is_idempotent(&session.req_header().method) {
+                    e.set_retry(false);
+                }
+            } else {
+                e.set_retry(false);
+            }
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (status, code, msg) = respond::classify(e);
+        if status > 0 && session.response_written().is_none() {
+            if let Err(we) =
+                respond::json_error(session, status, code, msg, ctx.request_id.as_ref()).await
+            {
+                tracing::debug!(error = %we, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.release_server();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| e.map(|e| respond::classify(e).0))
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        let method = &session.req_header().method;
+        if let Some(route) = &ctx.route {
+            route.metrics.record(method, status, elapsed.as_secs_f64());
+        } else {
+            crate::metrics::unrouted().record(method, status, elapsed.as_secs_f64());
+        }
+        if ctx
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.config.access_log.enabled)
+        {
+            access_log::write(session, ctx, status, elapsed);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Answers the gateway writes itself: JSON errors with the request id.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// Writes `{"error":{"code","message","request_id"}}` with `status`, then closes
+/// the client connection.
+pub async fn json_error(
+    session: &mut Session,
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    session.set_keepalive(None);
+    write_error(session, status, code, message, request_id, None).await
+}
+
+/// The one JSON error writer behind [`json_error`] and [`auth_error`].
+async fn write_error(
+    session: &mut Session,
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+    challenge: Option<&'static str>,
+) -> Result<()> {
+    let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": rid }
+    });
+    let body = Bytes::from(body.to_string());
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(c) = challenge {
+        resp.insert_header(http::header::WWW_AUTHENTICATE, c)?;
+    }
+    if let Some(v) = request_id {
+        resp.insert_header("x-request-id", v.clone())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Maps a proxy failure to (status, code, message) for the client.
+pub fn classify(e: &Error) -> (u16, &'static str, &'static str) {
+    use pingora::ErrorType::*;
+    match e.etype() {
+        HTTPStatus(413) => (413, "payload_too_large", "the request body is too large"),
+        HTTPStatus(code) => (*code, "http_error", "request failed"),
+        ConnectTimedout | ReadTimedout | WriteTimedout => match e.esource() {
+            ErrorSource::Upstream => (
+                504,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            _ => (
+                408,
+                "request_timeout",
+                "the request took too long to arrive",
+            ),
+        },
+        Custom(NO_UPSTREAM) => (
+            503,
+            "no_healthy_upstream",
+            "no upstream server is available",
+        ),
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "bad_gateway", "the upstream failed to answer"),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => (0, "client_closed", ""),
+                _ => (400, "bad_request", "malformed request"),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => (500, "internal_error", "internal error"),
+        },
+    }
+}
+
+pub const NO_UPSTREAM: &str = "no live upstream";
+
+/// 401/403 for access control; the reason is never told to the client.
+pub async fn auth_error(
+    session: &mut Session,
+    forbidden: bool,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let (status, code, message, challenge) = if forbidden {
+        (
+            403,
+            "forbidden",
+            "you are not allowed to do this",
+            r#"Bearer realm="galion", error="insufficient_scope""#,
+        )
+    } else {
+        (
+            401,
+            "unauthorized",
+            "valid credentials are required",
+            r#"Bearer realm="galion", error="invalid_token""#,
+        )
+    };
+    write_error(session, status, code, message, request_id, Some(challenge)).await
+}

@@ -1,0 +1,230 @@
+//! Hot reload: on file change (debounced, directory watched so editors that save by
+//! rename are seen), on SIGHUP and on `POST /admin/reload`.
+//!
+//! parse → validate → build snapshot → swap. A refused file is logged with its
+//! location and counted; the running snapshot stays. Requests in flight keep the
+//! snapshot they loaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{self, ConfigErrors, Listen};
+use crate::metrics::metrics;
+use crate::snapshot::{Snapshot, SnapshotHandle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    snapshot: SnapshotHandle,
+    /// Listener addresses are bound at start; a change needs a restart or upgrade.
+    listen_at_start: Listen,
+    // Serialises reloads from the watcher, SIGHUP and the admin API.
+    lock: Mutex<()>,
+}
+
+pub fn mark_success() {
+    let m = metrics();
+    m.config_reloads.with_label_values(&["success"]).inc();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    m.config_last_success.set(now);
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, snapshot: SnapshotHandle) -> Self {
+        let listen_at_start = snapshot.load().config.listen.clone();
+        Reloader {
+            path,
+            snapshot,
+            listen_at_start,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reloads unconditionally (SIGHUP, admin API).
+    pub fn reload(&self, reason: &str) -> Result<Outcome, ConfigErrors> {
+        self.apply(reason, true)
+    }
+
+    fn apply(&self, reason: &str, force: bool) -> Result<Outcome, ConfigErrors> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = match config::load_file(&self.path) {
+            Ok(l) => l,
+            Err(e) => {
+                metrics().config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    reason,
+                    "configuration refused, the running configuration stays:\n{e}"
+                );
+                return Err(e);
+            }
+        };
+        let current = self.snapshot.load_full();
+        if !force
+            && loaded.config.content_hash == current.config.content_hash
+            && loaded.config.tls.fingerprint == current.config.tls.fingerprint
+        {
+            return Ok(Outcome::Unchanged);
+        }
+        for w in &loaded.warnings {
+            tracing::warn!(
+                "{}:{}: {}: {}",
+                self.path.display(),
+                w.line.unwrap_or(0),
+                w.path,
+                w.message
+            );
+        }
+        if loaded.config.listen != self.listen_at_start {
+            tracing::warn!(
+                running = ?self.listen_at_start,
+                configured = ?loaded.config.listen,
+                "listener addresses changed: they take effect only after a restart or a \
+                 graceful upgrade (-u); the other changes are applied now"
+            );
+        }
+        // Certificates first: by the time routes change, handshakes use the new ones.
+        crate::tls::apply(&loaded.config.tls);
+        let next = Snapshot::build(loaded.config, Some(&current));
+        let generation = next.generation;
+        self.snapshot.store(Arc::new(next));
+        mark_success();
+        tracing::info!(reason, generation, "configuration reloaded");
+        Ok(Outcome::Applied)
+    }
+}
+
+/// Watches the config directory and SIGHUP.
+pub struct ReloadService {
+    reloader: Arc<Reloader>,
+}
+
+impl ReloadService {
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        ReloadService { reloader }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let path = self.reloader.path.clone();
+        let file_name = path.file_name().map(|n| n.to_owned());
+        // Certificate files are watched too, so a renewal (certbot) reloads them.
+        let cert_files: Vec<PathBuf> = self
+            .reloader
+            .snapshot
+            .load()
+            .config
+            .tls
+            .certs
+            .iter()
+            .flat_map(|c| c.files.clone())
+            .collect();
+        let watched_certs = cert_files.clone();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                let ours = ev.paths.iter().any(|p| {
+                    p.file_name().map(|n| n.to_owned()) == file_name
+                        || watched_certs
+                            .iter()
+                            .any(|c| c.file_name() == p.file_name() && c.parent() == p.parent())
+                });
+                if ours && !ev.kind.is_access() {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        // The watcher must live as long as the loop below.
+        let _watcher = match watcher {
+            Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "file watching unavailable; reload with SIGHUP");
+                None
+            }
+        };
+        let mut _watcher = _watcher;
+        if let Some(w) = _watcher.as_mut() {
+            let mut dirs: Vec<PathBuf> = cert_files
+                .iter()
+                .filter_map(|f| f.parent().map(Path::to_path_buf))
+                .filter(|d| *d != dir)
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            for d in dirs {
+                if let Err(e) = w.watch(&d, RecursiveMode::NonRecursive) {
+                    tracing::warn!(error = %e, dir = %d.display(), "cannot watch a certificate directory");
+                }
+            }
+        }
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        loop {
+            let hup_recv = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = hup_recv => {
+                    let r = self.reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+                }
+                Some(()) = rx.recv() => {
+                    // Debounce: editors write in several steps.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while rx.try_recv().is_ok() {}
+                    let r = self.reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.apply("file change", false)).await;
+                }
+            }
+        }
+    }
+}

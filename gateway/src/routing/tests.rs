@@ -1,0 +1,166 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Unit and property tests for host and path routing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::Method;
+
+use super::*;
+use crate::config::load_str;
+use crate::snapshot::Snapshot;
+
+const CONF: &str = r#"
+listen: { http: "127.0.0.1:0" }
+upstreams:
+  a: { servers: ["127.0.0.1:1"] }
+hosts:
+  galion.app:
+    aliases: [localhost]
+    default: true
+    routes:
+      - { name: root, prefix: /, upstream: a }
+      - { name: api, prefix: /api, upstream: a }
+      - { name: api-v1, prefix: /api/v1/, upstream: a }
+      - { name: login, exact: /api/v1/login, methods: [POST], upstream: a }
+      - { name: user-re, regex: '^/api/v1/users/[0-9]+$', upstream: a, rewrite: '/u' }
+      - { name: user-re2, regex: '^/api/v1/users/', upstream: a }
+      - { name: only-get, exact: /g, methods: [GET], upstream: a }
+      - { name: strip, prefix: /s/, strip_prefix: true, upstream: a }
+  "*.galion.app":
+    routes:
+      - { name: wild, prefix: /, upstream: a }
+  "*.x.galion.app":
+    routes:
+      - { name: deeper, prefix: /, upstream: a }
+"#;
+
+fn snap() -> Arc<Snapshot> {
+    let l = load_str(CONF, Path::new("t.yaml")).unwrap();
+    Arc::new(Snapshot::build(l.config, None))
+}
+
+fn route(s: &Snapshot, host: &str, path: &str, m: Method) -> String {
+    let h = s.router.host(Some(host)).unwrap();
+    match h.find(path, &m) {
+        RouteMatch::Found(r) => r.name.to_string(),
+        RouteMatch::MethodNotAllowed => "405".into(),
+        RouteMatch::NotFound => "404".into(),
+    }
+}
+
+#[test]
+fn path_precedence() {
+    let s = snap();
+    let g = |p: &str| route(&s, "galion.app", p, Method::GET);
+    assert_eq!(g("/"), "root");
+    assert_eq!(g("/apix"), "root");
+    assert_eq!(g("/api"), "api");
+    assert_eq!(g("/api/x"), "api");
+    assert_eq!(g("/api/v1/x"), "api-v1");
+    assert_eq!(g("/api/v1/users/42"), "user-re");
+    assert_eq!(g("/api/v1/users/abc"), "user-re2");
+    // exact route with a POST-only method list: GET falls through to the prefix
+    assert_eq!(g("/api/v1/login"), "api-v1");
+    assert_eq!(
+        route(&s, "galion.app", "/api/v1/login", Method::POST),
+        "login"
+    );
+    assert_eq!(route(&s, "galion.app", "/g", Method::POST), "root");
+}
+
+#[test]
+fn hosts_exact_alias_wildcard_default() {
+    let s = snap();
+    assert_eq!(
+        s.router.host(Some("galion.app")).unwrap().name.as_ref(),
+        "galion.app"
+    );
+    assert_eq!(
+        s.router.host(Some("LOCALHOST:8080")).unwrap().name.as_ref(),
+        "galion.app"
+    );
+    assert_eq!(
+        s.router.host(Some("a.galion.app")).unwrap().name.as_ref(),
+        "*.galion.app"
+    );
+    assert_eq!(
+        s.router.host(Some("b.x.galion.app")).unwrap().name.as_ref(),
+        "*.x.galion.app"
+    );
+    assert_eq!(
+        s.router.host(Some("other.test")).unwrap().name.as_ref(),
+        "galion.app"
+    );
+    assert_eq!(s.router.host(None).unwrap().name.as_ref(), "galion.app");
+}
+
+#[test]
+fn rewrites() {
+    let s = snap();
+    let h = s.router.host(Some("galion.app")).unwrap();
+    let r = |p: &str| match h.find(p, &Method::GET) {
+        RouteMatch::Found(r) => r.rewritten_path(p),
+        _ => panic!("no route for {p}"),
+    };
+    assert_eq!(r("/s/abc"), Some("/abc".to_owned()));
+    assert_eq!(r("/s/"), Some("/".to_owned()));
+    assert_eq!(r("/api/v1/users/7"), Some("/u".to_owned()));
+    assert_eq!(r("/api/x"), None);
+}
+
+#[test]
+fn host_normalization() {
+    assert_eq!(normalize_host("Galion.App:443"), "galion.app");
+    assert_eq!(normalize_host("galion.app."), "galion.app");
+    assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+    assert!(matches!(
+        normalize_host("plain"),
+        std::borrow::Cow::Borrowed(_)
+    ));
+}
+
+#[test]
+fn unsafe_paths() {
+    for p in [
+        "/a/../b",
+        "/a/%2e%2E/b",
+        "/..",
+        "/a/./b",
+        "/a%2fb",
+        "/a\\b",
+        "x",
+        "",
+    ] {
+        assert!(!path_is_safe(p), "{p}");
+    }
+    for p in [
+        "/",
+        "/a/b.c",
+        "/a/...",
+        "/.well-known/x",
+        "/a%20b",
+        "/v1.2/x",
+    ] {
+        assert!(path_is_safe(p), "{p}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn path_checker_never_panics(p in "\\PC*") {
+        let _ = path_is_safe(&p);
+        let _ = normalize_host(&p);
+    }
+
+    #[test]
+    fn safe_paths_have_no_dot_segments(segs in proptest::collection::vec("[a-z.%2eE]{0,4}", 0..6)) {
+        let p = format!("/{}", segs.join("/"));
+        if path_is_safe(&p) {
+            for s in p.split('/') {
+                let d = s.to_ascii_lowercase().replace("%2e", ".");
+                proptest::prop_assert!(d != "." && d != "..");
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Assembles the Pingora server: proxy listener, admin listener, health checks and
+//! the reload watcher, all sharing one `ArcSwap` of the compiled snapshot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::TcpSocketOptions;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::{self, Config};
+use crate::conn::Counted;
+use crate::proxy::GatewayProxy;
+use crate::reload::{self, ReloadService, Reloader};
+use crate::snapshot::Snapshot;
+use crate::upstream::HealthChecker;
+
+/// Process-level options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+fn server_conf(c: &Config) -> ServerConf {
+    let s = &c.server;
+    let mut conf = ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    if let Some(p) = &s.pid_file {
+        conf.pid_file = p.clone();
+    }
+    if let Some(p) = &s.upgrade_sock {
+        conf.upgrade_sock = p.clone();
+    }
+    conf
+}
+
+/// Loads the configuration and runs until shutdown. Returns only on a startup error.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let loaded = config::load_file(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _log_guard = crate::access_log::init(&loaded.config.access_log)
+        .map_err(|e| anyhow::anyhow!("cannot open the access log: {e}"))?;
+    for w in &loaded.warnings {
+        tracing::warn!(
+            "{}:{}: {}: {}",
+            opts.config.display(),
+            w.line.unwrap_or(0),
+            w.path,
+            w.message
+        );
+    }
+    let config = loaded.config;
+    let conf = server_conf(&config);
+    let http_addr = config.listen.http;
+    let https_addr = config.listen.https;
+    crate::tls::apply(&config.tls);
+    let admin_addr = config.listen.admin;
+    let keepalive_requests = config.server.keepalive_requests;
+
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)));
+    reload::mark_success();
+    let reloader = Arc::new(Reloader::new(opts.config.clone(), snapshot.clone()));
+
+    let pingora_opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(pingora_opt, conf);
+    server.bootstrap();
+
+    let proxy_service = |name: &str, https: bool| {
+        let mut proxy = pingora::proxy::http_proxy(
+            &server.configuration,
+            GatewayProxy::new(snapshot.clone(), https),
+        );
+        let mut server_opts = HttpServerOptions::default();
+        server_opts.keepalive_request_limit = keepalive_requests;
+        proxy.server_options = Some(server_opts);
+        Service::new(name.to_owned(), Counted::new(proxy, snapshot.clone()))
+    };
+    let sock = || {
+        let mut sock = TcpSocketOptions::default();
+        sock.so_reuseport = Some(true);
+        sock
+    };
+    let mut proxies = Vec::new();
+    if let Some(addr) = http_addr {
+        let mut svc = proxy_service("galion proxy", false);
+        svc.add_tcp_with_settings(&addr.to_string(), sock());
+        proxies.push(svc);
+    }
+    if let Some(addr) = https_addr {
+        let mut svc = proxy_service("galion proxy tls", true);
+        let settings = crate::tls::settings(crate::tls::store().clone())
+            .map_err(|e| anyhow::anyhow!("TLS listener: {e}"))?;
+        svc.add_tls_with_settings(&addr.to_string(), Some(sock()), settings);
+        proxies.push(svc);
+    }
+    for svc in proxies {
+        server.add_service(svc);
+    }
+
+    let mut admin_svc = Service::new(
+        "galion admin".to_owned(),
+        pingora::apps::http_app::HttpServer::new_app(AdminApp::new(
+            snapshot.clone(),
+            reloader.clone(),
+        )),
+    );
+    admin_svc.add_tcp(&admin_addr.to_string());
+
+    server.add_service(admin_svc);
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(snapshot.clone()),
+    ));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService::new(reloader),
+    ));
+    server.add_service(background_service(
+        "auth keys and revocations",
+        crate::auth::AuthService::new(snapshot.clone()),
+    ));
+    tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "galion-gateway starting");
+    server.run_forever()
+}

@@ -1,0 +1,141 @@
+//! Certificates by host name, chosen per handshake from the SNI.
+//!
+//! The store is an `ArcSwap` of an immutable table (exact names, wildcards, a
+//! default), replaced on reload: new handshakes see new certificates at once, open
+//! connections keep the one they negotiated.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// One loaded certificate with what operators need to know about it.
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// Unix seconds of `notAfter` of the leaf.
+    pub not_after: i64,
+    pub hosts: Vec<String>,
+    /// The certificate and key files (watched for renewals).
+    pub files: Vec<std::path::PathBuf>,
+}
+
+impl fmt::Debug for LoadedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedCert")
+            .field("hosts", &self.hosts)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// Reads a PEM chain and key and checks that they belong together.
+pub fn load(cert: &Path, key: &Path, hosts: Vec<String>) -> Result<LoadedCert, String> {
+    let (Some(cert_s), Some(key_s)) = (cert.to_str(), key.to_str()) else {
+        return Err("certificate paths must be UTF-8".into());
+    };
+    let (chain, key_der) = match pingora::tls::load_certs_and_key_files(cert_s, key_s) {
+        Ok(Some(pair)) => pair,
+        Ok(None) => {
+            return Err(format!(
+                "{} / {}: no certificate or no private key found in PEM",
+                cert.display(),
+                key.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", cert.display())),
+    };
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| {
+        format!(
+            "{}: the key does not match the certificate: {e}",
+            key.display()
+        )
+    })?;
+    let not_after = {
+        let leaf = ck
+            .end_entity_cert()
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| format!("{}: not an X.509 certificate: {e}", cert.display()))?;
+        x509.validity().not_after.timestamp()
+    };
+    Ok(LoadedCert {
+        key: Arc::new(ck),
+        not_after,
+        hosts,
+        files: vec![absolute(cert), absolute(key)],
+    })
+}
+
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[derive(Default)]
+struct Table {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// (suffix with the leading dot, cert), longest first.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+#[derive(Default)]
+pub struct CertStore {
+    table: ArcSwap<Table>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CertStore")
+    }
+}
+
+impl CertStore {
+    /// Replaces the table. The first certificate is the default unless one is marked.
+    pub fn replace(&self, certs: &[Arc<LoadedCert>], default: Option<usize>) {
+        let mut t = Table::default();
+        for c in certs {
+            for h in &c.hosts {
+                match h.strip_prefix('*') {
+                    Some(suffix) => t.wildcard.push((suffix.to_owned(), c.key.clone())),
+                    None => {
+                        t.exact.insert(h.clone(), c.key.clone());
+                    }
+                }
+            }
+        }
+        t.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        t.default = certs.get(default.unwrap_or(0)).map(|c| c.key.clone());
+        self.table.store(Arc::new(t));
+    }
+
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let t = self.table.load();
+        if let Some(name) = sni {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(c) = t.exact.get(&name) {
+                return Some(c.clone());
+            }
+            if let Some((_, c)) = t
+                .wildcard
+                .iter()
+                .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
+            {
+                return Some(c.clone());
+            }
+        }
+        t.default.clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}

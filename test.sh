@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, lints, unit, property and end-to-end tests
+# (real processes on loopback; the cluster-mode tests use the Redis and PostgreSQL
+# on 127.0.0.1, started here when they are not running).
+set -euo pipefail
+cd "$(dirname "$0")"
+# shellcheck source=scripts/prereqs.sh
+source scripts/prereqs.sh
+
+ensure_build_prereqs
+ensure_redis
+ensure_postgres
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> build binaries"
+cargo build --workspace --bins --locked
+echo "==> galion-gateway check on the shipped configs"
+# The shipped configs read the service token from the environment and their
+# certificates from $GALION_DATA_DIR/certs (dev) and $GALION_TLS_DIR (production).
+CHECK_DIR="$(mktemp -d)"
+trap 'rm -rf "$CHECK_DIR"' EXIT
+./target/debug/galion-gateway dev-certs "$CHECK_DIR/certs" >/dev/null
+for f in conf/dev.yaml conf/gateway.yaml; do
+    GALION_SERVICE_TOKEN=check-only GALION_DATA_DIR="$CHECK_DIR" GALION_TLS_DIR="$CHECK_DIR/certs" \
+        ./target/debug/galion-gateway check -c "$f" >/dev/null
+done
+echo "==> cargo test"
+cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
+echo "==> all tests passed"

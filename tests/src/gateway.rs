@@ -1,0 +1,179 @@
+//! `spawn_gateway(config)`: a real gateway process with its own config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{binary, client, eventually, free_addr};
+
+pub struct Gateway {
+    pub child: Child,
+    pub http: SocketAddr,
+    /// Set by [`spawn_gateway_tls`].
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// Writes `config` (YAML without a `listen:` section) next to fresh listener
+/// addresses, starts the gateway and waits until its admin port answers.
+pub async fn spawn_gateway(config: &str) -> Gateway {
+    start(config, false).await
+}
+
+/// Like [`spawn_gateway`] with an HTTPS listener too; `config` carries the `tls:`
+/// section.
+pub async fn spawn_gateway_tls(config: &str) -> Gateway {
+    start(config, true).await
+}
+
+async fn start(config: &str, tls: bool) -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = free_addr();
+    let admin = free_addr();
+    let https = tls.then(free_addr);
+    let config_path = dir.path().join("gateway.yaml");
+    std::fs::write(&config_path, listen_block(config, http, https, admin)).expect("write config");
+    let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+    let access = std::fs::File::create(dir.path().join("access.log")).expect("access log");
+    let child = Command::new(binary("galion-gateway"))
+        .arg("-c")
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(access))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start galion-gateway");
+    let gw = Gateway {
+        child,
+        http,
+        https,
+        admin,
+        config_path,
+        dir,
+    };
+    let url = format!("http://{admin}/health/live");
+    let up = eventually(15, || {
+        let url = url.clone();
+        async move {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        }
+    })
+    .await;
+    assert!(up.is_some(), "gateway did not start:\n{}", gw.log());
+    // The proxy listener starts with the admin one; make sure it accepts too.
+    let proxy_up = eventually(5, || async move {
+        tokio::net::TcpStream::connect(http).await.ok()
+    })
+    .await;
+    assert!(proxy_up.is_some(), "proxy listener not up:\n{}", gw.log());
+    // The HTTPS listener is a separate pingora service: it can come up a moment later.
+    if let Some(https) = https {
+        let tls_up = eventually(5, || async move {
+            tokio::net::TcpStream::connect(https).await.ok()
+        })
+        .await;
+        assert!(tls_up.is_some(), "https listener not up:\n{}", gw.log());
+    }
+    gw
+}
+
+pub fn with_listen(config: &str, http: SocketAddr, admin: SocketAddr) -> String {
+    listen_block(config, http, None, admin)
+}
+
+fn listen_block(
+    config: &str,
+    http: SocketAddr,
+    https: Option<SocketAddr>,
+    admin: SocketAddr,
+) -> String {
+    let https = https
+        .map(|a| format!(", https: \"{a}\""))
+        .unwrap_or_default();
+    format!(
+        "listen: {{ http: \"{http}\"{https}, admin: \"{admin}\" }}\nserver: {{ grace_period: 0s, graceful_shutdown_timeout: 1s }}\n{config}"
+    )
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// Rewrites the config file (keeping the listeners) without waiting.
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.path().join("gateway.yaml.tmp");
+        std::fs::write(
+            &tmp,
+            listen_block(config, self.http, self.https, self.admin),
+        )
+        .expect("write");
+        // Rename like an editor does, so the watcher must handle it.
+        std::fs::rename(&tmp, &self.config_path).expect("rename");
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// The value of one Prometheus sample, e.g. `gateway_config_reloads_total{result="error"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn stop(&mut self) {
+        // SIGINT is Pingora's fast shutdown.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

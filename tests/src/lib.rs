@@ -1,0 +1,130 @@
+//! Fixtures for the end-to-end tests: real `galion-gateway` processes and fake
+//! upstreams on ephemeral loopback ports.
+//!
+//! Every process a fixture starts is stopped (by PID) when the fixture is dropped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod gateway;
+pub mod jwt;
+pub mod stack;
+pub mod upstream;
+
+pub use gateway::{spawn_gateway, spawn_gateway_tls, Gateway};
+pub use upstream::{fake_upstream, fake_upstream_on, FakeUpstream};
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// A port the OS just gave out and released (the gateway binds it itself).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// `target/<profile>/` of this build.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path to a workspace binary. `cargo test` does not rebuild binaries of other
+/// packages, so the first call runs `cargo build --bins` (a no-op when up to date)
+/// to never test a stale binary.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let path = target_dir().join(name);
+    if std::env::var_os("GALION_TESTS_NO_BUILD").is_none() || !path.exists() {
+        BUILT.get_or_init(|| {
+            let mut cmd = std::process::Command::new(env!("CARGO"));
+            cmd.args(["build", "--workspace", "--bins"]);
+            if target_dir().ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .current_dir(workspace_root())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build --bins failed");
+        });
+    }
+    assert!(path.exists(), "{} not built", path.display());
+    path
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A reqwest client that never reuses our own connections across tests and
+/// does not follow redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns what came back until the
+/// server closed or 5 s passed (for requests a well-behaved client cannot send).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = std::time::Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if response_complete(&out) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    len.is_some_and(|n| body.len() >= n)
+}

@@ -1,0 +1,168 @@
+//! `fake_upstream()`: a small HTTP/1.1 origin whose behaviour tests control.
+//!
+//! It answers with a JSON echo of what it received (server name, method, URI,
+//! headers, body length). Per request, the header `x-test-sleep-ms` delays the
+//! answer and `x-test-hangup: 1` reads the request and closes without answering;
+//! `set_hangup(true)` does that for every request.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+pub struct FakeUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    hangup: Arc<AtomicBool>,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn fake_upstream(name: &str) -> FakeUpstream {
+    fake_upstream_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Binds a specific address (to restart a stopped upstream on its old port).
+pub async fn fake_upstream_on(name: &str, addr: SocketAddr) -> FakeUpstream {
+    let listener = TcpListener::bind(addr).await.expect("bind fake upstream");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let hangup = Arc::new(AtomicBool::new(false));
+    let (n, h, hu) = (name.to_owned(), hits.clone(), hangup.clone());
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
+            let (n, h, hu) = (n.clone(), h.clone(), hu.clone());
+            conns.spawn(async move {
+                let _ = serve(stream, &n, &h, &hu).await;
+            });
+        }
+    });
+    FakeUpstream {
+        name: name.to_owned(),
+        addr,
+        hits,
+        hangup,
+        tasks: Some(task),
+    }
+}
+
+impl FakeUpstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_hangup(&self, on: bool) {
+        self.hangup.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes the listener and every open connection.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.tasks.take() {
+            // Aborting the accept task drops the JoinSet, which aborts connections.
+            t.abort();
+        }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    name: &str,
+    hits: &AtomicUsize,
+    hangup: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let uri = parts.next().unwrap_or("").to_owned();
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                let v = v.trim().to_owned();
+                headers
+                    .entry(k)
+                    .and_modify(|e| {
+                        e.push_str(", ");
+                        e.push_str(&v);
+                    })
+                    .or_insert(v);
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).await?;
+        hits.fetch_add(1, Ordering::SeqCst);
+        if headers
+            .get("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        {
+            // Switch protocols, then echo raw bytes until the peer closes.
+            let mut stream = reader.into_inner();
+            stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stream.write_all(&buf[..n]).await?;
+            }
+        }
+        if hangup.load(Ordering::SeqCst) || headers.contains_key("x-test-hangup") {
+            return Ok(());
+        }
+        if let Some(ms) = headers.get("x-test-sleep-ms").and_then(|v| v.parse().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let status: u16 = headers
+            .get("x-test-status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let echo = serde_json::json!({
+            "server": name,
+            "method": method,
+            "uri": uri,
+            "headers": headers,
+            "body_len": len,
+        })
+        .to_string();
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{echo}",
+            echo.len()
+        );
+        reader.get_mut().write_all(resp.as_bytes()).await?;
+    }
+}

@@ -1,0 +1,112 @@
+//! The real services behind the gateway's dev config.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use galion_tests::client;
+use galion_tests::stack::Stack;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn register_login_me_logout_through_the_gateway() {
+    let s = Stack::start().await;
+    let c = client();
+    let email = "ada@example.com";
+    let password = "correct horse battery staple";
+
+    let r = c
+        .post(s.url("/api/v1/auth/register"))
+        .header("host", "galion.app")
+        .json(&json!({"email": email, "password": password, "name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", s.log("galion-auth"));
+    let user: Value = r.json().await.unwrap();
+    assert!(user.get("password_hash").is_none());
+
+    let r = c
+        .post(s.url("/api/v1/auth/login"))
+        .header("host", "galion.app")
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tokens: Value = r.json().await.unwrap();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(tokens["token_type"], "Bearer");
+
+    // Without a token the gateway refuses before the upstream.
+    let r = c.get(s.url("/api/v1/users/me")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+
+    let me: Value = c
+        .get(s.url("/api/v1/users/me"))
+        .bearer_auth(&access)
+        .header("x-user-role", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], email, "{me}");
+    assert_eq!(me["role"], "user");
+    let r = c
+        .get(s.url("/api/v1/auth/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A user is not an admin: the list route needs the role at the gateway.
+    let r = c
+        .get(s.url("/api/v1/users"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // Logout, then the same access token is refused at the gateway within a second.
+    let r = c
+        .post(s.url("/api/v1/auth/logout"))
+        .bearer_auth(&access)
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", s.log("galion-auth"));
+    // The backend refuses it at once; the gateway itself within a second (its
+    // revocation poll), which the revoked-reason counter shows.
+    let start = std::time::Instant::now();
+    let refused_at_gateway = galion_tests::eventually(3, || {
+        let (c, url, access, metrics) = (
+            c.clone(),
+            s.url("/api/v1/auth/me"),
+            access.clone(),
+            format!("http://{}/metrics", s.admin),
+        );
+        async move {
+            let r = c.get(url).bearer_auth(&access).send().await.ok()?;
+            assert_eq!(r.status(), 401);
+            let text = c.get(metrics).send().await.ok()?.text().await.ok()?;
+            text.contains("gateway_auth_rejected_total{reason=\"revoked\"} 1")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        refused_at_gateway.is_some(),
+        "the gateway kept accepting a revoked token:\n{}",
+        s.log("galion-gateway")
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    let _ = s.auth;
+}
