@@ -84,6 +84,9 @@ pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration
         Some(LocalReply::Preflight) => "cors_preflight",
         Some(LocalReply::Redirect) => "https_redirect",
         Some(LocalReply::Acme) => "acme_challenge",
+        Some(LocalReply::RateLimited) => "rate_limited",
+        Some(LocalReply::Banned) => "banned",
+        Some(LocalReply::Dropped) => "banned_drop",
         None => "",
     };
     let auth = match (&ctx.identity, ctx.auth_reject) {

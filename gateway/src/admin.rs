@@ -14,6 +14,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cluster::Shield;
 use crate::metrics;
 use crate::reload::Reloader;
 use crate::snapshot::{summary_of, SnapshotHandle};
@@ -21,9 +22,10 @@ use crate::snapshot::{summary_of, SnapshotHandle};
 pub struct AdminApp {
     snapshot: SnapshotHandle,
     reloader: Arc<Reloader>,
+    shield: Arc<Shield>,
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
     let body = body.to_string().into_bytes();
     Response::builder()
         .status(status)
@@ -34,7 +36,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
     json_response(status, json!({"error": {"code": code, "message": message}}))
 }
 
@@ -59,8 +61,12 @@ pub fn token_ok(header: Option<&[u8]>, digests: &[[u8; 32]]) -> bool {
 }
 
 impl AdminApp {
-    pub fn new(snapshot: SnapshotHandle, reloader: Arc<Reloader>) -> Self {
-        AdminApp { snapshot, reloader }
+    pub fn new(snapshot: SnapshotHandle, reloader: Arc<Reloader>, shield: Arc<Shield>) -> Self {
+        AdminApp {
+            snapshot,
+            reloader,
+            shield,
+        }
     }
 
     fn ready(&self) -> Response<Vec<u8>> {
@@ -92,7 +98,11 @@ impl AdminApp {
         }
     }
 
-    async fn admin(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+    async fn admin(&self, method: &Method, path: &str, body: &[u8]) -> Response<Vec<u8>> {
+        if path == "/admin/bans" || path.starts_with("/admin/bans/") {
+            let snap = self.snapshot.load_full();
+            return crate::admin_bans::handle(&self.shield, &snap, method, path, body).await;
+        }
         match (method, path) {
             (&Method::GET, "/admin/config") => {
                 let snap = self.snapshot.load();
@@ -115,6 +125,34 @@ impl AdminApp {
                 ),
             },
             _ => error(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
+        }
+    }
+}
+
+/// The request body of an admin call (small JSON documents only).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    const MAX: usize = 64 * 1024;
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "admin requests are limited to 64 KiB",
+                    ));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "could not read the request body",
+                ))
+            }
         }
     }
 }
@@ -146,7 +184,10 @@ impl ServeHttp for AdminApp {
             (_, p) if p.starts_with("/admin/") => {
                 let digests = self.snapshot.load().config.admin.token_sha256.clone();
                 if token_ok(auth.as_deref(), &digests) {
-                    self.admin(&method, p).await
+                    match read_body(session).await {
+                        Ok(body) => self.admin(&method, p, &body).await,
+                        Err(r) => r,
+                    }
                 } else {
                     let mut r = error(
                         StatusCode::UNAUTHORIZED,

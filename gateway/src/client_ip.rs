@@ -18,6 +18,18 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// The network a client is counted as for limits and bans: an IPv4 address itself,
+/// an IPv6 address's `/prefix` (one subscriber usually holds a whole /64, so
+/// counting single IPv6 addresses would let one client rotate through millions).
+pub fn group(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
+    match canonical(ip) {
+        IpAddr::V4(v4) => IpNet::V4(ipnet::Ipv4Net::from(v4)),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, ipv6_prefix.min(128))
+            .map(|n| IpNet::V6(n.trunc()))
+            .unwrap_or_else(|_| IpNet::V6(ipnet::Ipv6Net::from(v6))),
+    }
+}
+
 fn parse_hop(s: &str) -> Option<IpAddr> {
     let s = s.trim();
     if let Ok(ip) = s.parse::<IpAddr>() {
@@ -69,6 +81,16 @@ pub fn resolve<'a>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn grouping() {
+        let g = |s: &str, p| group(s.parse().unwrap(), p).to_string();
+        assert_eq!(g("203.0.113.9", 64), "203.0.113.9/32");
+        assert_eq!(g("::ffff:203.0.113.9", 64), "203.0.113.9/32");
+        assert_eq!(g("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(g("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::/48");
+        assert_eq!(g("2001:db8::1", 128), "2001:db8::1/128");
+    }
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().map(|n| n.parse().unwrap()).collect()

@@ -16,6 +16,12 @@ use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+use std::net::SocketAddr;
+
+use pingora::listeners::ConnectionFilter;
+
+use crate::cluster::Shield;
+use crate::config::BanAction;
 use crate::metrics::metrics;
 use crate::snapshot::SnapshotHandle;
 
@@ -128,6 +134,50 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+/// Refuses connections from clients banned with `action: drop` right after
+/// accept, before any TLS handshake or byte of HTTP (pingora's connection filter).
+/// Trusted proxies are never refused: the banned client is behind them, and gets
+/// a 403 per request instead.
+pub struct BanFilter {
+    snapshot: SnapshotHandle,
+    shield: Arc<Shield>,
+}
+
+impl BanFilter {
+    pub fn new(snapshot: SnapshotHandle, shield: Arc<Shield>) -> Self {
+        BanFilter { snapshot, shield }
+    }
+}
+
+impl std::fmt::Debug for BanFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BanFilter")
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for BanFilter {
+    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
+        // Unix sockets have no address to ban.
+        let Some(addr) = addr else { return true };
+        if self.shield.bans.table.is_empty() {
+            return true;
+        }
+        let snap = self.snapshot.load();
+        let ip = addr.ip().to_canonical();
+        if crate::client_ip::is_trusted(ip, &snap.trusted_proxies) {
+            return true;
+        }
+        match self.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {
+            Some(ban) if ban.action == BanAction::Drop => {
+                tracing::debug!(%ip, jail = %ban.jail, "connection dropped: banned");
+                false
+            }
+            _ => true,
+        }
     }
 }
 

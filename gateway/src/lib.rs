@@ -8,12 +8,16 @@
 
 pub mod access_log;
 pub mod admin;
+mod admin_bans;
 pub mod auth;
+pub mod bans;
 pub mod cli;
 pub mod client_ip;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod cors;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

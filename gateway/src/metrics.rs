@@ -24,6 +24,18 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub auth_rejected: IntCounterVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
+    pub rate_limited: IntCounterVec,
+    pub bans_active: IntGauge,
+    pub bans_total: IntCounterVec,
+    pub redis_up: IntGauge,
+    pub store_fallback: IntCounterVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("gauge {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -122,6 +134,36 @@ impl Metrics {
         registry
             .register(Box::new(tls_cert_expiry.clone()))
             .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        let rate_limited = counter_vec(
+            &registry,
+            "gateway_rate_limited_total",
+            "Requests refused with 429 by a rate limit, by route.",
+            &["route"],
+        );
+        let bans_active = gauge(
+            &registry,
+            "gateway_bans_active",
+            "IPs and networks currently banned.",
+        );
+        let bans_total = counter_vec(
+            &registry,
+            "gateway_bans_total",
+            "Bans issued, by jail (`manual` for the admin API).",
+            &["jail"],
+        );
+        let redis_up = gauge(
+            &registry,
+            "gateway_redis_up",
+            "1 while the cluster store (Redis) answers; 0 while the gateway runs on local state.",
+        );
+        let store_fallback = counter_vec(
+            &registry,
+            "gateway_store_fallback_total",
+            "Decisions taken locally because Redis was unreachable, by component.",
+            &["component"],
+        );
+        store_fallback.with_label_values(&["rate_limit"]);
+        store_fallback.with_label_values(&["bans"]);
         // Make the reload series visible from the start.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -137,6 +179,11 @@ impl Metrics {
             open_connections,
             auth_rejected,
             tls_cert_expiry,
+            rate_limited,
+            bans_active,
+            bans_total,
+            redis_up,
+            store_fallback,
         }
     }
 

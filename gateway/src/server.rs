@@ -13,8 +13,9 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::cluster::{ProtectService, Shield};
 use crate::config::{self, Config};
-use crate::conn::Counted;
+use crate::conn::{BanFilter, Counted};
 use crate::proxy::GatewayProxy;
 use crate::reload::{self, ReloadService, Reloader};
 use crate::snapshot::Snapshot;
@@ -69,6 +70,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let admin_addr = config.listen.admin;
     let keepalive_requests = config.server.keepalive_requests;
 
+    let shield = Arc::new(Shield::new(config.rate_limits.max_keys));
+    if let Some(dir) = &config.store.state_dir {
+        shield.bans.restore(dir, config.limits.ipv6_prefix);
+    }
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)));
     reload::mark_success();
     let reloader = Arc::new(Reloader::new(opts.config.clone(), snapshot.clone()));
@@ -84,12 +89,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let proxy_service = |name: &str, https: bool| {
         let mut proxy = pingora::proxy::http_proxy(
             &server.configuration,
-            GatewayProxy::new(snapshot.clone(), https),
+            GatewayProxy::new(snapshot.clone(), https, shield.clone()),
         );
         let mut server_opts = HttpServerOptions::default();
         server_opts.keepalive_request_limit = keepalive_requests;
         proxy.server_options = Some(server_opts);
-        Service::new(name.to_owned(), Counted::new(proxy, snapshot.clone()))
+        let mut svc = Service::new(name.to_owned(), Counted::new(proxy, snapshot.clone()));
+        svc.set_connection_filter(Arc::new(BanFilter::new(snapshot.clone(), shield.clone())));
+        svc
     };
     let sock = || {
         let mut sock = TcpSocketOptions::default();
@@ -118,6 +125,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         pingora::apps::http_app::HttpServer::new_app(AdminApp::new(
             snapshot.clone(),
             reloader.clone(),
+            shield.clone(),
         )),
     );
     admin_svc.add_tcp(&admin_addr.to_string());
@@ -134,6 +142,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     server.add_service(background_service(
         "auth keys and revocations",
         crate::auth::AuthService::new(snapshot.clone()),
+    ));
+    server.add_service(background_service(
+        "limits, bans and cluster store",
+        ProtectService::new(snapshot.clone(), shield.clone()),
     ));
     tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "galion-gateway starting");
     server.run_forever()

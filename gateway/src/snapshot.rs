@@ -13,6 +13,7 @@ use indexmap::IndexMap;
 use ipnet::IpNet;
 
 use crate::auth::Authenticator;
+use crate::cluster::RedisLink;
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
 use crate::routing::{HostRoutes, Route, Router};
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Kept across reloads while `auth:` is unchanged (keys, token cache, revocations).
     pub auth: Arc<Authenticator>,
+    /// Cluster mode: kept across reloads while `store.redis` is unchanged.
+    pub redis: Option<Arc<RedisLink>>,
     pub router: Router,
     pub pools: IndexMap<String, Arc<Pool>>,
     pub trusted_proxies: Vec<IpNet>,
@@ -56,6 +59,18 @@ impl Snapshot {
             .map(|p| p.auth.clone())
             .filter(|a| a.config == config.auth)
             .unwrap_or_else(|| Arc::new(Authenticator::new(config.auth.clone())));
+        let redis = config.store.redis.as_ref().and_then(|rc| {
+            let same = previous
+                .and_then(|p| p.redis.clone())
+                .filter(|l| l.config == *rc);
+            same.or_else(|| match RedisLink::new(rc.clone()) {
+                Ok(l) => Some(Arc::new(l)),
+                Err(e) => {
+                    tracing::error!(error = ?e.kind(), "store.redis: cannot use this URL");
+                    None
+                }
+            })
+        });
         let mut compiled = Vec::new();
         for h in &config.hosts {
             let host: Arc<str> = h.name.as_str().into();
@@ -79,6 +94,7 @@ impl Snapshot {
                         cors: r.cors.clone().map(Arc::new),
                         max_body: r.max_body,
                         allow_plain: r.allow_plain,
+                        rate_limit: r.rate_limit.clone(),
                     }))
                 })
                 .collect();
@@ -93,6 +109,7 @@ impl Snapshot {
             trusted_proxies: config.trusted_proxies.clone(),
             config: Arc::new(config),
             auth,
+            redis,
             router,
             pools,
             generation: previous.map_or(1, |p| p.generation + 1),
@@ -122,6 +139,14 @@ pub fn summary_of(c: &Config) -> serde_json::Value {
                     "match": r.matcher.describe(),
                     "methods": r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str().to_owned()).collect::<Vec<_>>()),
                     "upstream": r.upstream,
+                    "rate_limit": r.rate_limit.as_ref().map(|p| format!(
+                        "{}/{}s burst {} by {:?}{}",
+                        p.count,
+                        p.period.as_secs(),
+                        p.burst,
+                        p.key,
+                        if p.per_route { "" } else { " (shared budget)" }
+                    )),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -141,8 +166,23 @@ pub fn summary_of(c: &Config) -> serde_json::Value {
             )
         })
         .collect();
+    let jails: Vec<_> = c
+        .jails
+        .iter()
+        .map(|j| {
+            json!({
+                "name": j.name,
+                "maxretry": j.maxretry,
+                "findtime_seconds": j.findtime.as_secs(),
+                "bantime_seconds": j.bantime.as_secs(),
+                "action": j.action.as_str(),
+            })
+        })
+        .collect();
     json!({
         "content_hash": c.content_hash,
+        "jails": jails,
+        "cluster": c.store.redis.is_some(),
         "listen": { "http": c.listen.http.map(|a| a.to_string()), "admin": c.listen.admin.to_string() },
         "hosts": hosts,
         "upstreams": upstreams,

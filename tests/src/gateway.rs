@@ -36,16 +36,7 @@ async fn start(config: &str, tls: bool) -> Gateway {
     let https = tls.then(free_addr);
     let config_path = dir.path().join("gateway.yaml");
     std::fs::write(&config_path, listen_block(config, http, https, admin)).expect("write config");
-    let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
-    let access = std::fs::File::create(dir.path().join("access.log")).expect("access log");
-    let child = Command::new(binary("galion-gateway"))
-        .arg("-c")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(access))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start galion-gateway");
+    let child = launch(dir.path(), &config_path);
     let gw = Gateway {
         child,
         http,
@@ -54,35 +45,71 @@ async fn start(config: &str, tls: bool) -> Gateway {
         config_path,
         dir,
     };
-    let url = format!("http://{admin}/health/live");
-    let up = eventually(15, || {
-        let url = url.clone();
-        async move {
-            client()
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-        }
-    })
-    .await;
-    assert!(up.is_some(), "gateway did not start:\n{}", gw.log());
-    // The proxy listener starts with the admin one; make sure it accepts too.
-    let proxy_up = eventually(5, || async move {
-        tokio::net::TcpStream::connect(http).await.ok()
-    })
-    .await;
-    assert!(proxy_up.is_some(), "proxy listener not up:\n{}", gw.log());
-    // The HTTPS listener is a separate pingora service: it can come up a moment later.
-    if let Some(https) = https {
-        let tls_up = eventually(5, || async move {
-            tokio::net::TcpStream::connect(https).await.ok()
+    gw.wait_ready().await;
+    gw
+}
+
+/// Starts the binary on `config_path`; logs are appended in `dir`, and the state
+/// directory (bans) is `dir/state` unless the config says otherwise.
+fn launch(dir: &std::path::Path, config_path: &std::path::Path) -> Child {
+    let open = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .expect("log file")
+    };
+    Command::new(binary("galion-gateway"))
+        .arg("-c")
+        .arg(config_path)
+        .env("RUST_LOG", "info")
+        .env("GALION_DATA_DIR", dir)
+        .stdout(Stdio::from(open("access.log")))
+        .stderr(Stdio::from(open("gateway.log")))
+        .spawn()
+        .expect("start galion-gateway")
+}
+
+impl Gateway {
+    async fn wait_ready(&self) {
+        let (admin, http, https) = (self.admin, self.http, self.https);
+        let gw = self;
+        let url = format!("http://{admin}/health/live");
+        let up = eventually(15, || {
+            let url = url.clone();
+            async move {
+                client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+            }
         })
         .await;
-        assert!(tls_up.is_some(), "https listener not up:\n{}", gw.log());
+        assert!(up.is_some(), "gateway did not start:\n{}", gw.log());
+        // The proxy listener starts with the admin one; make sure it accepts too.
+        let proxy_up = eventually(5, || async move {
+            tokio::net::TcpStream::connect(http).await.ok()
+        })
+        .await;
+        assert!(proxy_up.is_some(), "proxy listener not up:\n{}", gw.log());
+        // The HTTPS listener is a separate pingora service: it can come up a moment later.
+        if let Some(https) = https {
+            let tls_up = eventually(5, || async move {
+                tokio::net::TcpStream::connect(https).await.ok()
+            })
+            .await;
+            assert!(tls_up.is_some(), "https listener not up:\n{}", gw.log());
+        }
     }
-    gw
+
+    /// Stops the process and starts it again on the same config, ports and data dir.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = launch(self.dir.path(), &self.config_path);
+        self.wait_ready().await;
+    }
 }
 
 pub fn with_listen(config: &str, http: SocketAddr, admin: SocketAddr) -> String {

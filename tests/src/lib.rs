@@ -6,6 +6,7 @@
 
 pub mod gateway;
 pub mod jwt;
+pub mod redis_server;
 pub mod stack;
 pub mod upstream;
 

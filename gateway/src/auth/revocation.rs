@@ -54,6 +54,20 @@ impl Revocations {
         self.revoked.load().contains_key(jti)
     }
 
+    /// Records one revocation pushed to us (Redis pub/sub in cluster mode); returns
+    /// false when it was already known or has expired.
+    pub fn revoke(&self, jti: &str, exp: u64) -> bool {
+        if exp <= now_secs() || self.is_revoked(jti) {
+            return false;
+        }
+        self.revoked.rcu(|cur| {
+            let mut next = HashMap::clone(cur);
+            next.insert(jti.to_owned(), exp);
+            next
+        });
+        true
+    }
+
     pub fn poll_due(&self) -> bool {
         match self.last_poll.lock().ok().and_then(|t| *t) {
             None => true,

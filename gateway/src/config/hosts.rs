@@ -16,6 +16,7 @@ pub fn hosts_of(
     upstreams: &HashSet<String>,
     auth: &AuthConfig,
     limits: &Limits,
+    default_rate: Option<&std::sync::Arc<RatePolicy>>,
 ) -> Vec<HostConfig> {
     let root = KeyPath::root().key("hosts");
     let mut hosts = Vec::new();
@@ -60,6 +61,8 @@ pub fn hosts_of(
             ),
             cors: h.cors.as_ref().map(|r| cors_of(c, &at.key("cors"), r)),
             max_body: limits.max_body,
+            rate: default_rate.cloned(),
+            host: canonical.clone(),
         };
         let security =
             security_headers_of(c, &at.key("security_headers"), h.security_headers.as_ref());
@@ -96,6 +99,8 @@ struct RouteDefaults {
     access: AccessRule,
     cors: Option<CorsConfig>,
     max_body: Option<u64>,
+    rate: Option<std::sync::Arc<RatePolicy>>,
+    host: String,
 }
 
 fn routes_of(
@@ -222,6 +227,14 @@ fn route_of(
         }
         (false, None) => Rewrite::None,
     };
+    let rate_limit = super::protect::route_rate(
+        c,
+        &at.key("rate_limit"),
+        r.rate_limit.as_ref(),
+        &defaults.host,
+        &r.name,
+        defaults.rate.as_ref(),
+    );
     let request_headers = header_ops(c, &at.key("request_headers"), r.request_headers);
     let response_headers = header_ops(c, &at.key("response_headers"), r.response_headers);
     if c.errors.len() > before {
@@ -239,6 +252,7 @@ fn route_of(
         cors,
         max_body,
         allow_plain: r.allow_plain,
+        rate_limit,
     })
 }
 

@@ -67,6 +67,7 @@ pub struct Limits {
     pub max_header_bytes: u64,
     pub max_body: Option<u64>,
     pub max_connections_per_ip: Option<u32>,
+    pub ipv6_prefix: u8,
 }
 
 impl Default for Limits {
@@ -75,6 +76,7 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             max_body: None,
             max_connections_per_ip: None,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -318,6 +320,14 @@ pub fn limits_of(c: &mut Checker, l: RawLimits) -> Limits {
             .max_body
             .and_then(|s| parse_size(c, &at.key("max_body"), &s)),
         max_connections_per_ip: l.max_connections_per_ip,
+        ipv6_prefix: match l.ipv6_prefix {
+            None => d.ipv6_prefix,
+            Some(n) if (16..=128).contains(&n) => n,
+            Some(_) => {
+                c.err(&at.key("ipv6_prefix"), "a prefix length between 16 and 128");
+                d.ipv6_prefix
+            }
+        },
     }
 }
 

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::error::{KeyPath, Seg};
+pub use super::raw_protect::*;
 
 /// A value that failed to deserialize keeps its error (with the key path inside the
 /// value) instead of aborting the whole document.
@@ -84,6 +85,12 @@ pub struct RawConfig {
     pub auth: Lenient<RawAuth>,
     #[serde(default)]
     pub limits: Lenient<RawLimits>,
+    #[serde(default)]
+    pub store: Lenient<RawStore>,
+    #[serde(default)]
+    pub rate_limits: Lenient<RawRateLimits>,
+    #[serde(default)]
+    pub jails: IndexMap<String, Lenient<RawJail>>,
     #[serde(default)]
     pub upstreams: IndexMap<String, Lenient<RawUpstream>>,
     #[serde(default)]
@@ -247,6 +254,8 @@ pub struct RawRoute {
     /// Served over plain HTTP too instead of redirecting to HTTPS.
     #[serde(default)]
     pub allow_plain: bool,
+    /// `off`, or `{rate, burst, key, per_route}` (checked in stage two).
+    pub rate_limit: Option<serde_norway::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -332,6 +341,8 @@ pub struct RawLimits {
     pub max_header_bytes: Option<RawSize>,
     pub max_body: Option<RawSize>,
     pub max_connections_per_ip: Option<u32>,
+    /// IPv6 clients are grouped by this prefix length for limits and bans (default 64).
+    pub ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

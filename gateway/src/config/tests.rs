@@ -140,3 +140,84 @@ fn duplicate_hosts_and_defaults_refused() {
     let errs = errors_of(&text);
     assert_eq!(errs.len(), 2, "{errs:#?}");
 }
+
+const PROTECTED: &str = r#"
+listen:
+  http: 127.0.0.1:0
+store:
+  state_dir: /tmp/galion-state-test
+rate_limits:
+  default: { rate: 50/s, burst: 100 }
+jails:
+  login:
+    on:
+      - { route: users, status: [401] }
+      - { event: auth_rejected, reasons: [signature] }
+    maxretry: 5
+    findtime: 1m
+    bantime: 1h
+    bantime_increment: { factor: 2, maxtime: 7d }
+    ignoreip: [10.0.0.0/8]
+    action: drop
+upstreams:
+  users: { servers: [127.0.0.1:7002] }
+hosts:
+  galion.app:
+    routes:
+      - { name: users, prefix: /u, upstream: users, rate_limit: { rate: 10/min, burst: 5, key: "header:x-tenant" } }
+      - { name: free, prefix: /f, upstream: users, rate_limit: off }
+      - { name: rest, prefix: /, upstream: users }
+"#;
+
+#[test]
+fn rate_limits_and_jails_load() {
+    let c = load_str(PROTECTED, Path::new("gw.yaml")).unwrap().config;
+    let routes = &c.hosts[0].routes;
+    let own = routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!((own.count, own.burst), (10, 5));
+    assert_eq!(own.period, std::time::Duration::from_secs(60));
+    assert_eq!(&*own.id, "galion.app/users");
+    assert_eq!(own.policy_header, "\"users\";q=10;w=60");
+    assert!(matches!(own.key, LimitKey::Header(ref h) if h == "x-tenant"));
+    assert!(routes[1].rate_limit.is_none());
+    let default = routes[2].rate_limit.as_ref().unwrap();
+    assert_eq!(&*default.id, "default");
+    assert_eq!(c.jails.len(), 1);
+    assert_eq!(c.jails[0].action, BanAction::Drop);
+    assert_eq!(c.jails[0].on[1].event, Some(EventKind::AuthRejected));
+    assert_eq!(
+        c.store.state_dir.as_deref(),
+        Some(Path::new("/tmp/galion-state-test"))
+    );
+}
+
+#[test]
+fn rate_limit_and_jail_errors_name_their_place() {
+    let text = PROTECTED
+        .replace("rate: 10/min, burst: 5", "rate: 10/fortnight, burst: 5")
+        .replace("rate_limit: off", "rate_limit: { rate: 1/s, colour: red }")
+        .replace("route: users, status", "route: nosuch, status")
+        .replace("reasons: [signature]", "reasons: [sinature]")
+        .replace("action: drop", "action: explode");
+    let errs = errors_of(&text);
+    let has = |prefix: &str| errs.iter().any(|e| e.starts_with(prefix));
+    assert!(
+        has("gw.yaml:24: hosts.\"galion.app\".routes[0].rate_limit.rate:"),
+        "{errs:#?}"
+    );
+    assert!(
+        has("gw.yaml:25: hosts.\"galion.app\".routes[1].rate_limit"),
+        "{errs:#?}"
+    );
+    assert!(errs.iter().any(|e| e.contains("colour")), "{errs:#?}");
+    assert!(
+        has("gw.yaml:11: jails.login.on[0].route: no route is named \"nosuch\""),
+        "{errs:#?}"
+    );
+    assert!(
+        has("gw.yaml:12: jails.login.on[1].reasons[0]:"),
+        "{errs:#?}"
+    );
+    assert!(has("gw.yaml:18: jails.login.action:"), "{errs:#?}");
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+}

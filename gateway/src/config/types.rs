@@ -16,6 +16,10 @@ pub use super::policy::{
     AccessRule, ApiKeyConfig, AuthConfig, AuthMode, CorsConfig, JwtConfig, Limits, OriginPattern,
     RevocationConfig, SecurityHeaders,
 };
+pub use super::protect::{
+    BanAction, EventKind, JailCondition, JailConfig, LimitKey, RateLimitConfig, RatePolicy,
+    RedisConfig, StoreConfig,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -27,6 +31,9 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub store: StoreConfig,
+    pub rate_limits: RateLimitConfig,
+    pub jails: Vec<JailConfig>,
     pub upstreams: IndexMap<String, UpstreamConfig>,
     pub hosts: Vec<HostConfig>,
     /// Hex SHA-256 of the file's bytes, shown by `/admin/config`.
@@ -203,6 +210,8 @@ pub struct RouteConfig {
     pub cors: Option<CorsConfig>,
     pub max_body: Option<u64>,
     pub allow_plain: bool,
+    /// The route's own policy, else `rate_limits.default`; `None` when off.
+    pub rate_limit: Option<std::sync::Arc<RatePolicy>>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -124,7 +124,27 @@ pub fn validate(
             }
         }
     }
-    let hosts = super::hosts::hosts_of(&mut c, raw.hosts, &declared, &auth, &limits);
+    let store = c
+        .take(&root.key("store"), raw.store)
+        .map(|s| super::protect::store_of(&mut c, s))
+        .unwrap_or_default();
+    let rate_limits = c
+        .take(&root.key("rate_limits"), raw.rate_limits)
+        .map(|r| super::protect::rate_limits_of(&mut c, r))
+        .unwrap_or_default();
+    let hosts = super::hosts::hosts_of(
+        &mut c,
+        raw.hosts,
+        &declared,
+        &auth,
+        &limits,
+        rate_limits.default.as_ref(),
+    );
+    let route_names: HashSet<String> = hosts
+        .iter()
+        .flat_map(|h| h.routes.iter().map(|r| r.name.clone()))
+        .collect();
+    let jails = super::protect::jails_of(&mut c, raw.jails, &route_names);
 
     let listen_errors = c
         .errors
@@ -156,6 +176,9 @@ pub fn validate(
             tls,
             auth,
             limits,
+            store,
+            rate_limits,
+            jails,
             upstreams,
             hosts,
             content_hash,
@@ -277,7 +300,21 @@ pub fn header_ops(c: &mut Checker, at: &KeyPath, raw: RawHeaderOps) -> HeaderOps
         for (name, value) in map {
             let p = at.key(key).key(&name);
             let n = header_name(c, &p, &name);
-            let v = HeaderValue::from_str(&value);
+            // `${VAR}` lets a value come from the environment (e.g. a service token
+            // sent upstream); such values are marked sensitive so they are never
+            // logged.
+            let from_env = value.contains("${");
+            let value = match super::tls::expand_env(&value) {
+                Ok(v) => v,
+                Err(e) => {
+                    c.err(&p, e);
+                    continue;
+                }
+            };
+            let v = HeaderValue::from_str(&value).map(|mut v| {
+                v.set_sensitive(from_env);
+                v
+            });
             match (n, v) {
                 (Some(n), Ok(v)) => out.push((n, v)),
                 (_, Err(_)) => c.err(&p, "header value has characters not allowed in HTTP"),

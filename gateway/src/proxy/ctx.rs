@@ -7,7 +7,8 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use crate::auth::{Identity, Reject};
-use crate::config::SecurityHeaders;
+use crate::config::{RatePolicy, SecurityHeaders};
+use crate::limits::Outcome;
 use crate::routing::Route;
 use crate::snapshot::Snapshot;
 use crate::upstream::Tried;
@@ -26,6 +27,12 @@ pub enum LocalReply {
     Preflight,
     Redirect,
     Acme,
+    /// Refused by a rate limit (429).
+    RateLimited,
+    /// The client is banned (403).
+    Banned,
+    /// The client is banned with `action: drop`: the connection is closed unanswered.
+    Dropped,
 }
 
 pub struct RequestCtx {
@@ -52,6 +59,8 @@ pub struct RequestCtx {
     pub security: Option<Arc<SecurityHeaders>>,
     /// Request body bytes seen so far (for `max_body`).
     pub body_bytes: u64,
+    /// The rate-limit decision, for the response's `RateLimit` fields.
+    pub rate: Option<(Arc<RatePolicy>, Outcome)>,
 }
 
 impl RequestCtx {
@@ -74,6 +83,7 @@ impl RequestCtx {
             auth_reject: None,
             security: None,
             body_bytes: 0,
+            rate: None,
         }
     }
 

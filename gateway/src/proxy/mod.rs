@@ -19,10 +19,17 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{LocalReply, RequestCtx};
 
+use std::sync::Arc;
+
 use crate::access_log;
+use crate::auth::IdentityKind;
+use crate::bans::Event;
 use crate::client_ip;
+use crate::cluster::Shield;
 use crate::config::Balance;
 use crate::config::HashKey;
+use crate::config::{BanAction, LimitKey, RatePolicy};
+use crate::limits::KeyValue;
 use crate::request_id;
 use crate::routing::{path_is_safe, RouteMatch};
 use crate::snapshot::SnapshotHandle;
@@ -33,11 +40,64 @@ pub struct GatewayProxy {
     snapshot: SnapshotHandle,
     /// Whether this service terminates TLS (for `X-Forwarded-Proto`).
     https: bool,
+    shield: Arc<Shield>,
 }
 
 impl GatewayProxy {
-    pub fn new(snapshot: SnapshotHandle, https: bool) -> Self {
-        GatewayProxy { snapshot, https }
+    pub fn new(snapshot: SnapshotHandle, https: bool, shield: Arc<Shield>) -> Self {
+        GatewayProxy {
+            snapshot,
+            https,
+            shield,
+        }
+    }
+
+    /// Applies the route's rate limit; `Ok(true)` when the request was refused.
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &crate::snapshot::Snapshot,
+        policy: &Arc<RatePolicy>,
+    ) -> Result<bool> {
+        let Some(ip) = ctx.client_ip else {
+            return Ok(false);
+        };
+        let ip_key =
+            || KeyValue::Ip(client_ip::group(ip, snap.config.limits.ipv6_prefix).network());
+        let id = ctx.identity.clone();
+        let req = session.req_header();
+        let key = match &policy.key {
+            LimitKey::Ip => ip_key(),
+            LimitKey::User => match id.as_deref() {
+                Some(i) if i.kind == IdentityKind::Jwt => KeyValue::Text(i.subject.as_bytes()),
+                _ => ip_key(),
+            },
+            LimitKey::ApiKey => match id.as_deref() {
+                Some(i) if i.kind == IdentityKind::ApiKey => KeyValue::Text(i.subject.as_bytes()),
+                _ => ip_key(),
+            },
+            LimitKey::Header(h) => match req.headers.get(h) {
+                Some(v) => KeyValue::Text(v.as_bytes()),
+                None => ip_key(),
+            },
+        };
+        let outcome = self
+            .shield
+            .limiter
+            .check(policy, key, snap.redis.as_deref())
+            .await;
+        ctx.rate = Some((policy.clone(), outcome));
+        if outcome.allowed {
+            return Ok(false);
+        }
+        crate::metrics::metrics()
+            .rate_limited
+            .with_label_values(&[policy.name.as_ref()])
+            .inc();
+        ctx.local = Some(LocalReply::RateLimited);
+        respond::rate_limited(session, policy, &outcome, ctx.request_id.as_ref()).await?;
+        Ok(true)
     }
 
     /// CORS preflight, access control and body limit of the matched route.
@@ -49,6 +109,15 @@ impl GatewayProxy {
         snap: &crate::snapshot::Snapshot,
         route: &crate::routing::Route,
     ) -> Result<bool> {
+        // Limits keyed by IP or header run before access control, so a flood of bad
+        // tokens is throttled before any signature is checked.
+        let limit = route.rate_limit.as_ref();
+        let early = limit.filter(|p| matches!(p.key, LimitKey::Ip | LimitKey::Header(_)));
+        if let Some(p) = early {
+            if self.rate_limit(session, ctx, snap, p).await? {
+                return Ok(true);
+            }
+        }
         let req = session.req_header();
         if let Some(cors) = &route.cors {
             // Preflights carry no credentials: answered before access control.
@@ -74,6 +143,11 @@ impl GatewayProxy {
                     respond::auth_error(session, forbidden, ctx.request_id.as_ref()).await?;
                     return Ok(true);
                 }
+            }
+        }
+        if let Some(p) = limit.filter(|_| early.is_none()) {
+            if self.rate_limit(session, ctx, snap, p).await? {
+                return Ok(true);
             }
         }
         if let Some(max) = route.max_body {
@@ -102,11 +176,14 @@ impl GatewayProxy {
                 (431, "headers_too_large", "request headers are too large")
             }
             LocalReply::BodyTooLarge => (413, "payload_too_large", "the request body is too large"),
+            LocalReply::Banned => (403, "forbidden", "access from this address is blocked"),
             LocalReply::Unauthorized
             | LocalReply::Forbidden
             | LocalReply::Preflight
             | LocalReply::Redirect
-            | LocalReply::Acme => (400, "bad_request", "malformed request"),
+            | LocalReply::Acme
+            | LocalReply::RateLimited
+            | LocalReply::Dropped => (400, "bad_request", "malformed request"),
         };
         ctx.local = Some(why);
         respond::json_error(session, status, code, msg, ctx.request_id.as_ref()).await?;
@@ -173,6 +250,17 @@ impl ProxyHttp for GatewayProxy {
             ctx.peer_trusted = trusted;
         }
         ctx.snapshot = Some(snap.clone());
+        if let Some(ip) = ctx.client_ip {
+            if let Some(ban) = self.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {
+                if ban.action == BanAction::Drop && !ctx.peer_trusted {
+                    // Close without an answer (the connection filter refuses new
+                    // connections; this catches ones opened before the ban).
+                    ctx.local = Some(LocalReply::Dropped);
+                    return Error::e_explain(ErrorType::ConnectionClosed, "client is banned");
+                }
+                return Self::reply(session, ctx, LocalReply::Banned).await;
+            }
+        }
 
         let req = session.req_header();
         let path = req.uri.path();
@@ -336,6 +424,9 @@ impl ProxyHttp for GatewayProxy {
         if let Some(sec) = &ctx.security {
             crate::security_headers::apply(sec, self.https, resp)?;
         }
+        if let Some((policy, outcome)) = &ctx.rate {
+            crate::limits::headers::apply(resp, policy, outcome)?;
+        }
         if let Some(route) = &ctx.route {
             if let Some(cors) = &route.cors {
                 let origin = session.req_header().headers.get(http::header::ORIGIN);
@@ -421,6 +512,12 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.local == Some(LocalReply::Dropped) {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let (status, code, msg) = respond::classify(e);
         if status > 0 && session.response_written().is_none() {
             if let Err(we) =
@@ -455,6 +552,25 @@ impl ProxyHttp for GatewayProxy {
             .is_some_and(|s| s.config.access_log.enabled)
         {
             access_log::write(session, ctx, status, elapsed);
+        }
+        if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.client_ip) {
+            if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
+                let ev = Event {
+                    route: ctx.route.as_ref().map(|r| r.name.as_ref()),
+                    status,
+                    auth_reject: ctx.auth_reject.map(|r| r.as_str()),
+                    rate_limited: ctx.local == Some(LocalReply::RateLimited),
+                    malformed: matches!(
+                        ctx.local,
+                        Some(LocalReply::BadRequest | LocalReply::HeadersTooLarge)
+                    ),
+                };
+                let v6 = snap.config.limits.ipv6_prefix;
+                self.shield
+                    .bans
+                    .observe(&snap.config.jails, ip, v6, &ev, snap.redis.as_deref())
+                    .await;
+            }
         }
     }
 }

@@ -16,7 +16,38 @@ pub async fn json_error(
     request_id: Option<&HeaderValue>,
 ) -> Result<()> {
     session.set_keepalive(None);
-    write_error(session, status, code, message, request_id, None).await
+    write_error(session, status, code, message, request_id, Vec::new()).await
+}
+
+/// 429 with `Retry-After` and the rate-limit header fields. The connection stays
+/// open: a throttled client is not a broken one.
+pub async fn rate_limited(
+    session: &mut Session,
+    policy: &crate::config::RatePolicy,
+    outcome: &crate::limits::Outcome,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    use crate::limits::headers;
+    let extra = vec![
+        (
+            http::header::RETRY_AFTER.as_str(),
+            HeaderValue::from(headers::retry_after(outcome)),
+        ),
+        (headers::RATELIMIT_POLICY, policy.policy_header.clone()),
+        (
+            headers::RATELIMIT,
+            headers::ratelimit_value(policy, outcome),
+        ),
+    ];
+    write_error(
+        session,
+        429,
+        "rate_limited",
+        "too many requests: slow down",
+        request_id,
+        extra,
+    )
+    .await
 }
 
 /// The one JSON error writer behind [`json_error`] and [`auth_error`].
@@ -26,7 +57,7 @@ async fn write_error(
     code: &str,
     message: &str,
     request_id: Option<&HeaderValue>,
-    challenge: Option<&'static str>,
+    extra: Vec<(&'static str, HeaderValue)>,
 ) -> Result<()> {
     let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let body = serde_json::json!({
@@ -37,8 +68,8 @@ async fn write_error(
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if let Some(c) = challenge {
-        resp.insert_header(http::header::WWW_AUTHENTICATE, c)?;
+    for (name, value) in extra {
+        resp.insert_header(name, value)?;
     }
     if let Some(v) = request_id {
         resp.insert_header("x-request-id", v.clone())?;
@@ -104,5 +135,9 @@ pub async fn auth_error(
             r#"Bearer realm="galion", error="invalid_token""#,
         )
     };
-    write_error(session, status, code, message, request_id, Some(challenge)).await
+    let extra = vec![(
+        http::header::WWW_AUTHENTICATE.as_str(),
+        HeaderValue::from_static(challenge),
+    )];
+    write_error(session, status, code, message, request_id, extra).await
 }

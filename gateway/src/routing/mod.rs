@@ -32,6 +32,7 @@ pub struct Route {
     pub cors: Option<Arc<CorsConfig>>,
     pub max_body: Option<u64>,
     pub allow_plain: bool,
+    pub rate_limit: Option<Arc<crate::config::RatePolicy>>,
 }
 
 impl Route {

@@ -1,0 +1,40 @@
+//! The IETF rate-limit header fields (draft-ietf-httpapi-ratelimit-headers):
+//! `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=42;t=12`, plus
+//! `Retry-After` on 429.
+
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use pingora::Result;
+
+use super::Outcome;
+use crate::config::RatePolicy;
+
+pub const RATELIMIT: &str = "ratelimit";
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+
+fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(1_000_000_000)
+}
+
+/// `RateLimit` for the outcome: remaining requests and seconds until the quota is
+/// whole again (or, when refused, until the next request can pass).
+pub fn ratelimit_value(policy: &RatePolicy, o: &Outcome) -> HeaderValue {
+    let t = if o.allowed {
+        ceil_secs(o.reset_ns)
+    } else {
+        ceil_secs(o.retry_after_ns).max(1)
+    };
+    let s = format!("\"{}\";r={};t={}", policy.name, o.remaining, t);
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("\"default\";r=0;t=1"))
+}
+
+pub fn retry_after(o: &Outcome) -> u64 {
+    ceil_secs(o.retry_after_ns).max(1)
+}
+
+/// Adds both fields to a response.
+pub fn apply(resp: &mut ResponseHeader, policy: &RatePolicy, o: &Outcome) -> Result<()> {
+    resp.insert_header(RATELIMIT_POLICY, policy.policy_header.clone())?;
+    resp.insert_header(RATELIMIT, ratelimit_value(policy, o))?;
+    Ok(())
+}
