@@ -104,6 +104,7 @@ impl AdminApp {
             return crate::admin_bans::handle(&self.shield, &snap, method, path, body).await;
         }
         match (method, path) {
+            (&Method::POST, "/admin/cache/purge") => purge(body),
             (&Method::GET, "/admin/config") => {
                 let snap = self.snapshot.load();
                 let loaded = snap
@@ -126,6 +127,49 @@ impl AdminApp {
             },
             _ => error(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
         }
+    }
+}
+
+/// `POST /admin/cache/purge` with `{"url": "https://galion.app/a?b"}` (that URL, every
+/// variant and identity) or `{"prefix": "galion.app/static/"}`.
+fn purge(body: &[u8]) -> Response<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Purge {
+        url: Option<String>,
+        prefix: Option<String>,
+    }
+    let strip = |s: &str| {
+        let s = s.trim();
+        let s = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(s);
+        s.to_ascii_lowercase()
+            .split_once('/')
+            .map(|(host, _)| format!("{host}{}", &s[host.len()..]))
+            .unwrap_or_else(|| s.to_ascii_lowercase())
+    };
+    match serde_json::from_slice::<Purge>(body) {
+        Ok(Purge {
+            url: Some(u),
+            prefix: None,
+        }) => json_response(
+            StatusCode::OK,
+            json!({"purged": crate::cache::purge(&strip(&u), false)}),
+        ),
+        Ok(Purge {
+            url: None,
+            prefix: Some(p),
+        }) if !p.trim().is_empty() => json_response(
+            StatusCode::OK,
+            json!({"purged": crate::cache::purge(&strip(&p), true)}),
+        ),
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send {\"url\": \"https://host/path?query\"} or {\"prefix\": \"host/path\"}",
+        ),
     }
 }
 

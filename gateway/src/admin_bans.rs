@@ -51,7 +51,9 @@ fn parse_target(s: &str, ipv6_prefix: u8) -> Option<IpNet> {
     Some(
         match net {
             IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
-                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len().saturating_sub(96))
+                // `::ffff:a.b.c.d/n` with n < 96 would cover every IPv4 address.
+                Some(_) if v6.prefix_len() < 96 => return None,
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
                     .map(IpNet::V4)
                     .ok()?,
                 None => net,
@@ -140,7 +142,8 @@ pub async fn handle(
                     "target must be an IP address or a CIDR network",
                 );
             };
-            if shield.bans.unban(&target, link).await {
+            let jails: Vec<String> = snap.config.jails.iter().map(|j| j.name.clone()).collect();
+            if shield.bans.unban(&target, &jails, link).await {
                 Response::builder()
                     .status(StatusCode::NO_CONTENT)
                     .body(Vec::new())

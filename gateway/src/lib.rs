@@ -11,6 +11,7 @@ pub mod admin;
 mod admin_bans;
 pub mod auth;
 pub mod bans;
+pub mod cache;
 pub mod cli;
 pub mod client_ip;
 pub mod cluster;

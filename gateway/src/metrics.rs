@@ -29,6 +29,8 @@ pub struct Metrics {
     pub bans_total: IntCounterVec,
     pub redis_up: IntGauge,
     pub store_fallback: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_size: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -162,6 +164,17 @@ impl Metrics {
             "Decisions taken locally because Redis was unreachable, by component.",
             &["component"],
         );
+        let cache_lookups = counter_vec(
+            &registry,
+            "gateway_cache_lookups_total",
+            "Requests on cached routes by route and cache status (HIT, MISS, STALE, EXPIRED, BYPASS).",
+            &["route", "status"],
+        );
+        let cache_size = gauge(
+            &registry,
+            "gateway_cache_size_bytes",
+            "Bytes held by the response cache (bodies and headers).",
+        );
         store_fallback.with_label_values(&["rate_limit"]);
         store_fallback.with_label_values(&["bans"]);
         // Make the reload series visible from the start.
@@ -184,11 +197,14 @@ impl Metrics {
             bans_total,
             redis_up,
             store_fallback,
+            cache_lookups,
+            cache_size,
         }
     }
 
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> Vec<u8> {
+        self.cache_size.set(crate::cache::size_bytes() as i64);
         let mut buf = Vec::with_capacity(16 * 1024);
         let enc = TextEncoder::new();
         if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {

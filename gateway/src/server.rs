@@ -74,6 +74,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(dir) = &config.store.state_dir {
         shield.bans.restore(dir, config.limits.ipv6_prefix);
     }
+    if config
+        .hosts
+        .iter()
+        .any(|h| h.routes.iter().any(|r| r.cache.is_some()))
+    {
+        crate::cache::init(&config.cache);
+    }
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)));
     reload::mark_success();
     let reloader = Arc::new(Reloader::new(opts.config.clone(), snapshot.clone()));

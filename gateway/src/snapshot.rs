@@ -95,6 +95,8 @@ impl Snapshot {
                         max_body: r.max_body,
                         allow_plain: r.allow_plain,
                         rate_limit: r.rate_limit.clone(),
+                        cache: r.cache.clone(),
+                        compress: r.compress.clone(),
                     }))
                 })
                 .collect();

@@ -151,16 +151,36 @@ async fn serve(
             .get("x-test-status")
             .and_then(|v| v.parse().ok())
             .unwrap_or(200);
+        // `x-test-pad: N` adds N bytes of compressible text in a `pad` field.
+        let pad = headers
+            .get("x-test-pad")
+            .and_then(|v| v.parse::<usize>().ok())
+            .map(|n| "galion ".repeat(n / 7 + 1))
+            .unwrap_or_default();
         let echo = serde_json::json!({
             "server": name,
             "method": method,
             "uri": uri,
             "headers": headers,
             "body_len": len,
+            "hit": hits.load(Ordering::SeqCst),
+            "pad": pad,
         })
         .to_string();
+        // `x-test-resp-NAME: VALUE` is sent back as the response header `NAME: VALUE`.
+        let mut extra = String::new();
+        let mut content_type = "application/json".to_owned();
+        for (k, v) in &headers {
+            if let Some(n) = k.strip_prefix("x-test-resp-") {
+                if n == "content-type" {
+                    content_type = v.clone();
+                } else {
+                    extra.push_str(&format!("{n}: {v}\r\n"));
+                }
+            }
+        }
         let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{echo}",
+            "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-upstream: {name}\r\n{extra}\r\n{echo}",
             echo.len()
         );
         reader.get_mut().write_all(resp.as_bytes()).await?;

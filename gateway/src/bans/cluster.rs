@@ -5,14 +5,18 @@
 use std::time::Duration;
 
 use ipnet::IpNet;
+
 use serde::{Deserialize, Serialize};
 
 use super::table::Ban;
 use crate::cluster::RedisLink;
 use crate::config::JailConfig;
 
-/// KEYS[1] = counter; ARGV = findtime (ms), a unique member suffix. Returns the
-/// number of events within findtime, this one included.
+/// KEYS = [event counter, offence counter]; ARGV = findtime (ms), a unique member
+/// suffix, maxretry, how long offences are remembered (ms). Returns 0, or — for
+/// exactly one caller, the one whose event reaches maxretry — the offence number:
+/// the counter is cleared and the offence counted in the same atomic step, so
+/// concurrent failures on several instances make one ban, not several.
 pub const HIT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -20,7 +24,29 @@ local window = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[2])
 redis.call('PEXPIRE', KEYS[1], window)
-return redis.call('ZCARD', KEYS[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+local n = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return n
+";
+
+/// Stores a ban unless a longer one for the same target is already stored, and
+/// announces it. KEYS = [bans hash]; ARGV = target, ban JSON, until_ms, channel,
+/// message.
+const BAN_SCRIPT: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and type(old) == 'table' and tonumber(old['until_ms']) and tonumber(old['until_ms']) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
 ";
 
 #[derive(Serialize, Deserialize)]
@@ -46,39 +72,49 @@ pub fn channel(link: &RedisLink) -> String {
     link.key("bans")
 }
 
+/// One matching event in Redis: `Some(0)` below maxretry, `Some(n)` when this event
+/// makes the n-th ban, `None` when Redis could not answer.
 pub async fn hit(
     link: &RedisLink,
     script: &redis::Script,
     jail: &JailConfig,
     target: IpNet,
+    keep: Duration,
 ) -> Option<u32> {
-    let key = link.key(&format!("jail:{}:{}", jail.name, target));
+    let key = counter_key(link, &jail.name, &target);
+    let offences = link.key(&format!("offences:{}:{}", jail.name, target));
     let window = jail.findtime.as_millis() as u64;
     let nonce: u64 = rand::random();
+    let maxretry = jail.maxretry;
+    let keep_ms = keep.as_millis() as u64;
     link.run("bans", |mut c| async move {
         script
             .key(key)
+            .key(offences)
             .arg(window)
             .arg(nonce)
+            .arg(maxretry)
+            .arg(keep_ms)
             .invoke_async::<u32>(&mut c)
             .await
     })
     .await
 }
 
-pub async fn offend(link: &RedisLink, jail: &str, target: IpNet, keep: Duration) -> Option<u32> {
-    let key = link.key(&format!("offences:{jail}:{target}"));
-    let keep_ms = keep.as_millis() as u64;
+fn counter_key(link: &RedisLink, jail: &str, target: &IpNet) -> String {
+    link.key(&format!("jail:{jail}:{target}"))
+}
+
+/// Forgets the event counters of a target (after an unban).
+pub async fn reset_counters(link: &RedisLink, jails: &[String], target: &IpNet) {
+    if jails.is_empty() {
+        return;
+    }
+    let keys: Vec<String> = jails.iter().map(|j| counter_key(link, j, target)).collect();
     link.run("bans", |mut c| async move {
-        let (n, _): (u32, i64) = redis::pipe()
-            .atomic()
-            .incr(&key, 1)
-            .pexpire(&key, keep_ms as i64)
-            .query_async(&mut c)
-            .await?;
-        Ok(n)
+        redis::cmd("DEL").arg(&keys).query_async::<()>(&mut c).await
     })
-    .await
+    .await;
 }
 
 /// Stores and announces a ban; false when Redis could not be reached.
@@ -92,24 +128,28 @@ pub async fn publish_ban(link: &RedisLink, ban: &Ban) -> bool {
     let hash = link.key("bans");
     let field = ban.target.to_string();
     let ch = channel(link);
+    let until = ban.until_ms;
+    let script = redis::Script::new(BAN_SCRIPT);
     link.run("bans", |mut c| async move {
-        redis::pipe()
-            .atomic()
-            .hset(&hash, &field, stored)
-            .ignore()
-            .publish(&ch, msg)
-            .ignore()
-            .query_async::<()>(&mut c)
+        script
+            .key(hash)
+            .arg(field)
+            .arg(stored)
+            .arg(until)
+            .arg(ch)
+            .arg(msg)
+            .invoke_async::<u32>(&mut c)
             .await
     })
     .await
     .is_some()
 }
 
-/// Removes and announces an unban; true when Redis held the ban.
-pub async fn publish_unban(link: &RedisLink, target: &IpNet) -> bool {
+/// Removes and announces an unban: `Some(true)` when Redis held the ban, `None`
+/// when Redis could not be reached.
+pub async fn publish_unban(link: &RedisLink, target: &IpNet) -> Option<bool> {
     let Ok(msg) = serde_json::to_string(&Wire::Unban { target: *target }) else {
-        return false;
+        return Some(false);
     };
     let hash = link.key("bans");
     let field = target.to_string();
@@ -125,7 +165,7 @@ pub async fn publish_unban(link: &RedisLink, target: &IpNet) -> bool {
         Ok(removed)
     })
     .await
-    .is_some_and(|n| n > 0)
+    .map(|n| n > 0)
 }
 
 /// Every ban in Redis; expired ones are deleted on the way.

@@ -86,6 +86,36 @@ impl JailState {
         q.len() as u32
     }
 
+    /// Records one event; true — with the counter cleared, under the same lock —
+    /// when it reaches maxretry (so concurrent events make exactly one ban).
+    pub fn trip(&self, jail: &JailConfig, target: IpNet, now: u64) -> bool {
+        let window = jail.findtime.as_millis() as u64;
+        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
+        if hits.len() >= MAX_TRACKED {
+            // Drop the stalest half rather than everything: an attacker flooding with
+            // fresh addresses must not wipe the counters of the others.
+            hits.retain(|_, q| q.back().is_some_and(|t| t + window > now));
+            if hits.len() >= MAX_TRACKED {
+                let mut lasts: Vec<u64> = hits.values().filter_map(|q| q.back().copied()).collect();
+                let mid = lasts.len() / 2;
+                let (_, cut, _) = lasts.select_nth_unstable(mid);
+                let cut = *cut;
+                hits.retain(|_, q| q.back().is_some_and(|t| *t > cut));
+            }
+        }
+        let k = (jail.name.clone(), target);
+        let q = hits.entry(k.clone()).or_default();
+        while q.front().is_some_and(|t| t + window <= now) {
+            q.pop_front();
+        }
+        q.push_back(now);
+        if q.len() >= jail.maxretry as usize {
+            hits.remove(&k);
+            return true;
+        }
+        false
+    }
+
     /// Forgets the events of a client that was just banned (a new window starts
     /// when the ban ends).
     pub fn reset(&self, jail: &str, target: IpNet) {
@@ -98,6 +128,13 @@ impl JailState {
         let mut m = self.offences.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_TRACKED {
             m.retain(|_, o| o.forget_at_ms > now);
+            if m.len() >= MAX_TRACKED {
+                let mut f: Vec<u64> = m.values().map(|o| o.forget_at_ms).collect();
+                let mid = f.len() / 2;
+                let (_, cut, _) = f.select_nth_unstable(mid);
+                let cut = *cut;
+                m.retain(|_, o| o.forget_at_ms > cut);
+            }
         }
         let o = m.entry((jail.to_owned(), target)).or_insert(Offence {
             count: 0,
@@ -199,6 +236,11 @@ mod tests {
         assert_eq!(s.hit(&j, t, 61_900), 3);
         s.reset("login", t);
         assert_eq!(s.hit(&j, t, 63_000), 1);
+        s.reset("login", t);
+        assert!(!s.trip(&j, t, 64_000));
+        assert!(!s.trip(&j, t, 64_001));
+        assert!(s.trip(&j, t, 64_002), "the third event trips maxretry 3");
+        assert!(!s.trip(&j, t, 64_003), "and clears the counter");
         assert_eq!(s.offend("login", t, 0, 1_000), 1);
         assert_eq!(s.offend("login", t, 10, 1_000), 2);
         // Forgotten after keep_ms.

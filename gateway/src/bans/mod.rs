@@ -12,12 +12,12 @@ pub mod jails;
 pub mod persist;
 pub mod table;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
@@ -37,8 +37,14 @@ pub struct Bans {
     /// Wakes the protection service to save at once (a crash or a fast shutdown
     /// right after a ban must not lose it).
     pub save_now: tokio::sync::Notify,
-    /// Bans made while Redis was unreachable, pushed to it when it returns.
+    /// Bans not yet confirmed stored in Redis (pushed at the next resync).
     pending: Mutex<HashSet<IpNet>>,
+    /// Unbans made while Redis was unreachable (lifted there when it returns).
+    pending_unbans: Mutex<HashSet<IpNet>>,
+    /// When each target was last banned here or announced to us.
+    recent: Mutex<HashMap<IpNet, Instant>>,
+    /// The link generation the table was last reconciled with.
+    synced_generation: AtomicU64,
     hit_script: redis::Script,
 }
 
@@ -50,6 +56,9 @@ impl Default for Bans {
             dirty: AtomicBool::new(false),
             save_now: tokio::sync::Notify::new(),
             pending: Mutex::new(HashSet::new()),
+            pending_unbans: Mutex::new(HashSet::new()),
+            recent: Mutex::new(HashMap::new()),
+            synced_generation: AtomicU64::new(0),
             hit_script: redis::Script::new(cluster::HIT_SCRIPT),
         }
     }
@@ -81,33 +90,39 @@ impl Bans {
         ev: &Event<'_>,
         link: Option<&RedisLink>,
     ) {
+        let target = group(ip, ipv6_prefix);
         for jail in jails {
-            if !jail.matches(ev) || jail.ignoreip.iter().any(|n| n.contains(&ip)) {
+            // An ignored address is never banned, nor is the IPv6 group holding one.
+            let ignored = jail
+                .ignoreip
+                .iter()
+                .any(|n| n.contains(&ip) || target.contains(&n.network()));
+            if ignored || !jail.matches(ev) {
                 continue;
             }
             if self.check(ip, ipv6_prefix).is_some() {
                 return;
             }
-            let target = group(ip, ipv6_prefix);
             let now = now_ms();
+            let keep = keep_offence(jail);
+            let keep_ms = keep.as_millis() as u64;
             let shared = match link {
-                Some(l) => cluster::hit(l, &self.hit_script, jail, target).await,
+                Some(l) => cluster::hit(l, &self.hit_script, jail, target, keep).await,
                 None => None,
             };
-            let count = shared.unwrap_or_else(|| self.jails.hit(jail, target, now));
-            if count < jail.maxretry {
-                continue;
-            }
-            self.jails.reset(&jail.name, target);
-            let keep = keep_offence(jail);
-            let local = self
-                .jails
-                .offend(&jail.name, target, now, keep.as_millis() as u64);
-            let offences = match link {
-                Some(l) => cluster::offend(l, &jail.name, target, keep)
-                    .await
-                    .map_or(local, |n| n.max(local)),
-                None => local,
+            let offences = match shared {
+                Some(0) => continue,
+                Some(n) => {
+                    self.jails
+                        .note_offences(&jail.name, target, n, now + keep_ms);
+                    n
+                }
+                None => {
+                    if !self.jails.trip(jail, target, now) {
+                        continue;
+                    }
+                    self.jails.offend(&jail.name, target, now, keep_ms)
+                }
             };
             let lasts = jail.ban_duration(offences);
             let ban = Ban {
@@ -161,29 +176,38 @@ impl Bans {
 
     async fn add(&self, ban: Ban, ipv6_prefix: u8, link: Option<&RedisLink>) {
         self.table.insert(ban.clone(), ipv6_prefix);
+        self.touch(ban.target);
         self.changed();
-        let shared = match link {
-            Some(l) => cluster::publish_ban(l, &ban).await,
-            None => true,
-        };
-        if !shared {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(ban.target);
+        if let Some(l) = link {
+            // Pending until Redis has it: a resync running meanwhile must not drop it.
+            lock(&self.pending).insert(ban.target);
+            if cluster::publish_ban(l, &ban).await {
+                lock(&self.pending).remove(&ban.target);
+            }
         }
     }
 
-    /// Lifts the ban of exactly `target`; false when there was none.
-    pub async fn unban(&self, target: &IpNet, link: Option<&RedisLink>) -> bool {
+    /// Lifts the ban of exactly `target` (and forgets its jail counters); false
+    /// when there was none.
+    pub async fn unban(&self, target: &IpNet, jails: &[String], link: Option<&RedisLink>) -> bool {
         let target = target.trunc();
         let removed = self.table.remove(&target).is_some();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&target);
+        lock(&self.pending).remove(&target);
+        for j in jails {
+            self.jails.reset(j, target);
+        }
         let remote = match link {
-            Some(l) => cluster::publish_unban(l, &target).await,
+            Some(l) => {
+                cluster::reset_counters(l, jails, &target).await;
+                match cluster::publish_unban(l, &target).await {
+                    Some(held) => held,
+                    None => {
+                        // Redis is down: remember to lift it there when it returns.
+                        lock(&self.pending_unbans).insert(target);
+                        false
+                    }
+                }
+            }
             None => false,
         };
         if removed || remote {
@@ -280,6 +304,7 @@ impl Bans {
         match cluster::parse_message(payload) {
             Some(cluster::Message::Ban(b)) => {
                 if b.until_ms > now_ms() {
+                    self.touch(b.target);
                     self.table.insert(b, ipv6_prefix);
                     self.changed();
                 }
@@ -293,35 +318,46 @@ impl Bans {
         }
     }
 
-    /// Makes the local table match Redis (after pushing bans made while it was down).
+    fn touch(&self, target: IpNet) {
+        lock(&self.recent).insert(target, Instant::now());
+    }
+
+    /// Makes the local table match Redis. After each (re)connection the local view
+    /// is pushed first — unbans made while Redis was away, then every local ban
+    /// (the longer ban wins) — so neither an outage nor a Redis restart without
+    /// persistence loses a decision.
     pub async fn resync(&self, link: &RedisLink, ipv6_prefix: u8) {
-        let pending: Vec<Ban> = {
-            let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            self.table
-                .all()
-                .into_iter()
-                .filter(|b| p.contains(&b.target))
-                .map(|b| (*b).clone())
-                .collect()
-        };
-        for b in &pending {
-            if cluster::publish_ban(link, b).await {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&b.target);
+        let generation = link.generation();
+        let fresh_link = self.synced_generation.load(Ordering::Relaxed) != generation;
+        let unbans: Vec<IpNet> = lock(&self.pending_unbans).iter().copied().collect();
+        for t in unbans {
+            if cluster::publish_unban(link, &t).await.is_some() {
+                lock(&self.pending_unbans).remove(&t);
+            }
+        }
+        let pending: HashSet<IpNet> = lock(&self.pending).clone();
+        let now = now_ms();
+        for b in self.table.all() {
+            if (fresh_link || pending.contains(&b.target))
+                && b.until_ms > now
+                && cluster::publish_ban(link, &b).await
+            {
+                lock(&self.pending).remove(&b.target);
             }
         }
         let Some(remote) = cluster::all_bans(link).await else {
             return;
         };
-        let now = now_ms();
+        self.synced_generation.store(generation, Ordering::Relaxed);
         let keep: HashSet<IpNet> = {
-            let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recent = lock(&self.recent);
+            // Bans added or announced in the last seconds may postdate the snapshot.
+            recent.retain(|_, at| at.elapsed() < Duration::from_secs(5));
             remote
                 .iter()
                 .map(|b| b.target)
-                .chain(p.iter().copied())
+                .chain(lock(&self.pending).iter().copied())
+                .chain(recent.keys().copied())
                 .collect()
         };
         let mut changed = false;
@@ -335,10 +371,7 @@ impl Bans {
             if b.until_ms <= now {
                 continue;
             }
-            let same = self
-                .table
-                .lookup(b.target.addr(), &b.target, now)
-                .is_some_and(|cur| *cur == b);
+            let same = self.table.get(&b.target).is_some_and(|cur| *cur == b);
             if !same {
                 self.table.insert(b, ipv6_prefix);
                 changed = true;
@@ -348,6 +381,10 @@ impl Bans {
             self.changed();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn describe(ev: &Event<'_>) -> String {

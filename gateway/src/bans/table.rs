@@ -68,6 +68,7 @@ pub struct BanTable {
     shards: Box<[Shard]>,
     nets: RwLock<Vec<Arc<Ban>>>,
     count: AtomicUsize,
+    net_count: AtomicUsize,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -77,6 +78,7 @@ impl Default for BanTable {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             nets: RwLock::new(Vec::new()),
             count: AtomicUsize::new(0),
+            net_count: AtomicUsize::new(0),
             hasher: Default::default(),
         }
     }
@@ -101,13 +103,17 @@ impl BanTable {
         if let Some(b) = hit.filter(|b| b.until_ms > now) {
             return Some(b);
         }
+        if self.net_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let nets = self.nets.read().unwrap_or_else(|p| p.into_inner());
         nets.iter()
             .find(|b| b.until_ms > now && b.target.contains(&ip))
             .cloned()
     }
 
-    /// Adds or replaces the ban of `ban.target`.
+    /// Adds the ban of `ban.target`, or replaces it unless the current one lasts
+    /// longer (a short jail ban never shortens a long manual one).
     pub fn insert(&self, ban: Ban, ipv6_prefix: u8) {
         let ban = Arc::new(ban);
         if is_host(&ban.target, ipv6_prefix) {
@@ -115,18 +121,46 @@ impl BanTable {
                 .shard(&ban.target)
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            if m.insert(ban.target, ban).is_none() {
-                self.count.fetch_add(1, Ordering::Relaxed);
+            match m.get(&ban.target) {
+                Some(cur) if cur.until_ms > ban.until_ms => {}
+                Some(_) => {
+                    m.insert(ban.target, ban);
+                }
+                None => {
+                    m.insert(ban.target, ban);
+                    self.count.fetch_add(1, Ordering::Relaxed);
+                }
             }
         } else {
             let mut nets = self.nets.write().unwrap_or_else(|p| p.into_inner());
             if let Some(slot) = nets.iter_mut().find(|b| b.target == ban.target) {
-                *slot = ban;
+                if slot.until_ms <= ban.until_ms {
+                    *slot = ban;
+                }
             } else {
                 nets.push(ban);
                 self.count.fetch_add(1, Ordering::Relaxed);
+                self.net_count.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The ban of exactly `target`.
+    pub fn get(&self, target: &IpNet) -> Option<Arc<Ban>> {
+        let hit = self
+            .shard(target)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(target)
+            .cloned();
+        hit.or_else(|| {
+            self.nets
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|b| b.target == *target)
+                .cloned()
+        })
     }
 
     pub fn remove(&self, target: &IpNet) -> Option<Arc<Ban>> {
@@ -138,6 +172,7 @@ impl BanTable {
             .or_else(|| {
                 let mut nets = self.nets.write().unwrap_or_else(|p| p.into_inner());
                 let i = nets.iter().position(|b| b.target == *target)?;
+                self.net_count.fetch_sub(1, Ordering::Relaxed);
                 Some(nets.swap_remove(i))
             });
         if removed.is_some() {

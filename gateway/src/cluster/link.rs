@@ -7,7 +7,7 @@
 //! and once when it ends, and `gateway_redis_up` follows it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ pub struct RedisLink {
     /// Whether the current outage was already logged (also true before the first
     /// successful connection, so a gateway started without Redis says it once).
     outage_logged: AtomicBool,
+    /// Bumped on every successful (re)connection: subscribers and the ban
+    /// reconciliation notice that they must start over.
+    generation: AtomicU64,
 }
 
 impl RedisLink {
@@ -37,11 +40,16 @@ impl RedisLink {
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             outage_logged: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
     }
 
     pub fn client(&self) -> &redis::Client {
         &self.client
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     pub fn is_up(&self) -> bool {
@@ -77,6 +85,7 @@ impl RedisLink {
         match tokio::time::timeout(self.config.timeout * 4, attempt).await {
             Ok(Ok(c)) => {
                 self.conn.store(Some(Arc::new(c)));
+                self.generation.fetch_add(1, Ordering::Relaxed);
                 if !self.up.swap(true, Ordering::Relaxed) {
                     tracing::info!("redis reachable: limits, bans and revocations are shared");
                 }
@@ -130,10 +139,17 @@ impl RedisLink {
         match tokio::time::timeout(self.config.timeout, f(conn)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
+                // Unreachable, or reachable but unable to serve (failover, loading).
                 if e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || e.is_timeout()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::ReadOnly
+                            | redis::ErrorKind::BusyLoadingError
+                            | redis::ErrorKind::MasterDown
+                    )
                 {
                     self.down(&e.to_string());
                 } else {

@@ -28,6 +28,7 @@ impl ProtectService {
 
 struct Subscription {
     link: Arc<RedisLink>,
+    generation: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,10 +65,11 @@ impl BackgroundService for ProtectService {
                 }
                 continue;
             };
-            if sub
-                .as_ref()
-                .is_some_and(|s| !Arc::ptr_eq(&s.link, &link) || s.task.is_finished())
-            {
+            if sub.as_ref().is_some_and(|s| {
+                !Arc::ptr_eq(&s.link, &link)
+                    || s.task.is_finished()
+                    || s.generation != link.generation()
+            }) {
                 if let Some(s) = sub.take() {
                     s.task.abort();
                 }
@@ -83,6 +85,7 @@ impl BackgroundService for ProtectService {
                 ));
                 sub = Some(Subscription {
                     link: link.clone(),
+                    generation: link.generation(),
                     task,
                 });
             }

@@ -235,6 +235,14 @@ fn route_of(
         &r.name,
         defaults.rate.as_ref(),
     );
+    let cache = r
+        .cache
+        .as_ref()
+        .map(|rc| std::sync::Arc::new(super::shaping::route_cache_of(c, &at.key("cache"), rc)));
+    let compress = r
+        .compress
+        .as_ref()
+        .map(|rc| std::sync::Arc::new(super::shaping::compression_of(c, &at.key("compress"), rc)));
     let request_headers = header_ops(c, &at.key("request_headers"), r.request_headers);
     let response_headers = header_ops(c, &at.key("response_headers"), r.response_headers);
     if c.errors.len() > before {
@@ -253,6 +261,8 @@ fn route_of(
         max_body,
         allow_plain: r.allow_plain,
         rate_limit,
+        cache,
+        compress,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod protect;
 pub mod raw;
 mod raw_protect;
+pub mod shaping;
 pub(crate) mod tls;
 pub mod types;
 mod upstream;

@@ -241,10 +241,14 @@ pub fn rate_policy(
     };
     let per_route = r.per_route.unwrap_or(route.is_some());
     // Route names are already restricted to [A-Za-z0-9_.-]: safe in a quoted string.
+    // A shared budget is identified by its parameters: policies with different
+    // rates must never share one counter.
+    let shared_id =
+        || -> Arc<str> { format!("shared:{count}/{}s:{burst}:{key:?}", period.as_secs()).into() };
     let (id, name): (Arc<str>, Arc<str>) = match route {
         Some((host, name)) if per_route => (format!("{host}/{name}").into(), name.into()),
-        Some((_, name)) => ("default".into(), name.into()),
-        None => ("default".into(), "default".into()),
+        Some((_, name)) => (shared_id(), name.into()),
+        None => (shared_id(), "default".into()),
     };
     // draft-ietf-httpapi-ratelimit-headers: quota q per window w (seconds).
     let policy_header =

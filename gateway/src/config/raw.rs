@@ -86,6 +86,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: Lenient<RawLimits>,
     #[serde(default)]
+    pub cache: Lenient<super::shaping::RawCacheStore>,
+    #[serde(default)]
     pub store: Lenient<RawStore>,
     #[serde(default)]
     pub rate_limits: Lenient<RawRateLimits>,
@@ -256,6 +258,8 @@ pub struct RawRoute {
     pub allow_plain: bool,
     /// `off`, or `{rate, burst, key, per_route}` (checked in stage two).
     pub rate_limit: Option<serde_norway::Value>,
+    pub cache: Option<super::shaping::RawRouteCache>,
+    pub compress: Option<super::shaping::RawCompress>,
 }
 
 #[derive(Debug, Deserialize, Default)]

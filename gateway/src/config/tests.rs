@@ -181,7 +181,8 @@ fn rate_limits_and_jails_load() {
     assert!(matches!(own.key, LimitKey::Header(ref h) if h == "x-tenant"));
     assert!(routes[1].rate_limit.is_none());
     let default = routes[2].rate_limit.as_ref().unwrap();
-    assert_eq!(&*default.id, "default");
+    assert_eq!(&*default.id, "shared:50/1s:100:Ip");
+    assert_eq!(&*default.name, "default");
     assert_eq!(c.jails.len(), 1);
     assert_eq!(c.jails[0].action, BanAction::Drop);
     assert_eq!(c.jails[0].on[1].event, Some(EventKind::AuthRejected));

@@ -20,6 +20,7 @@ pub use super::protect::{
     BanAction, EventKind, JailCondition, JailConfig, LimitKey, RateLimitConfig, RatePolicy,
     RedisConfig, StoreConfig,
 };
+pub use super::shaping::{CacheStoreConfig, Compression, KeyQuery, RouteCache};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: Limits,
     pub store: StoreConfig,
+    pub cache: CacheStoreConfig,
     pub rate_limits: RateLimitConfig,
     pub jails: Vec<JailConfig>,
     pub upstreams: IndexMap<String, UpstreamConfig>,
@@ -212,6 +214,8 @@ pub struct RouteConfig {
     pub allow_plain: bool,
     /// The route's own policy, else `rate_limits.default`; `None` when off.
     pub rate_limit: Option<std::sync::Arc<RatePolicy>>,
+    pub cache: Option<std::sync::Arc<RouteCache>>,
+    pub compress: Option<std::sync::Arc<Compression>>,
 }
 
 #[derive(Debug, Clone, Default)]

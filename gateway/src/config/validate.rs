@@ -124,6 +124,10 @@ pub fn validate(
             }
         }
     }
+    let cache = c
+        .take(&root.key("cache"), raw.cache)
+        .map(|s| super::shaping::cache_store_of(&mut c, s))
+        .unwrap_or_default();
     let store = c
         .take(&root.key("store"), raw.store)
         .map(|s| super::protect::store_of(&mut c, s))
@@ -177,6 +181,7 @@ pub fn validate(
             auth,
             limits,
             store,
+            cache,
             rate_limits,
             jails,
             upstreams,

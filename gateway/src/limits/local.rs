@@ -33,7 +33,8 @@ impl Hasher for IdentityHasher {
     }
 }
 
-type Shard = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
+/// Key hash → (TAT, bucket capacity in ns).
+type Shard = HashMap<u64, (u64, u64), BuildHasherDefault<IdentityHasher>>;
 
 pub struct LocalLimiter {
     shards: Box<[Mutex<Shard>]>,
@@ -60,16 +61,16 @@ impl LocalLimiter {
     }
 
     pub fn check_at(&self, key: u64, interval_ns: u64, burst: u64, now: u64) -> Outcome {
-        // The low bits pick the shard; the map uses the whole hash.
-        let shard = &self.shards[(key as usize) % SHARDS];
+        // The high bits pick the shard; the map's own buckets use the low bits.
+        let shard = &self.shards[((key >> 58) as usize) % SHARDS];
         let mut m = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = m.get(&key).copied().unwrap_or(0);
+        let tat = m.get(&key).map_or(0, |v| v.0);
         let (outcome, next) = decide(tat, now, interval_ns, burst);
         if let Some(next) = next {
             if tat == 0 && m.len() >= self.per_shard {
                 evict(&mut m, now, self.per_shard);
             }
-            m.insert(key, next);
+            m.insert(key, (next, interval_ns.saturating_mul(burst).max(1)));
         }
         outcome
     }
@@ -86,16 +87,23 @@ impl LocalLimiter {
     }
 }
 
+/// How used a bucket is, in millionths of its capacity (0: full again, 10^6: empty).
+fn debt(now: u64, (tat, capacity): (u64, u64)) -> u64 {
+    (u128::from(tat.saturating_sub(now)) * 1_000_000 / u128::from(capacity.max(1))) as u64
+}
+
 fn evict(m: &mut Shard, now: u64, cap: usize) {
-    m.retain(|_, tat| *tat > now);
+    m.retain(|_, v| v.0 > now);
     if m.len() < cap {
         return;
     }
-    let mut tats: Vec<u64> = m.values().copied().collect();
-    let cut = (cap / 8).max(1).min(tats.len() - 1);
-    let (_, threshold, _) = tats.select_nth_unstable(cut);
+    // Forget the keys that owe the least, relative to their own bucket: a client
+    // that exhausted a tight limit is the last to be given a fresh start.
+    let mut debts: Vec<u64> = m.values().map(|v| debt(now, *v)).collect();
+    let cut = (cap / 8).max(1).min(debts.len() - 1);
+    let (_, threshold, _) = debts.select_nth_unstable(cut);
     let threshold = *threshold;
-    m.retain(|_, tat| *tat > threshold);
+    m.retain(|_, v| debt(now, *v) > threshold);
 }
 
 #[cfg(test)]
@@ -123,7 +131,7 @@ mod tests {
         // Key 7 is exhausted for 1 s.
         assert!(l.check_at(7, 1_000_000_000, 1, now).allowed);
         for k in 1..10u64 {
-            l.check_at(k << 6 | 7, 1_000, 1, now);
+            l.check_at((7 << 58) | k, 1_000, 1, now);
         }
         assert!(!l.check_at(7, 1_000_000_000, 1, now + 10).allowed);
     }

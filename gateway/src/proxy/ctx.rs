@@ -61,6 +61,11 @@ pub struct RequestCtx {
     pub body_bytes: u64,
     /// The rate-limit decision, for the response's `RateLimit` fields.
     pub rate: Option<(Arc<RatePolicy>, Outcome)>,
+    /// `X-Cache-Status` on cached routes (also logged and counted).
+    pub cache_status: Option<&'static str>,
+    /// Brotli done here rather than by pingora's module, whose brotli stream is
+    /// never terminated (clients see a truncated body).
+    pub brotli: Option<Box<brotli::CompressorWriter<Vec<u8>>>>,
 }
 
 impl RequestCtx {
@@ -84,6 +89,8 @@ impl RequestCtx {
             security: None,
             body_bytes: 0,
             rate: None,
+            cache_status: None,
+            brotli: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! and header rules; `fail_to_connect`/`error_while_proxy` decide retries and
 //! passive ejection; `logging` writes metrics and the access log, once.
 
+mod cache_phases;
 mod ctx;
 mod forward;
 mod plain;
@@ -376,12 +377,61 @@ impl ProxyHttp for GatewayProxy {
         Ok(pool.peer(i))
     }
 
-    async fn upstream_request_filter(
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        cache_phases::enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<pingora::cache::CacheKey> {
+        cache_phases::key(session, ctx)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<pingora::cache::RespCacheable> {
+        Ok(cache_phases::cacheable(resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora::cache::CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        let rc = ctx.route.as_ref()?.cache.as_ref()?;
+        crate::cache::variance(meta, req, rc)
+    }
+
+    fn should_serve_stale(
         &self,
         _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // Revalidation in the background (stale-while-revalidate) or an upstream
+        // failure (stale-if-error); the stored response's own windows still apply.
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if session.cache.enabled() {
+            // Fetch the whole object as GET (HEAD is answered from it), without the
+            // client's conditions, with our validators when revalidating.
+            let meta = session.cache.maybe_cache_meta();
+            pingora::cache::filters::upstream::request_filter(upstream_request, meta);
+        }
         forward::forwarded_headers(upstream_request, ctx, self.https)?;
         forward::identity_headers(upstream_request, ctx.identity.as_deref())?;
         if let Some(route) = &ctx.route {
@@ -427,6 +477,7 @@ impl ProxyHttp for GatewayProxy {
         if let Some((policy, outcome)) = &ctx.rate {
             crate::limits::headers::apply(resp, policy, outcome)?;
         }
+        cache_phases::response(session, resp, ctx)?;
         if let Some(route) = &ctx.route {
             if let Some(cors) = &route.cors {
                 let origin = session.req_header().headers.get(http::header::ORIGIN);
@@ -437,6 +488,19 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.brotli.is_some() {
+            cache_phases::brotli_body(body, end_of_stream, ctx)?;
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -541,6 +605,12 @@ impl ProxyHttp for GatewayProxy {
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
         let method = &session.req_header().method;
+        if let (Some(route), Some(cs)) = (&ctx.route, ctx.cache_status) {
+            crate::metrics::metrics()
+                .cache_lookups
+                .with_label_values(&[route.name.as_ref(), cs])
+                .inc();
+        }
         if let Some(route) = &ctx.route {
             route.metrics.record(method, status, elapsed.as_secs_f64());
         } else {

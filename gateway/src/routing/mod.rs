@@ -33,6 +33,8 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub allow_plain: bool,
     pub rate_limit: Option<Arc<crate::config::RatePolicy>>,
+    pub cache: Option<Arc<crate::config::RouteCache>>,
+    pub compress: Option<Arc<crate::config::Compression>>,
 }
 
 impl Route {

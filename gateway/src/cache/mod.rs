@@ -1,0 +1,320 @@
+//! The response cache, opt-in per route, on pingora-cache: one bounded in-memory
+//! store for the process ([`store::MemStore`] + pingora's LRU eviction manager +
+//! a cache lock so concurrent misses make one upstream request).
+//!
+//! Policy (what is stored, under which key, for how long) lives here; the proxy
+//! phases only call these functions. Rules: GET/HEAD only; requests carrying
+//! `Authorization`, cookies or an API key bypass the cache unless the route is
+//! `private` (then the caller's identity is part of the key); responses with
+//! `Set-Cookie`, `no-store`, `no-cache`, `private` or `Vary: *` are not stored;
+//! freshness from `s-maxage`, `max-age`, `Expires`, else the route's `ttl`, capped
+//! by `max_ttl`.
+
+pub mod store;
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use http::{header, Method, StatusCode};
+use pingora::cache::cache_control::CacheControl;
+use pingora::cache::eviction::lru::Manager as Lru;
+use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora::cache::filters::calculate_expires_header_time;
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::{
+    CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::{CacheStoreConfig, KeyQuery, RouteCache};
+use store::MemStore;
+
+const LRU_SHARDS: usize = 16;
+
+pub struct HttpCache {
+    pub store: &'static MemStore,
+    pub eviction: &'static Lru<LRU_SHARDS>,
+    pub lock: &'static CacheKeyLockImpl,
+    pub config: CacheStoreConfig,
+}
+
+static CACHE: OnceLock<HttpCache> = OnceLock::new();
+
+/// Creates the process' cache on first use. Its size is fixed for the life of the
+/// process: a reload that changes `cache:` is applied at the next restart (logged).
+pub fn init(config: &CacheStoreConfig) -> &'static HttpCache {
+    let c = CACHE.get_or_init(|| {
+        // Leaked once: pingora's cache API takes `&'static` storage and managers.
+        let store: &'static MemStore = Box::leak(Box::default());
+        let eviction: &'static Lru<LRU_SHARDS> = Box::leak(Box::new(Lru::with_capacity(
+            config.max_size as usize,
+            (config.max_size / 1024).clamp(1024, 1 << 20) as usize,
+        )));
+        let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
+        HttpCache {
+            store,
+            eviction,
+            lock,
+            config: config.clone(),
+        }
+    });
+    if c.config != *config {
+        tracing::warn!("cache: size settings changed; they apply at the next restart");
+    }
+    c
+}
+
+pub fn get() -> Option<&'static HttpCache> {
+    CACHE.get()
+}
+
+/// Bytes held by the cache (for `gateway_cache_size_bytes`).
+pub fn size_bytes() -> usize {
+    get().map_or(0, |c| c.store.size())
+}
+
+/// Why a request must not use the cache, if so.
+pub fn bypass(req: &RequestHeader, rc: &RouteCache) -> Option<&'static str> {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return Some("method");
+    }
+    let h = &req.headers;
+    let credentials = h.contains_key(header::AUTHORIZATION)
+        || h.contains_key(header::COOKIE)
+        || h.contains_key("x-api-key");
+    if credentials && !rc.private {
+        return Some("credentials");
+    }
+    None
+}
+
+/// `host/path?query` with the query reduced per `key_query` (sorted when a list
+/// is kept, so parameter order does not split the cache).
+pub fn url_key(host: &str, req: &RequestHeader, rc: &RouteCache) -> String {
+    let path = req.uri.path();
+    let mut k = String::with_capacity(host.len() + path.len() + 32);
+    k.push_str(host);
+    k.push_str(path);
+    let query = req.uri.query().unwrap_or("");
+    match &rc.key_query {
+        KeyQuery::All if !query.is_empty() => {
+            k.push('?');
+            k.push_str(query);
+        }
+        KeyQuery::Only(names) if !query.is_empty() => {
+            let mut kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| {
+                    let name = p.split('=').next().unwrap_or("");
+                    names.iter().any(|n| n == name)
+                })
+                .collect();
+            kept.sort_unstable();
+            if !kept.is_empty() {
+                k.push('?');
+                k.push_str(&kept.join("&"));
+            }
+        }
+        _ => {}
+    }
+    k
+}
+
+/// The cache key: the URL, plus the caller's identity on `private` routes (after a
+/// NUL, which no URL contains).
+pub fn key(url: String, identity: Option<&str>) -> CacheKey {
+    match identity {
+        Some(id) => CacheKey::new(format!("{url}\0{id}"), ""),
+        None => CacheKey::new(url, ""),
+    }
+}
+
+/// Statuses cacheable without explicit freshness (RFC 9110 §15.1).
+fn heuristically_cacheable(s: StatusCode) -> bool {
+    matches!(
+        s.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Whether (and for how long) to store a response.
+pub fn cacheable(resp: &ResponseHeader, rc: &RouteCache, now: SystemTime) -> RespCacheable {
+    let uncacheable = |why: &'static str| RespCacheable::Uncacheable(NoCacheReason::Custom(why));
+    if resp.headers.contains_key(header::SET_COOKIE) {
+        return uncacheable("set-cookie");
+    }
+    if resp.headers.get_all(header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|p| p.trim_ascii() == b"*")
+    }) {
+        return uncacheable("vary-star");
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if let Some(cc) = &cc {
+        if cc.no_store() || cc.no_cache() || cc.private() {
+            return uncacheable("cache-control");
+        }
+    }
+    let explicit = cc.as_ref().and_then(|cc| {
+        cc.s_maxage()
+            .ok()
+            .flatten()
+            .or_else(|| cc.max_age().ok().flatten())
+            .map(|s| Duration::from_secs(u64::from(s)))
+    });
+    let fresh = match explicit {
+        Some(d) => Some(d),
+        None => {
+            calculate_expires_header_time(resp).map(|t| t.duration_since(now).unwrap_or_default())
+        }
+    };
+    let fresh = match fresh {
+        Some(d) => d,
+        None if heuristically_cacheable(resp.status) => rc.ttl,
+        None => return uncacheable("no-freshness"),
+    }
+    .min(rc.max_ttl);
+    if fresh.is_zero() {
+        return uncacheable("expired");
+    }
+    let secs = |d: Duration| d.as_secs().min(u64::from(u32::MAX)) as u32;
+    // The upstream's stale-* directives win over the route's defaults.
+    let swr = cc
+        .as_ref()
+        .and_then(|c| c.stale_while_revalidate().ok().flatten())
+        .unwrap_or(secs(rc.stale_while_revalidate));
+    let sie = cc
+        .as_ref()
+        .and_then(|c| c.stale_if_error().ok().flatten())
+        .unwrap_or(secs(rc.stale_if_error));
+    RespCacheable::Cacheable(CacheMeta::new(now + fresh, now, swr, sie, resp.clone()))
+}
+
+/// The variant of a stored response this request selects: the values of the
+/// request headers named by the response's `Vary` and the route's `vary_headers`.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader, rc: &RouteCache) -> Option<HashBinary> {
+    let mut names: Vec<String> = Vec::new();
+    for v in meta.headers().get_all(header::VARY) {
+        if let Ok(s) = v.to_str() {
+            names.extend(
+                s.split(',')
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty()),
+            );
+        }
+    }
+    names.extend(rc.vary_headers.iter().map(|h| h.as_str().to_owned()));
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    names.dedup();
+    let mut b = VarianceBuilder::new();
+    for n in &names {
+        let value = req
+            .headers
+            .get(n.as_str())
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        b.add_owned_name_value(n.clone(), value);
+    }
+    b.finalize()
+}
+
+/// `X-Cache-Status` for the request's cache phase.
+pub fn status(phase: &CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit | CachePhase::Revalidated => "HIT",
+        CachePhase::Miss => "MISS",
+        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+        CachePhase::Expired => "EXPIRED",
+        _ => "BYPASS",
+    }
+}
+
+/// Purges by exact URL or prefix (`host/path?query`); returns the objects removed.
+pub fn purge(url: &str, prefix: bool) -> usize {
+    let Some(c) = get() else { return 0 };
+    let removed = c.store.purge_matching(url, prefix);
+    for k in &removed {
+        c.eviction.remove(CacheEntryKeyRef::from_entry_id(k, None));
+    }
+    removed.len()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rc() -> RouteCache {
+        RouteCache {
+            ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            vary_headers: vec![],
+            key_query: KeyQuery::Only(vec!["page".into(), "q".into()]),
+            private: false,
+        }
+    }
+
+    fn resp(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn fresh_secs(r: RespCacheable, now: SystemTime) -> Option<u64> {
+        match r {
+            RespCacheable::Cacheable(m) => {
+                Some(m.fresh_until().duration_since(now).unwrap().as_secs())
+            }
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn freshness_rules() {
+        let now = SystemTime::now();
+        let c = |h: &[(&str, &str)]| fresh_secs(cacheable(&resp(h), &rc(), now), now);
+        assert_eq!(c(&[]), Some(60));
+        assert_eq!(c(&[("cache-control", "max-age=120")]), Some(120));
+        assert_eq!(
+            c(&[("cache-control", "max-age=120, s-maxage=30")]),
+            Some(30)
+        );
+        assert_eq!(c(&[("cache-control", "max-age=99999")]), Some(3600));
+        assert_eq!(c(&[("cache-control", "no-store")]), None);
+        assert_eq!(c(&[("cache-control", "private, max-age=60")]), None);
+        assert_eq!(c(&[("cache-control", "no-cache")]), None);
+        assert_eq!(c(&[("set-cookie", "a=b")]), None);
+        assert_eq!(c(&[("vary", "accept-encoding, *")]), None);
+        assert_eq!(c(&[("cache-control", "max-age=0")]), None);
+        assert_eq!(c(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]), None);
+    }
+
+    #[test]
+    fn url_keys_and_bypass() {
+        let mut req = RequestHeader::build("GET", b"/list?z=1&q=a&page=2", None).unwrap();
+        assert_eq!(
+            url_key("galion.app", &req, &rc()),
+            "galion.app/list?page=2&q=a"
+        );
+        let mut all = rc();
+        all.key_query = KeyQuery::None;
+        assert_eq!(url_key("galion.app", &req, &all), "galion.app/list");
+        assert_eq!(bypass(&req, &rc()), None);
+        req.insert_header("authorization", "Bearer x").unwrap();
+        assert_eq!(bypass(&req, &rc()), Some("credentials"));
+        let mut private = rc();
+        private.private = true;
+        assert_eq!(bypass(&req, &private), None);
+        let post = RequestHeader::build("POST", b"/list", None).unwrap();
+        assert_eq!(bypass(&post, &rc()), Some("method"));
+    }
+}
