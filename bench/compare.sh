@@ -10,6 +10,7 @@
 #   SKIP_BUILD=1 NO_INSTALL=1 bench/compare.sh
 #   MODE=auth bench/compare.sh                # access control: public vs JWT vs API-key route, one gateway
 #   MODE=https bench/compare.sh               # TLS termination: gateway vs nginx, same certificate
+#   MODE=cache bench/compare.sh               # cache hits: gateway cache vs nginx proxy_cache
 #
 # Layout (2 cores): the origin (a second nginx, one worker, `return 200` and a
 # 16 KiB file, keep-alive) and the load generator share CPU 0; every proxy runs
@@ -27,7 +28,10 @@
 #                                     generated JWKS file) and /key (auth: api_key, X-API-Key), targets
 #                                     "pub jwt key", ratios jwt/pub and key/pub. https: nginx and the
 #                                     gateway terminating TLS with the same dev-certs certificate,
-#                                     targets "nginx_tls gateway_tls", keep-alive, ratio gateway_tls/nginx_tls
+#                                     targets "nginx_tls gateway_tls", keep-alive, ratio gateway_tls/nginx_tls.
+#                                     cache: nginx with proxy_cache (+ proxy_cache_lock) and the gateway
+#                                     with a cached route, both filled before measuring (every request a
+#                                     hit), targets "nginx_cache gateway_cache", ratio gateway_cache/nginx_cache
 #   ROUNDS=3  DURATION=10s  CONNS=64  WARMUP=2s
 #   SCENARIOS="small 16k"             request paths /small (3-byte body) and /16k (16384 bytes)
 #                                     (default "small" with MODE=auth and MODE=https)
@@ -57,7 +61,8 @@ case $MODE in
   plain) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx gateway bare"} ;;
   auth) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"pub jwt key"} ;;
   https) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"nginx_tls gateway_tls"} ;;
-  *) printf '[compare] error: MODE=%s (plain, auth, https)\n' "$MODE" >&2; exit 1 ;;
+  cache) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx_cache gateway_cache"} ;;
+  *) printf '[compare] error: MODE=%s (plain, auth, https, cache)\n' "$MODE" >&2; exit 1 ;;
 esac
 ACCESS_LOG=${ACCESS_LOG:-0}
 [[ "$MODE" == plain ]] || ACCESS_LOG=0
@@ -183,7 +188,8 @@ while read -r _ local _; do
 done < <(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null)
 read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
 NEXT_PORT=$(( 20000 + RANDOM % 5000 ))
-for var in P_ORIGIN P_NGINX P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN; do
+for var in P_ORIGIN P_NGINX P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
+           P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN; do
   # below the ephemeral range, not listening/connected now (no subshell: USED_PORT must grow)
   while [[ -n "${USED_PORT[$NEXT_PORT]:-}" ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
   ((NEXT_PORT < EPH_LOW)) || die "no free port below $EPH_LOW"
@@ -264,6 +270,38 @@ EOF
 
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 
+# MODE=cache: nginx's own cache (files under $TMP, in the page cache) in front of the origin.
+if [[ "$MODE" == cache ]]; then
+  nginx_main nginx_cache >"$TMP/nginx_cache.conf"
+  cat >>"$TMP/nginx_cache.conf" <<EOF
+http {
+  $(nginx_temp_paths "$TMP/nginx_cache-tmp")
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  proxy_cache_path $TMP/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=60m use_temp_path=off;
+  upstream origin {
+    server 127.0.0.1:$P_ORIGIN;
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX_CACHE backlog=4096;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_valid 200 10m;
+      proxy_cache_lock on;
+      add_header X-Cache-Status \$upstream_cache_status;
+    }
+  }
+}
+EOF
+fi
+
 # MODE=https: nginx terminating TLS with the gateway's dev certificate.
 if [[ "$MODE" == https ]]; then
   "$GATEWAY" dev-certs "$TMP/certs" >"$TMP/dev-certs.log" 2>&1 || { cat "$TMP/dev-certs.log" >&2; die "dev-certs failed"; }
@@ -331,6 +369,7 @@ access_log:
   enabled: $4
 EOF
   [[ "$4" == true ]] && echo "  path: $TMP/$3.access.log"
+  [[ "$MODE" == cache ]] && echo "cache: { max_size: 256MiB }"
   if [[ "$MODE" == https ]]; then
     cat <<EOF
 tls:
@@ -365,6 +404,8 @@ EOF
       - { name: jwt, prefix: /jwt, strip_prefix: true, upstream: origin, auth: jwt }
       - { name: key, prefix: /key, strip_prefix: true, upstream: origin, auth: api_key }
 EOF
+  elif [[ "$MODE" == cache ]]; then
+    echo "      - { name: all, prefix: /, upstream: origin, cache: { ttl: 10m } }"
   else
     echo "      - { name: all, prefix: /, upstream: origin }"
   fi
@@ -378,8 +419,13 @@ gateway_conf "$P_GATEWAY_LOG" "$P_GWL_ADMIN" gateway_log true >"$TMP/gateway_log
 if [[ "$MODE" == https ]]; then
   gateway_conf "$P_GATEWAY_TLS" "$P_GWT_ADMIN" gateway_tls false >"$TMP/gateway_tls.yaml"
 fi
+if [[ "$MODE" == cache ]]; then
+  gateway_conf "$P_GATEWAY_CACHE" "$P_GWC_ADMIN" gateway_cache false >"$TMP/gateway_cache.yaml"
+  "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_cache.conf" || die "nginx_cache config rejected"
+  "$GATEWAY" check -c "$TMP/gateway_cache.yaml" >/dev/null || die "gateway_cache config rejected (above)"
+fi
 
-for f in origin.conf nginx.conf nginx_tls.conf gateway.yaml gateway_log.yaml gateway_tls.yaml; do
+for f in origin.conf nginx.conf nginx_tls.conf nginx_cache.conf gateway.yaml gateway_log.yaml gateway_tls.yaml gateway_cache.yaml; do
   [[ -f "$TMP/$f" ]] && cp "$TMP/$f" "$RUN_DIR/"
 done
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/origin.conf" || die "origin config rejected"
@@ -397,7 +443,8 @@ fi
 # routes of one gateway process.
 declare -A URL_OF=() HDR_OF=() PROC_OF=()
 declare -A PORT_OF=([nginx]=$P_NGINX [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [bare]=$P_BARE
-                    [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS)
+                    [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS
+                    [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE)
 for p in $PROXIES; do
   case $MODE:$p in
     plain:nginx | plain:gateway | plain:gateway_log | plain:bare)
@@ -406,6 +453,7 @@ for p in $PROXIES; do
     auth:jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]="Authorization: Bearer $JWT_TOKEN" ;;
     auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
     https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
+    cache:nginx_cache | cache:gateway_cache) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     *) die "unknown target '$p' for MODE=$MODE (plain: nginx gateway gateway_log bare; auth: pub jwt key; https: nginx_tls gateway_tls)" ;;
   esac
 done
@@ -422,6 +470,8 @@ for p in $PROCS; do
     gateway) start gateway INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway.yaml" ;;
     gateway_log) start gateway_log INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_log.yaml" ;;
     gateway_tls) start gateway_tls INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_tls.yaml" ;;
+    nginx_cache) start nginx_cache TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_cache.error.log" -c "$TMP/nginx_cache.conf" -g 'daemon off;' ;;
+    gateway_cache) start gateway_cache INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_cache.yaml" ;;
     bare) start bare INT "$PROXY_CPU" env RUST_LOG=warn "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_ORIGIN" 1 ;;
   esac
   pid_var=PID_$p
@@ -454,6 +504,16 @@ if [[ "$MODE" == auth ]]; then
   got=$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: wrong" "http://127.0.0.1:$P_GATEWAY/key/small")
   [[ "$got" == 401 ]] || die "/key/small with a wrong key answered $got, expected 401"
   log "auth check: /jwt and /key answer 200 with the credential, 401 without or with a wrong one"
+fi
+# MODE=cache: after the checks above filled both caches, every request must be a hit.
+if [[ "$MODE" == cache ]]; then
+  for p in $PROXIES; do
+    for s in $SCENARIOS; do
+      st=$(curl -sS -D - -o /dev/null "${URL_OF[$p]}/$s" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-cache-status" {print $2}')
+      [[ "$st" == HIT ]] || die "$p /$s: X-Cache-Status '$st', expected HIT"
+    done
+  done
+  log "cache check: nginx_cache and gateway_cache answer HIT"
 fi
 # MODE=https: both must serve the same certificate over TLS.
 if [[ "$MODE" == https ]]; then
@@ -631,6 +691,7 @@ summarize() { # TSV
         ratio(s, "gateway_log", "gateway"); ratio(s, "gateway_log", "nginx")
         ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")
         ratio(s, "gateway_tls", "nginx_tls")
+        ratio(s, "gateway_cache", "nginx_cache")
       }
       if (noisy) printf "\nwarning: %d run(s) still disturbed after retries (column noisy in runs.tsv)\n", noisy
     }' "$1"

@@ -111,7 +111,7 @@ pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration
         upstream,
         attempts = ctx.attempts,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
-        cache = "",
+        cache = ctx.cache_status.unwrap_or(""),
         auth,
         user,
         local,

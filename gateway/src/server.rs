@@ -71,8 +71,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let keepalive_requests = config.server.keepalive_requests;
 
     let shield = Arc::new(Shield::new(config.rate_limits.max_keys));
-    if let Some(dir) = &config.store.state_dir {
-        shield.bans.restore(dir, config.limits.ipv6_prefix);
+    match &config.store.state_dir {
+        Some(dir) => shield.bans.restore(dir, config.limits.ipv6_prefix),
+        None if !config.jails.is_empty() => tracing::warn!(
+            "bans are kept in memory only: set store.state_dir (or GALION_DATA_DIR) to keep them across restarts"
+        ),
+        None => {}
     }
     if config
         .hosts

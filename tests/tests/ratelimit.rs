@@ -299,3 +299,37 @@ async fn redis_outage_falls_back_to_local_limits_and_recovers() {
     );
     assert!(gw.log().contains("redis reachable"));
 }
+
+#[tokio::test]
+async fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
+    let up = fake_upstream("up").await;
+    // Loopback is a trusted proxy here, so X-Forwarded-For names the client.
+    let conf = format!(
+        "trusted_proxies: [127.0.0.1/32]\n{}",
+        routes_config(up.addr, "", "{ rate: 2/min, burst: 2 }")
+    );
+    let gw = spawn_gateway(&conf).await;
+    let c = galion_tests::client();
+    let as_client = |ip: &'static str| {
+        let c = c.clone();
+        let url = gw.url("/api/v6");
+        async move {
+            c.get(url)
+                .header("x-forwarded-for", ip)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    // Two addresses of one /64 share one budget of 2.
+    assert_eq!(as_client("2001:db8:1:2::1").await, 200);
+    assert_eq!(as_client("2001:db8:1:2:ffff::99").await, 200);
+    assert_eq!(as_client("2001:db8:1:2::5").await, 429);
+    // The next /64 is another client.
+    assert_eq!(as_client("2001:db8:1:3::1").await, 200);
+    // An IPv4-mapped IPv6 address is the IPv4 address.
+    assert_eq!(as_client("203.0.113.9").await, 200);
+    assert_eq!(as_client("::ffff:203.0.113.9").await, 200);
+    assert_eq!(as_client("203.0.113.9").await, 429);
+}

@@ -100,7 +100,9 @@ pub fn response(
             return Ok(());
         }
         if !already && comp.wants(ct, length) && comp.br && accepts("br") {
+            // Streamed: the length is unknown and byte ranges no longer apply.
             resp.remove_header(&header::CONTENT_LENGTH);
+            resp.remove_header(&header::ACCEPT_RANGES);
             resp.insert_header(header::CONTENT_ENCODING, "br")?;
             resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
             add_vary(resp)?;
