@@ -47,9 +47,11 @@ pub fn init(config: &CacheStoreConfig) -> &'static HttpCache {
     let c = CACHE.get_or_init(|| {
         // Leaked once: pingora's cache API takes `&'static` storage and managers.
         let store: &'static MemStore = Box::leak(Box::default());
+        // The item capacity is preallocated: size it for ~16 KiB objects, so a
+        // large byte budget does not cost its worth of empty slots at start.
         let eviction: &'static Lru<LRU_SHARDS> = Box::leak(Box::new(Lru::with_capacity(
             config.max_size as usize,
-            (config.max_size / 1024).clamp(1024, 1 << 20) as usize,
+            (config.max_size / 16_384).clamp(1024, 65_536) as usize,
         )));
         let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
         HttpCache {
