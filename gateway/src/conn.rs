@@ -3,7 +3,8 @@
 //! Pingora hands a kept-alive connection back to its service loop after each
 //! request; this wrapper keeps that loop inside itself so it knows when a
 //! connection opens and closes: for `gateway_open_connections` and for
-//! `limits.max_connections_per_ip` (counted on the TCP peer address, since no
+//! `limits.max_connections_per_ip` (counted on the TCP peer address — IPv6 by its
+//! `limits.ipv6_prefix` group — since no
 //! request has been read yet).
 
 use std::collections::HashMap;
@@ -107,13 +108,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let max = self.snapshot.load().config.limits.max_connections_per_ip;
+        let (max, v6) = {
+            let snap = self.snapshot.load();
+            let l = &snap.config.limits;
+            (l.max_connections_per_ip, l.ipv6_prefix)
+        };
         let mut slot = None;
         if let Some(max) = max {
+            // Counted per client group: an IPv6 client owns a whole /64 (by default).
             let peer = stream.get_socket_digest().and_then(|d| {
                 d.peer_addr()
                     .and_then(|a| a.as_inet())
-                    .map(|a| a.ip().to_canonical())
+                    .map(|a| crate::client_ip::group(a.ip(), v6).network())
             });
             if let Some(ip) = peer {
                 if !self.per_ip.acquire(ip, max) {
