@@ -168,6 +168,22 @@ impl Gateway {
         assert!(status.success());
     }
 
+    /// One admin API call with [`crate::ADMIN_TOKEN`] (and a JSON body when given).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut r = client()
+            .request(method, self.admin_url(path))
+            .bearer_auth(crate::ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("admin call")
+    }
+
     /// The value of one Prometheus sample, e.g. `gateway_config_reloads_total{result="error"}`.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = client()

@@ -68,6 +68,20 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The admin token of the end-to-end configs; list `ADMIN_DIGEST` (its SHA-256) in
+/// `admin.token_sha256` and call [`Gateway::admin`].
+pub const ADMIN_TOKEN: &str = "test-admin";
+pub const ADMIN_DIGEST: &str = "db09d473d4b6461b91bfa47e4fed3ef55e0234df4132ca7a827b0a69e8927cac";
+
+/// A client whose connections come from `127.0.0.N`: each N is another client IP.
+pub fn client_from(last_octet: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, last_octet]))
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
 /// A reqwest client that never reuses our own connections across tests and
 /// does not follow redirects.
 pub fn client() -> reqwest::Client {

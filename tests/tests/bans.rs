@@ -4,24 +4,14 @@
 //! through the real Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use galion_tests::redis_server::{cleanup, unique_prefix, SHARED_REDIS};
-use galion_tests::{client, eventually, fake_upstream, spawn_gateway, Gateway};
+use galion_tests::{
+    client, client_from, eventually, fake_upstream, spawn_gateway, Gateway, ADMIN_DIGEST,
+};
 use serde_json::{json, Value};
-
-const ADMIN: &str = "Bearer test-admin";
-/// sha256("test-admin")
-const ADMIN_DIGEST: &str = "db09d473d4b6461b91bfa47e4fed3ef55e0234df4132ca7a827b0a69e8927cac";
-
-fn client_from(last_octet: u8) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(IpAddr::from([127, 0, 0, last_octet]))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 fn config(up: SocketAddr, store: &str, bantime: &str) -> String {
     format!(
@@ -87,12 +77,7 @@ async fn failed_login(c: &reqwest::Client, gw: &Gateway) -> u16 {
 }
 
 async fn bans(gw: &Gateway) -> Vec<Value> {
-    let r = client()
-        .get(gw.admin_url("/admin/bans"))
-        .header("authorization", ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.admin(reqwest::Method::GET, "/admin/bans", None).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     v["bans"].as_array().cloned().unwrap_or_default()
@@ -171,20 +156,14 @@ async fn login_jail_bans_expires_doubles_survives_restart_and_unbans() {
     assert!(gw.dir.path().join("state/bans.json").exists());
 
     // The admin API lifts it.
-    let r = client()
-        .delete(gw.admin_url("/admin/bans/127.0.0.2"))
-        .header("authorization", ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .admin(reqwest::Method::DELETE, "/admin/bans/127.0.0.2", None)
+        .await;
     assert_eq!(r.status(), 204);
     assert_eq!(status(&attacker, &gw, "/app/home").await, 200);
-    let r = client()
-        .delete(gw.admin_url("/admin/bans/127.0.0.2"))
-        .header("authorization", ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .admin(reqwest::Method::DELETE, "/admin/bans/127.0.0.2", None)
+        .await;
     assert_eq!(r.status(), 404);
 }
 
@@ -235,13 +214,13 @@ async fn manual_bans_drop_action_and_auth_rejections() {
     assert_eq!(status(&client_from(7), &gw, "/app/x").await, 200);
 
     // Bans by hand: a network, listed, then lifted.
-    let r = client()
-        .post(gw.admin_url("/admin/bans"))
-        .header("authorization", ADMIN)
-        .json(&json!({"target": "127.0.0.8/29", "duration": "10m", "reason": "abuse report"}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/bans",
+            Some(json!({"target": "127.0.0.8/29", "duration": "10m", "reason": "abuse report"})),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     assert_eq!(status(&client_from(9), &gw, "/app/x").await, 403);
     assert_eq!(status(&client_from(17), &gw, "/app/x").await, 200);
@@ -254,13 +233,9 @@ async fn manual_bans_drop_action_and_auth_rejections() {
         json!({"target": "1.2.3.4", "duration": "soon"}),
         json!({"nope": 1}),
     ] {
-        let r = client()
-            .post(gw.admin_url("/admin/bans"))
-            .header("authorization", ADMIN)
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .admin(reqwest::Method::POST, "/admin/bans", Some(bad.clone()))
+            .await;
         assert_eq!(r.status(), 400, "{bad}");
     }
     let r = client()
@@ -269,12 +244,9 @@ async fn manual_bans_drop_action_and_auth_rejections() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "the admin API needs the token");
-    let r = client()
-        .delete(gw.admin_url("/admin/bans/127.0.0.8%2F29"))
-        .header("authorization", ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .admin(reqwest::Method::DELETE, "/admin/bans/127.0.0.8%2F29", None)
+        .await;
     assert_eq!(r.status(), 204);
     assert_eq!(status(&client_from(9), &gw, "/app/x").await, 200);
 }
@@ -313,12 +285,9 @@ async fn bans_are_shared_by_instances_through_redis() {
     assert_eq!(status(&client_from(13), &b, "/app/x").await, 200);
 
     // Unban on b lifts it on a too.
-    let r = client()
-        .delete(b.admin_url("/admin/bans/127.0.0.12"))
-        .header("authorization", ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = b
+        .admin(reqwest::Method::DELETE, "/admin/bans/127.0.0.12", None)
+        .await;
     assert_eq!(r.status(), 204);
     let lifted = eventually(5, || async {
         (status(&attacker, &a, "/app/x").await == 200).then_some(())
@@ -327,13 +296,13 @@ async fn bans_are_shared_by_instances_through_redis() {
     assert!(lifted.is_some(), "unban did not reach instance a");
 
     // A manual ban on a reaches b.
-    let r = client()
-        .post(a.admin_url("/admin/bans"))
-        .header("authorization", ADMIN)
-        .json(&json!({"target": "127.0.0.14"}))
-        .send()
-        .await
-        .unwrap();
+    let r = a
+        .admin(
+            reqwest::Method::POST,
+            "/admin/bans",
+            Some(json!({"target": "127.0.0.14"})),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let seen = eventually(5, || async {
         (status(&client_from(14), &b, "/app/x").await == 403).then_some(())

@@ -4,11 +4,10 @@
 use std::io::Read;
 use std::time::Duration;
 
-use galion_tests::{client, eventually, fake_upstream, spawn_gateway, FakeUpstream, Gateway};
+use galion_tests::{
+    client, eventually, fake_upstream, spawn_gateway, FakeUpstream, Gateway, ADMIN_DIGEST,
+};
 use serde_json::{json, Value};
-
-const ADMIN: &str = "Bearer test-admin";
-const ADMIN_DIGEST: &str = "db09d473d4b6461b91bfa47e4fed3ef55e0234df4132ca7a827b0a69e8927cac";
 
 async fn setup() -> (Gateway, FakeUpstream, FakeUpstream) {
     let up = fake_upstream("up").await;
@@ -197,13 +196,13 @@ async fn stale_while_revalidate_and_stale_if_error() {
 }
 
 async fn purge(gw: &Gateway, body: Value) -> Value {
-    let r = client()
-        .post(gw.admin_url("/admin/cache/purge"))
-        .header("authorization", ADMIN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/cache/purge",
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(r.status(), 200, "{body}");
     r.json().await.unwrap()
 }
@@ -227,13 +226,13 @@ async fn purge_by_url_and_prefix_and_bounded_size() {
     assert_eq!(n, 2, "p1 (cached again) and p2");
     assert_eq!(status_of(&gw, "/c/p2", &[]).await, "MISS");
     assert_eq!(status_of(&gw, "/c/q1", &[]).await, "HIT");
-    let r = client()
-        .post(gw.admin_url("/admin/cache/purge"))
-        .header("authorization", ADMIN)
-        .json(&json!({"nope": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/cache/purge",
+            Some(json!({"nope": 1})),
+        )
+        .await;
     assert_eq!(r.status(), 400);
 
     // 10,000 distinct keys never push the store past cache.max_size (256 KiB).

@@ -3,22 +3,13 @@
 //! outage in the middle of traffic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use galion_tests::redis_server::{cleanup, keys, unique_prefix, RedisServer, SHARED_REDIS};
-use galion_tests::{eventually, fake_upstream, spawn_gateway, Gateway};
-
-/// A client whose connections come from `127.0.0.N` (each is another "client IP").
-fn client_from(last_octet: u8) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(IpAddr::from([127, 0, 0, last_octet]))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
+use galion_tests::{client_from, eventually, fake_upstream, spawn_gateway, Gateway};
 
 fn routes_config(up: SocketAddr, store: &str, limit: &str) -> String {
     format!(

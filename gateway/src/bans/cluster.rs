@@ -2,6 +2,7 @@
 //! `findtime` by a script), offence counts, the `bans` hash and the channel on
 //! which bans and unbans are announced.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -17,7 +18,7 @@ use crate::config::JailConfig;
 /// exactly one caller, the one whose event reaches maxretry — the offence number:
 /// the counter is cleared and the offence counted in the same atomic step, so
 /// concurrent failures on several instances make one ban, not several.
-pub const HIT_SCRIPT: &str = r"
+const HIT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
@@ -56,6 +57,13 @@ enum Wire {
     Unban { target: IpNet },
 }
 
+/// Scripts are hashed once; `invoke_async` sends EVALSHA (EVAL on first use).
+fn script(cell: &'static OnceLock<redis::Script>, src: &str) -> &'static redis::Script {
+    cell.get_or_init(|| redis::Script::new(src))
+}
+static HIT: OnceLock<redis::Script> = OnceLock::new();
+static BAN: OnceLock<redis::Script> = OnceLock::new();
+
 pub enum Message {
     Ban(Ban),
     Unban(IpNet),
@@ -76,7 +84,6 @@ pub fn channel(link: &RedisLink) -> String {
 /// makes the n-th ban, `None` when Redis could not answer.
 pub async fn hit(
     link: &RedisLink,
-    script: &redis::Script,
     jail: &JailConfig,
     target: IpNet,
     keep: Duration,
@@ -87,6 +94,7 @@ pub async fn hit(
     let nonce: u64 = rand::random();
     let maxretry = jail.maxretry;
     let keep_ms = keep.as_millis() as u64;
+    let script = script(&HIT, HIT_SCRIPT);
     link.run("bans", |mut c| async move {
         script
             .key(key)
@@ -129,7 +137,7 @@ pub async fn publish_ban(link: &RedisLink, ban: &Ban) -> bool {
     let field = ban.target.to_string();
     let ch = channel(link);
     let until = ban.until_ms;
-    let script = redis::Script::new(BAN_SCRIPT);
+    let script = script(&BAN, BAN_SCRIPT);
     link.run("bans", |mut c| async move {
         script
             .key(hash)

@@ -58,59 +58,54 @@ pub struct Offence {
     pub forget_at_ms: u64,
 }
 
+type Hits = HashMap<(String, IpNet), VecDeque<u64>>;
+
+/// Adds an event at `now` and returns how many lie within findtime (at most maxretry).
+fn record(hits: &mut Hits, jail: &JailConfig, target: IpNet, now: u64) -> usize {
+    let window = jail.findtime.as_millis() as u64;
+    if hits.len() >= MAX_TRACKED {
+        // Drop the stalest half rather than everything: an attacker flooding with
+        // fresh addresses must not wipe the counters of the others.
+        hits.retain(|_, q| q.back().is_some_and(|t| t + window > now));
+        if hits.len() >= MAX_TRACKED {
+            let mut lasts: Vec<u64> = hits.values().filter_map(|q| q.back().copied()).collect();
+            let mid = lasts.len() / 2;
+            let (_, cut, _) = lasts.select_nth_unstable(mid);
+            let cut = *cut;
+            hits.retain(|_, q| q.back().is_some_and(|t| *t > cut));
+        }
+    }
+    let q = hits.entry((jail.name.clone(), target)).or_default();
+    while q.front().is_some_and(|t| t + window <= now) {
+        q.pop_front();
+    }
+    q.push_back(now);
+    while q.len() > jail.maxretry as usize {
+        q.pop_front();
+    }
+    q.len()
+}
+
 #[derive(Default)]
 pub struct JailState {
-    hits: Mutex<HashMap<(String, IpNet), VecDeque<u64>>>,
+    hits: Mutex<Hits>,
     offences: Mutex<HashMap<(String, IpNet), Offence>>,
 }
 
 impl JailState {
     /// Records one matching event at `now` (ms); returns the events within findtime.
+    #[cfg(test)]
     pub fn hit(&self, jail: &JailConfig, target: IpNet, now: u64) -> u32 {
-        let window = jail.findtime.as_millis() as u64;
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        if hits.len() >= MAX_TRACKED {
-            hits.retain(|_, q| q.back().is_some_and(|t| t + window > now));
-            if hits.len() >= MAX_TRACKED {
-                hits.clear();
-            }
-        }
-        let q = hits.entry((jail.name.clone(), target)).or_default();
-        while q.front().is_some_and(|t| t + window <= now) {
-            q.pop_front();
-        }
-        q.push_back(now);
-        while q.len() > jail.maxretry as usize {
-            q.pop_front();
-        }
-        q.len() as u32
+        record(&mut hits, jail, target, now) as u32
     }
 
     /// Records one event; true — with the counter cleared, under the same lock —
     /// when it reaches maxretry (so concurrent events make exactly one ban).
     pub fn trip(&self, jail: &JailConfig, target: IpNet, now: u64) -> bool {
-        let window = jail.findtime.as_millis() as u64;
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        if hits.len() >= MAX_TRACKED {
-            // Drop the stalest half rather than everything: an attacker flooding with
-            // fresh addresses must not wipe the counters of the others.
-            hits.retain(|_, q| q.back().is_some_and(|t| t + window > now));
-            if hits.len() >= MAX_TRACKED {
-                let mut lasts: Vec<u64> = hits.values().filter_map(|q| q.back().copied()).collect();
-                let mid = lasts.len() / 2;
-                let (_, cut, _) = lasts.select_nth_unstable(mid);
-                let cut = *cut;
-                hits.retain(|_, q| q.back().is_some_and(|t| *t > cut));
-            }
-        }
-        let k = (jail.name.clone(), target);
-        let q = hits.entry(k.clone()).or_default();
-        while q.front().is_some_and(|t| t + window <= now) {
-            q.pop_front();
-        }
-        q.push_back(now);
-        if q.len() >= jail.maxretry as usize {
-            hits.remove(&k);
+        if record(&mut hits, jail, target, now) >= jail.maxretry as usize {
+            hits.remove(&(jail.name.clone(), target));
             return true;
         }
         false

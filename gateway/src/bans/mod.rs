@@ -45,7 +45,6 @@ pub struct Bans {
     recent: Mutex<HashMap<IpNet, Instant>>,
     /// The link generation the table was last reconciled with.
     synced_generation: AtomicU64,
-    hit_script: redis::Script,
 }
 
 impl Default for Bans {
@@ -59,7 +58,6 @@ impl Default for Bans {
             pending_unbans: Mutex::new(HashSet::new()),
             recent: Mutex::new(HashMap::new()),
             synced_generation: AtomicU64::new(0),
-            hit_script: redis::Script::new(cluster::HIT_SCRIPT),
         }
     }
 }
@@ -107,7 +105,7 @@ impl Bans {
             let keep = keep_offence(jail);
             let keep_ms = keep.as_millis() as u64;
             let shared = match link {
-                Some(l) => cluster::hit(l, &self.hit_script, jail, target, keep).await,
+                Some(l) => cluster::hit(l, jail, target, keep).await,
                 None => None,
             };
             let offences = match shared {

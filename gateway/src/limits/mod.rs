@@ -89,7 +89,12 @@ impl RateLimiter {
         policy: &RatePolicy,
         key: KeyValue<'_>,
     ) -> Option<Outcome> {
-        let redis_key = link.key(&format!("rl:{}:{}", policy.id, key.redis_form()));
+        let redis_key = format!(
+            "{}rl:{}:{}",
+            link.config.prefix,
+            policy.id,
+            key.redis_form()
+        );
         let interval_us = (policy.interval_ns() / 1000).max(1);
         let burst = policy.burst;
         let script = &self.script;

@@ -71,10 +71,13 @@ pub fn response(
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
-    let Some(route) = ctx.route.clone() else {
-        return Ok(());
+    let (cached, compress) = match ctx.route.as_deref() {
+        Some(r) if r.cache.is_some() || r.compress.is_some() => {
+            (r.cache.is_some(), r.compress.clone())
+        }
+        _ => return Ok(()),
     };
-    if route.cache.is_some() {
+    if cached {
         let status = if session.cache.enabled() {
             cache::status(&session.cache.phase())
         } else {
@@ -83,7 +86,7 @@ pub fn response(
         ctx.cache_status = Some(status);
         resp.insert_header(X_CACHE_STATUS, status)?;
     }
-    if let Some(comp) = &route.compress {
+    if let Some(comp) = &compress {
         let length = resp
             .headers
             .get(header::CONTENT_LENGTH)
