@@ -27,6 +27,25 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+/// An address where nothing answers, reserved while the value lives: the port is
+/// bound but not listening, so connections are refused at once and no other test
+/// (nor a process started by one) can take the port meanwhile — unlike a port
+/// from [`free_addr`], which anyone may bind again.
+pub struct DeadAddr {
+    pub addr: SocketAddr,
+    _reserved: tokio::net::TcpSocket,
+}
+
+pub fn dead_addr() -> DeadAddr {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a port to keep closed");
+    DeadAddr {
+        addr: sock.local_addr().expect("local addr"),
+        _reserved: sock,
+    }
+}
+
 /// `target/<profile>/` of this build.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

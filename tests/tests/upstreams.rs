@@ -243,7 +243,8 @@ async fn get_is_retried_on_a_live_server_and_post_is_not_replayed() {
 #[tokio::test]
 async fn connect_failures_are_retried_for_any_method() {
     let live = fake_upstream("live").await;
-    let dead = galion_tests::free_addr();
+    let dead_port = galion_tests::dead_addr();
+    let dead = dead_port.addr;
     let gw = spawn_gateway(&one_route(&format!(
         "    servers: [\"{dead}\", \"{}\"]\n    retries: 1\n    passive: {{ max_fails: 0 }}",
         live.addr
@@ -287,8 +288,8 @@ async fn passive_ejection_stops_sending_to_a_failing_server() {
 
 #[tokio::test]
 async fn all_servers_dead_is_502_and_slow_is_504() {
-    let dead1 = galion_tests::free_addr();
-    let dead2 = galion_tests::free_addr();
+    let (d1, d2) = (galion_tests::dead_addr(), galion_tests::dead_addr());
+    let (dead1, dead2) = (d1.addr, d2.addr);
     let slow = fake_upstream("slow").await;
     let conf = format!(
         r#"
