@@ -4,7 +4,7 @@
 //! tests can reach it. Module map: [`config`] (YAML → validated types),
 //! [`snapshot`] (compiled config in an `ArcSwap`), [`routing`], [`upstream`]
 //! (pools, health, ejection), [`proxy`] (Pingora phases), [`client_ip`],
-//! [`request_id`], [`metrics`], [`admin`], [`reload`], [`access_log`], [`server`].
+//! [`request_id`], [`head`] (direct header edits), [`metrics`], [`admin`], [`reload`], [`access_log`], [`server`].
 
 pub mod access_log;
 pub mod admin;
@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod cors;
+pub mod head;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

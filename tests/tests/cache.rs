@@ -372,3 +372,79 @@ async fn compressed_variants_from_one_cached_object() {
     );
     assert_eq!(up.hits(), 1);
 }
+
+/// Fresh hits are answered before pingora-cache's hit path: they must carry the
+/// same headers, leave conditional and range requests to pingora, and come after
+/// every policy of the route (here a rate limit).
+#[tokio::test]
+async fn fast_hits_keep_headers_policies_conditions_and_ranges() {
+    let up = fake_upstream("up").await;
+    let conf = format!(
+        r#"
+cache: {{ max_size: 1MiB, max_object_size: 64KiB }}
+hosts:
+  galion.app:
+    default: true
+    routes:
+      - {{ name: cached, prefix: /c/, upstream: up, cache: {{ ttl: 60s }} }}
+      - {{ name: limited, prefix: /l/, upstream: up, cache: {{ ttl: 60s }}, rate_limit: {{ rate: 3/min, burst: 3 }} }}
+upstreams:
+  up: {{ servers: ["{up}"] }}
+"#,
+        up = up.addr
+    );
+    let gw = spawn_gateway(&conf).await;
+    let etag = [("x-test-resp-etag", "\"v1\"")];
+    let first = get(&gw, "/c/doc", &etag).await;
+    assert_eq!(cache_status(&first), "MISS");
+    let first_body = first.bytes().await.unwrap();
+
+    let hit = get(&gw, "/c/doc", &[("x-request-id", "fast-1")]).await;
+    assert_eq!(hit.status(), 200);
+    assert_eq!(cache_status(&hit), "HIT");
+    let h = hit.headers();
+    let age: u64 = h["age"].to_str().unwrap().parse().unwrap();
+    assert!(age < 60, "age {age}");
+    assert_eq!(h["x-request-id"], "fast-1");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["etag"], "\"v1\"");
+    assert_eq!(h["x-upstream"], "up");
+    assert_eq!(
+        h["content-length"].to_str().unwrap(),
+        first_body.len().to_string()
+    );
+    assert_eq!(hit.bytes().await.unwrap(), first_body);
+
+    // HEAD: the same head, no body.
+    let head = client().head(gw.url("/c/doc")).send().await.unwrap();
+    assert_eq!(cache_status(&head), "HIT");
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        first_body.len().to_string()
+    );
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    // Conditional and range requests are answered from the cache by pingora.
+    let not_modified = get(&gw, "/c/doc", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(not_modified.status(), 304);
+    assert_eq!(cache_status(&not_modified), "HIT");
+    let range = get(&gw, "/c/doc", &[("range", "bytes=0-4")]).await;
+    assert_eq!(range.status(), 206);
+    assert_eq!(
+        range.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 0-4/{}", first_body.len())
+    );
+    assert_eq!(range.bytes().await.unwrap(), first_body.slice(0..5));
+    assert_eq!(up.hits(), 1, "every request after the first was a hit");
+
+    // The route's rate limit runs before the cache answers.
+    let limited: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(get(&gw, "/l/x", &[]).await.status().as_u16());
+        }
+        v
+    };
+    assert_eq!(limited, [200, 200, 200, 429, 429]);
+    assert_eq!(up.hits(), 2);
+}

@@ -1,7 +1,9 @@
 //! The bounded in-memory cache storage behind pingora-cache.
 //!
 //! Complete objects only (a miss is buffered until its end, then published), in
-//! sharded maps keyed by the 128-bit cache hash. The byte budget is enforced with
+//! sharded maps keyed by the 128-bit cache hash. Metadata is kept decoded:
+//! pingora's serialized form compresses the response header with zstd, and
+//! decoding it on every hit was the largest single cost of a cache hit. The byte budget is enforced with
 //! pingora's LRU eviction manager: every admitted object is weighed, and the
 //! objects it evicts are purged from here. Objects over `max_object_size` are
 //! never admitted (pingora stops writing them; the client still gets the body).
@@ -10,9 +12,11 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora::cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -20,12 +24,74 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
+use pingora::http::ResponseHeader;
 use pingora::Result;
 
 const SHARDS: usize = 32;
 
+/// What a `CacheMeta` holds, decoded.
+struct Meta {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    /// Reference point for age and freshness when it is not `created` (after a
+    /// revalidation).
+    epoch: Option<SystemTime>,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    variance: Option<HashBinary>,
+    /// Without a header-case map: cheaper to clone and to write on every hit.
+    header: ResponseHeader,
+}
+
+impl Meta {
+    fn of(m: &CacheMeta) -> Result<Meta> {
+        // A revalidation stamps `updated` on the meta we built (whose epoch was an
+        // override), so the later of the two is the current reference point.
+        let epoch = m.updated().max(m.epoch());
+        let mut header = m.response_header_copy();
+        crate::head::edit_response(&mut header, 0, |_| Ok(()))?;
+        Ok(Meta {
+            fresh_until: m.fresh_until(),
+            created: m.created(),
+            epoch: (epoch != m.created()).then_some(epoch),
+            stale_while_revalidate: m.stale_while_revalidate_sec(),
+            stale_if_error: m.stale_if_error_sec(),
+            variance: m.variance(),
+            header,
+        })
+    }
+
+    fn to_cache_meta(&self) -> CacheMeta {
+        let mut m = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            self.header.clone(),
+        );
+        if let Some(v) = self.variance {
+            m.set_variance(v);
+        }
+        if let Some(e) = self.epoch {
+            m.set_epoch_override(e);
+        }
+        m
+    }
+
+    /// Approximate bytes held: the header as it is written, plus the fixed part.
+    fn weight(&self) -> usize {
+        let h: usize = self
+            .header
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        h + std::mem::size_of::<Meta>()
+    }
+}
+
 struct Entry {
-    meta: (Vec<u8>, Vec<u8>),
+    meta: Meta,
     body: Bytes,
     /// The cache key's primary text (host + path + query [+ identity]), for purges.
     primary: Arc<str>,
@@ -105,8 +171,49 @@ impl MemStore {
     }
 }
 
+/// A stored response fresh enough to be served as it is (see [`MemStore::fresh_hit`]).
+pub struct FreshHit {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    /// Seconds since the object was stored or last revalidated (`Age`).
+    pub age: u64,
+}
+
+impl MemStore {
+    /// The object under `key` if it is fresh at `now` and has no variants: the
+    /// only objects the proxy may answer without pingora-cache's hit path
+    /// (which handles stale, revalidated and varying ones). The hit counts as an
+    /// access for the eviction manager, as pingora's own hit does.
+    pub fn fresh_hit(
+        &self,
+        key: &CacheKey,
+        now: SystemTime,
+        eviction: &(dyn EvictionManager + Sync),
+    ) -> Option<FreshHit> {
+        let h = key.combined_bin();
+        let e = self
+            .shard(&h)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&h)
+            .cloned()?;
+        let m = &e.meta;
+        if m.variance.is_some() || m.fresh_until < now {
+            return None;
+        }
+        let entry = CacheEntryKey::key_only(e.compact.clone());
+        eviction.access(&entry, e.body.len(), m.fresh_until);
+        let epoch = m.epoch.unwrap_or(m.created);
+        Some(FreshHit {
+            header: m.header.clone(),
+            body: e.body.clone(),
+            age: now.duration_since(epoch).map_or(0, |d| d.as_secs()),
+        })
+    }
+}
+
 fn weight(e: &Entry) -> usize {
-    e.body.len() + e.meta.0.len() + e.meta.1.len()
+    e.body.len() + e.meta.weight()
 }
 
 struct Hit {
@@ -168,7 +275,7 @@ impl HandleHit for Hit {
 struct Miss {
     store: &'static MemStore,
     hash: HashBinary,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: Meta,
     body: BytesMut,
     primary: Arc<str>,
     compact: CompactCacheKey,
@@ -220,7 +327,7 @@ impl Storage for MemStore {
         else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&e.meta.0, &e.meta.1)?;
+        let meta = e.meta.to_cache_meta();
         let len = e.body.len();
         Ok(Some((
             meta,
@@ -241,7 +348,7 @@ impl Storage for MemStore {
         Ok(Box::new(Miss {
             store: self,
             hash: key.combined_bin(),
-            meta: meta.serialize()?,
+            meta: Meta::of(meta)?,
             body: BytesMut::new(),
             primary: String::from_utf8_lossy(key.primary_key()).into(),
             compact: key.to_compact(),
@@ -268,13 +375,13 @@ impl Storage for MemStore {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let h = key.combined_bin();
-        let serialized = meta.serialize()?;
+        let decoded = Meta::of(meta)?;
         let mut m = self.shard(&h).write().unwrap_or_else(|p| p.into_inner());
         let Some(old) = m.get(&h).cloned() else {
             return Ok(false);
         };
         let updated = Arc::new(Entry {
-            meta: serialized,
+            meta: decoded,
             body: old.body.clone(),
             primary: old.primary.clone(),
             compact: old.compact.clone(),
@@ -288,5 +395,55 @@ impl Storage for MemStore {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    fn sample() -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("Content-Type", "text/plain").unwrap();
+        h.insert_header("ETag", "\"v1\"").unwrap();
+        let created = SystemTime::now() - Duration::from_secs(30);
+        let mut m = CacheMeta::new(created + Duration::from_secs(60), created, 5, 7, h);
+        m.set_variance([7u8; 16]);
+        m
+    }
+
+    #[test]
+    fn decoded_meta_rebuilds_the_same_meta() {
+        let m = sample();
+        let back = Meta::of(&m).unwrap().to_cache_meta();
+        assert_eq!(back.fresh_until(), m.fresh_until());
+        assert_eq!(back.created(), m.created());
+        assert_eq!(back.epoch(), m.epoch());
+        assert_eq!(back.stale_while_revalidate_sec(), 5);
+        assert_eq!(back.stale_if_error_sec(), 7);
+        assert_eq!(back.variance(), Some([7u8; 16]));
+        assert_eq!(back.response_header().status.as_u16(), 200);
+        assert_eq!(back.headers()["content-type"], "text/plain");
+        assert_eq!(back.headers()["etag"], "\"v1\"");
+        assert!(back.age() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_revalidation_moves_the_age_reference_every_time() {
+        let mut m = Meta::of(&sample()).unwrap().to_cache_meta();
+        let fresh = SystemTime::now() + Duration::from_secs(100);
+        m.update_freshness(fresh, 1, 2);
+        let once = Meta::of(&m).unwrap().to_cache_meta();
+        assert!(once.age() < Duration::from_secs(5), "age {:?}", once.age());
+        assert_eq!(once.fresh_until(), fresh);
+        assert_eq!(once.created(), m.created());
+        // Revalidated again later: the newer stamp wins over the stored override.
+        let mut again = once;
+        again.update_freshness(fresh, 1, 2);
+        let twice = Meta::of(&again).unwrap().to_cache_meta();
+        assert!(twice.epoch() >= m.updated());
+        assert!(twice.age() < Duration::from_secs(5));
     }
 }

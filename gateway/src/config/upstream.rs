@@ -131,6 +131,11 @@ pub fn upstream_of(
             cooldown: Duration::from_secs(10),
         },
     };
+    if let Some(h) = &u.host_header {
+        if h.is_empty() || http::HeaderValue::from_str(h).is_err() {
+            c.err(&at.key("host_header"), "not a valid Host header value");
+        }
+    }
     let tls = u
         .tls
         .map(|t| upstream_tls(c, &at.key("tls"), t, u.host_header.as_deref()));

@@ -2,8 +2,7 @@
 //! `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=42;t=12`, plus
 //! `Retry-After` on 429.
 
-use http::HeaderValue;
-use pingora::http::ResponseHeader;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::Result;
 
 use super::Outcome;
@@ -33,8 +32,9 @@ pub fn retry_after(o: &Outcome) -> u64 {
 }
 
 /// Adds both fields to a response.
-pub fn apply(resp: &mut ResponseHeader, policy: &RatePolicy, o: &Outcome) -> Result<()> {
-    resp.insert_header(RATELIMIT_POLICY, policy.policy_header.clone())?;
-    resp.insert_header(RATELIMIT, ratelimit_value(policy, o))?;
-    Ok(())
+pub fn apply(h: &mut HeaderMap, policy: &RatePolicy, o: &Outcome) -> Result<()> {
+    static POLICY: HeaderName = HeaderName::from_static(RATELIMIT_POLICY);
+    static LIMIT: HeaderName = HeaderName::from_static(RATELIMIT);
+    crate::head::set(h, &POLICY, policy.policy_header.clone())?;
+    crate::head::set(h, &LIMIT, ratelimit_value(policy, o))
 }

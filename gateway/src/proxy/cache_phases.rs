@@ -42,6 +42,52 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
         .set_max_file_size_bytes(c.config.max_object_size as usize);
 }
 
+/// Answers a fresh, invariant cached object straight from the store, before
+/// pingora-cache's hit path (which costs about as much as proxying): same
+/// headers as that path (`Age`, our response decorations, `X-Cache-Status:
+/// HIT`), same eviction bookkeeping. Everything else (stale objects, variants,
+/// conditional and range requests, compressed routes, misses) is left to
+/// pingora-cache. Returns `Ok(true)` when the response was sent.
+pub async fn fast_hit(session: &mut Session, ctx: &mut RequestCtx, https: bool) -> Result<bool> {
+    let Some(route) = ctx.route.as_ref() else {
+        return Ok(false);
+    };
+    let Some(rc) = route.cache.as_ref() else {
+        return Ok(false);
+    };
+    let req = session.req_header();
+    if route.compress.is_some()
+        || !cache::fast_path_allowed(req)
+        || cache::bypass(req, rc).is_some()
+    {
+        return Ok(false);
+    }
+    let Some(c) = cache::get() else {
+        return Ok(false);
+    };
+    let k = key(session, ctx)?;
+    let Some(hit) = c.store.fresh_hit(&k, SystemTime::now(), c.eviction) else {
+        return Ok(false);
+    };
+    // Objects stored without a length are left to pingora (it writes them chunked).
+    if !hit.header.headers.contains_key(header::CONTENT_LENGTH) {
+        return Ok(false);
+    }
+    let mut resp = hit.header;
+    resp.set_version(http::Version::HTTP_11);
+    resp.insert_header(header::AGE, hit.age)?;
+    ctx.cache_status = Some("HIT");
+    super::decorate::response(session, &mut resp, ctx, https)?;
+    let header_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), header_only)
+        .await?;
+    if !header_only {
+        session.write_response_body(Some(hit.body), true).await?;
+    }
+    Ok(true)
+}
+
 pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
     let Some(route) = ctx.route.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "cache key without a route");

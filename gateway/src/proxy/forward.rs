@@ -1,40 +1,75 @@
 //! Headers the gateway sets on the way to the upstream and back.
 
 use http::header::HeaderName;
-use http::{HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use super::ctx::RequestCtx;
 use crate::config::HeaderOps;
+use crate::head;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
 
-/// An IP address as a header value, formatted on the stack (one allocation: the
-/// value's own buffer).
-fn ip_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
-    use std::io::Write;
+/// An IP address as a header value. IPv4 (the common case) is written digit by
+/// digit: `Display` through `fmt` cost more than the rest of this module.
+pub fn ip_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
     let mut buf = [0u8; 48];
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    write!(cur, "{ip}").ok()?;
-    let n = cur.position() as usize;
+    let n = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            n
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            write!(cur, "{ip}").ok()?;
+            cur.position() as usize
+        }
+    };
     HeaderValue::from_bytes(&buf[..n]).ok()
 }
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
+/// How many headers [`forwarded_headers`] may add (for reserving the map once).
+pub const FORWARDED_COUNT: usize = 5;
+
 /// `X-Forwarded-*`, `X-Real-IP` and `X-Request-Id` for the upstream request.
-pub fn forwarded_headers(req: &mut RequestHeader, ctx: &RequestCtx, https: bool) -> Result<()> {
+/// `authority` is the request URI's, used when there is no `Host` header (h2).
+pub fn forwarded_headers(
+    h: &mut HeaderMap,
+    authority: Option<&str>,
+    ctx: &RequestCtx,
+    https: bool,
+) -> Result<()> {
     let peer_value = ctx.peer_ip.and_then(ip_value);
     if let Some(peer_value) = &peer_value {
         // A trusted proxy's chain is extended; anyone else's is replaced, so the
         // upstream never sees a client-forged hop.
-        let prior = req.headers.get_all(&X_FORWARDED_FOR);
+        let prior = h.get_all(&X_FORWARDED_FOR);
         if ctx.peer_trusted && prior.iter().next().is_some() {
             let mut chain = Vec::with_capacity(64);
             for p in prior {
@@ -44,55 +79,52 @@ pub fn forwarded_headers(req: &mut RequestHeader, ctx: &RequestCtx, https: bool)
             chain.extend_from_slice(peer_value.as_bytes());
             let v = HeaderValue::from_bytes(&chain)
                 .or_err(ErrorType::InternalError, "X-Forwarded-For chain")?;
-            req.insert_header(X_FORWARDED_FOR.clone(), v)?;
+            head::set(h, &X_FORWARDED_FOR, v)?;
         } else {
-            req.insert_header(X_FORWARDED_FOR.clone(), peer_value.clone())?;
+            head::set(h, &X_FORWARDED_FOR, peer_value.clone())?;
         }
     }
     // The client IP as the gateway resolved it (trusted proxies applied); any
     // client-sent value is replaced.
     let real = match (ctx.client_ip, ctx.peer_ip) {
-        (Some(c), Some(p)) if c == p => peer_value.clone(),
+        (Some(c), Some(p)) if c == p => peer_value,
         (Some(c), _) => ip_value(c),
         (None, _) => None,
     };
     match real {
-        Some(v) => {
-            req.insert_header(X_REAL_IP.clone(), v)?;
-        }
+        Some(v) => head::set(h, &X_REAL_IP, v)?,
         None => {
-            req.remove_header(&X_REAL_IP);
+            h.remove(&X_REAL_IP);
         }
     }
-    if !(ctx.peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
+    if !(ctx.peer_trusted && h.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if https { &HTTPS } else { &HTTP };
-        req.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
+        head::set(h, &X_FORWARDED_PROTO, proto.clone())?;
     }
-    if !(ctx.peer_trusted && req.headers.contains_key(&X_FORWARDED_HOST)) {
-        let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
-            req.uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let Some(h) = host {
-            req.insert_header(X_FORWARDED_HOST.clone(), h)?;
+    if !(ctx.peer_trusted && h.contains_key(&X_FORWARDED_HOST)) {
+        let host = h
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
+        if let Some(v) = host {
+            head::set(h, &X_FORWARDED_HOST, v)?;
         }
     }
     if let Some(id) = &ctx.request_id {
-        req.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+        head::set(h, &X_REQUEST_ID, id.clone())?;
     }
     Ok(())
 }
 
-pub fn apply_request_ops(req: &mut RequestHeader, ops: &HeaderOps) -> Result<()> {
+pub fn apply_request_ops(h: &mut HeaderMap, ops: &HeaderOps) -> Result<()> {
     for n in &ops.remove {
-        req.remove_header(n);
+        h.remove(n);
     }
     for (n, v) in &ops.set {
-        req.insert_header(n.clone(), v.clone())?;
+        head::set(h, n, v.clone())?;
     }
     for (n, v) in &ops.add {
-        req.append_header(n.clone(), v.clone())?;
+        head::add(h, n, v.clone())?;
     }
     Ok(())
 }
@@ -126,19 +158,20 @@ pub fn set_path(req: &mut RequestHeader, path: &str) -> Result<()> {
 
 /// Removes every client-sent `X-User-*` header, then sets the verified identity's.
 /// Upstreams can trust these headers only because of this.
-pub fn identity_headers(req: &mut RequestHeader, id: Option<&crate::auth::Identity>) -> Result<()> {
-    let forged: Vec<HeaderName> = req
-        .headers
+pub fn identity_headers(h: &mut HeaderMap, id: Option<&crate::auth::Identity>) -> Result<()> {
+    // Collected first: the map cannot be edited while iterated. Almost always
+    // empty, and an empty Vec does not allocate.
+    let forged: Vec<HeaderName> = h
         .keys()
         .filter(|k| k.as_str().starts_with("x-user-"))
         .cloned()
         .collect();
     for k in &forged {
-        req.remove_header(k);
+        h.remove(k);
     }
     if let Some(id) = id {
         for (k, v) in &id.headers {
-            req.insert_header(k.clone(), v.clone())?;
+            head::set(h, k, v.clone())?;
         }
     }
     Ok(())

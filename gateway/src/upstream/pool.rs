@@ -89,6 +89,8 @@ pub struct Pool {
     least_conn: bool,
     epoch: Instant,
     pub metrics: PoolMetrics,
+    /// `host_header` as a ready value (validated with the config).
+    pub host_header: Option<http::HeaderValue>,
 }
 
 impl Pool {
@@ -126,6 +128,10 @@ impl Pool {
             tls: config.tls.as_ref().map(PeerTls::new),
             least_conn: matches!(config.balance, Balance::LeastConn),
             metrics: PoolMetrics::new(&config.name),
+            host_header: config
+                .host_header
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok()),
             config,
             servers,
             selector,
