@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::{self, ConfigErrors, Listen};
+use crate::config::{self, ConfigErrors, Listen, ServerSettings};
 use crate::metrics::metrics;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 
@@ -38,6 +38,8 @@ pub struct Reloader {
     snapshot: SnapshotHandle,
     /// Listener addresses are bound at start; a change needs a restart or upgrade.
     listen_at_start: Listen,
+    /// Threads, buffers and the like are fixed at start too.
+    server_at_start: ServerSettings,
     // Serialises reloads from the watcher, SIGHUP and the admin API.
     lock: Mutex<()>,
 }
@@ -55,10 +57,12 @@ pub fn mark_success() {
 impl Reloader {
     pub fn new(path: PathBuf, snapshot: SnapshotHandle) -> Self {
         let listen_at_start = snapshot.load().config.listen.clone();
+        let server_at_start = snapshot.load().config.server.clone();
         Reloader {
             path,
             snapshot,
             listen_at_start,
+            server_at_start,
             lock: Mutex::new(()),
         }
     }
@@ -106,6 +110,14 @@ impl Reloader {
                 running = ?self.listen_at_start,
                 configured = ?loaded.config.listen,
                 "listener addresses changed: they take effect only after a restart or a \
+                 graceful upgrade (-u); the other changes are applied now"
+            );
+        }
+        if loaded.config.server != self.server_at_start {
+            tracing::warn!(
+                running = ?self.server_at_start,
+                configured = ?loaded.config.server,
+                "server settings changed: they take effect only after a restart or a \
                  graceful upgrade (-u); the other changes are applied now"
             );
         }

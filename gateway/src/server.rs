@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::TcpSocketOptions;
+use pingora::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -69,6 +70,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::tls::apply(&config.tls);
     let admin_addr = config.listen.admin;
     let keepalive_requests = config.server.keepalive_requests;
+    // Listener settings: a change needs a restart (reported by the reloader).
+    let buffers = L4BufferSettings::default().write(config.server.write_buffer);
 
     let shield = Arc::new(Shield::new(config.rate_limits.max_keys));
     match &config.store.state_dir {
@@ -117,14 +120,23 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut proxies = Vec::new();
     if let Some(addr) = http_addr {
         let mut svc = proxy_service("galion proxy", false);
-        svc.add_tcp_with_settings(&addr.to_string(), sock());
+        svc.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tcp_socket_options(sock())
+                .l4_buffer(buffers),
+        );
         proxies.push(svc);
     }
     if let Some(addr) = https_addr {
         let mut svc = proxy_service("galion proxy tls", true);
         let settings = crate::tls::settings(crate::tls::store().clone())
             .map_err(|e| anyhow::anyhow!("TLS listener: {e}"))?;
-        svc.add_tls_with_settings(&addr.to_string(), Some(sock()), settings);
+        svc.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tcp_socket_options(sock())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
         proxies.push(svc);
     }
     for svc in proxies {

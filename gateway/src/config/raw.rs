@@ -118,6 +118,8 @@ pub struct RawServer {
     pub graceful_shutdown_timeout: Option<Duration>,
     pub upstream_keepalive_pool_size: Option<usize>,
     pub keepalive_requests: Option<u32>,
+    /// Per-connection write buffer of the proxy listeners (e.g. `32KiB`).
+    pub write_buffer: Option<RawSize>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }

@@ -107,6 +107,8 @@ fn bad_values_are_refused() {
         ("prefix: /api/v1/users", "exact: /x\n        prefix: /y"),
         ("default: true", "default: maybe"),
         ("aliases: [localhost", "aliases: [\"bad host!\""),
+        ("balance: round_robin", "host_header: \"a\\nb\""),
+        ("balance: round_robin", "host_header: \"\""),
     ];
     for (from, to) in cases {
         let text = GOOD.replacen(from, to, 1);

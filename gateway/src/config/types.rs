@@ -57,6 +57,9 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
     pub keepalive_requests: Option<u32>,
+    /// Bytes of each client connection's write buffer. A response with a known
+    /// length is written in one system call when its head and body fit.
+    pub write_buffer: usize,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }

@@ -227,12 +227,29 @@ fn listen_of(c: &mut Checker, l: RawListen) -> Listen {
     Listen { http, https, admin }
 }
 
+const DEFAULT_WRITE_BUFFER: usize = 32 * 1024;
+
 fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
     let at = KeyPath::root().key("server");
     let threads = s.threads.unwrap_or(1);
     if threads == 0 || threads > 256 {
         c.err(&at.key("threads"), "must be between 1 and 256");
     }
+    // Pingora's default is one MSS (1460 B): a head and a 16 KiB body then take
+    // two writes. 32 KiB holds both; bodies of unknown length are still flushed
+    // chunk by chunk, so streaming is not delayed.
+    let write_buffer = match &s.write_buffer {
+        Some(v) => super::policy::parse_size(c, &at.key("write_buffer"), v)
+            .filter(|n| {
+                let ok = (1024..=1 << 20).contains(n);
+                if !ok {
+                    c.err(&at.key("write_buffer"), "must be between 1KiB and 1MiB");
+                }
+                ok
+            })
+            .unwrap_or(DEFAULT_WRITE_BUFFER as u64) as usize,
+        None => DEFAULT_WRITE_BUFFER,
+    };
     ServerSettings {
         threads: threads.max(1),
         work_stealing: s.work_stealing.unwrap_or(true),
@@ -242,6 +259,7 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
             .unwrap_or(Duration::from_secs(5)),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(256),
         keepalive_requests: s.keepalive_requests,
+        write_buffer,
         pid_file: s.pid_file,
         upgrade_sock: s.upgrade_sock,
     }
