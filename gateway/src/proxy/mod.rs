@@ -10,6 +10,7 @@ mod ctx;
 mod decorate;
 mod forward;
 mod plain;
+mod policies;
 pub mod respond;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,14 +25,12 @@ pub use ctx::{LocalReply, RequestCtx};
 use std::sync::Arc;
 
 use crate::access_log;
-use crate::auth::IdentityKind;
 use crate::bans::Event;
 use crate::client_ip;
 use crate::cluster::Shield;
 use crate::config::Balance;
+use crate::config::BanAction;
 use crate::config::HashKey;
-use crate::config::{BanAction, LimitKey, RatePolicy};
-use crate::limits::KeyValue;
 use crate::request_id;
 use crate::routing::{path_is_safe, RouteMatch};
 use crate::snapshot::SnapshotHandle;
@@ -53,162 +52,6 @@ impl GatewayProxy {
             shield,
         }
     }
-
-    /// Applies the route's rate limit; `Ok(true)` when the request was refused.
-    async fn rate_limit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        snap: &crate::snapshot::Snapshot,
-        policy: &Arc<RatePolicy>,
-    ) -> Result<bool> {
-        let Some(ip) = ctx.client_ip else {
-            return Ok(false);
-        };
-        let ip_key =
-            || KeyValue::Ip(client_ip::group(ip, snap.config.limits.ipv6_prefix).network());
-        let id = ctx.identity.clone();
-        let req = session.req_header();
-        let key = match &policy.key {
-            LimitKey::Ip => ip_key(),
-            LimitKey::User => match id.as_deref() {
-                Some(i) if i.kind == IdentityKind::Jwt => KeyValue::Text(i.subject.as_bytes()),
-                _ => ip_key(),
-            },
-            LimitKey::ApiKey => match id.as_deref() {
-                Some(i) if i.kind == IdentityKind::ApiKey => KeyValue::Text(i.subject.as_bytes()),
-                _ => ip_key(),
-            },
-            LimitKey::Header(h) => match req.headers.get(h) {
-                Some(v) => KeyValue::Text(v.as_bytes()),
-                None => ip_key(),
-            },
-        };
-        let outcome = self
-            .shield
-            .limiter
-            .check(policy, key, snap.redis.as_deref())
-            .await;
-        ctx.rate = Some((policy.clone(), outcome));
-        if outcome.allowed {
-            return Ok(false);
-        }
-        crate::metrics::metrics()
-            .rate_limited
-            .with_label_values(&[policy.name.as_ref()])
-            .inc();
-        ctx.local = Some(LocalReply::RateLimited);
-        respond::rate_limited(session, policy, &outcome, ctx.request_id.as_ref()).await?;
-        Ok(true)
-    }
-
-    /// CORS preflight, access control and body limit of the matched route.
-    /// Returns `Ok(true)` when the gateway answered.
-    async fn route_policies(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        snap: &crate::snapshot::Snapshot,
-        route: &crate::routing::Route,
-    ) -> Result<bool> {
-        // Limits keyed by IP or header run before access control, so a flood of bad
-        // tokens is throttled before any signature is checked.
-        let limit = route.rate_limit.as_ref();
-        let early = limit.filter(|p| matches!(p.key, LimitKey::Ip | LimitKey::Header(_)));
-        if let Some(p) = early {
-            if self.rate_limit(session, ctx, snap, p).await? {
-                return Ok(true);
-            }
-        }
-        let req = session.req_header();
-        if let Some(cors) = &route.cors {
-            // Preflights carry no credentials: answered before access control.
-            if crate::cors::is_preflight(&req.method, &req.headers) {
-                let resp = crate::cors::preflight_response(cors, &req.headers)?;
-                ctx.local = Some(LocalReply::Preflight);
-                session.write_response_header(Box::new(resp), true).await?;
-                return Ok(true);
-            }
-        }
-        if route.access.mode != crate::config::AuthMode::Public {
-            match snap.auth.check(&req.headers, &route.access).await {
-                Ok(id) => ctx.identity = id,
-                Err(reason) => {
-                    snap.auth.count(reason);
-                    ctx.auth_reject = Some(reason);
-                    let forbidden = reason == crate::auth::Reject::Forbidden;
-                    ctx.local = Some(if forbidden {
-                        LocalReply::Forbidden
-                    } else {
-                        LocalReply::Unauthorized
-                    });
-                    respond::auth_error(session, forbidden, ctx.request_id.as_ref()).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if let Some(p) = limit.filter(|_| early.is_none()) {
-            if self.rate_limit(session, ctx, snap, p).await? {
-                return Ok(true);
-            }
-        }
-        if let Some(max) = route.max_body {
-            let declared = session
-                .req_header()
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return Self::reply(session, ctx, LocalReply::BodyTooLarge).await;
-            }
-        }
-        Ok(false)
-    }
-
-    async fn reply(session: &mut Session, ctx: &mut RequestCtx, why: LocalReply) -> Result<bool> {
-        let (status, code, msg) = match why {
-            LocalReply::UnknownHost => (404, "unknown_host", "no site is served under this name"),
-            LocalReply::NoRoute => (404, "not_found", "no route matches this path"),
-            LocalReply::MethodNotAllowed => {
-                (405, "method_not_allowed", "this method is not allowed here")
-            }
-            LocalReply::BadRequest => (400, "bad_request", "malformed request"),
-            LocalReply::HeadersTooLarge => {
-                (431, "headers_too_large", "request headers are too large")
-            }
-            LocalReply::BodyTooLarge => (413, "payload_too_large", "the request body is too large"),
-            LocalReply::Banned => (403, "forbidden", "access from this address is blocked"),
-            LocalReply::Unauthorized
-            | LocalReply::Forbidden
-            | LocalReply::Preflight
-            | LocalReply::Redirect
-            | LocalReply::Acme
-            | LocalReply::RateLimited
-            | LocalReply::Dropped => (400, "bad_request", "malformed request"),
-        };
-        ctx.local = Some(why);
-        respond::json_error(session, status, code, msg, ctx.request_id.as_ref()).await?;
-        Ok(true)
-    }
-}
-
-/// Requests that different HTTP parsers could frame differently (request smuggling):
-/// both `Content-Length` and `Transfer-Encoding`, or several `Content-Length`s.
-fn is_ambiguous(req: &RequestHeader) -> bool {
-    let h = &req.headers;
-    let cl = h.get_all(http::header::CONTENT_LENGTH).iter().count();
-    cl > 1 || (cl == 1 && h.contains_key(http::header::TRANSFER_ENCODING))
-}
-
-/// Total size of the request head as the client sent it (approximately: names,
-/// values and separators).
-fn headers_size(req: &RequestHeader) -> u64 {
-    let mut n = req.uri.path_and_query().map_or(0, |p| p.as_str().len()) + 16;
-    for (k, v) in req.headers.iter() {
-        n += k.as_str().len() + v.len() + 4;
-    }
-    n as u64
 }
 
 fn is_idempotent(m: &http::Method) -> bool {
@@ -268,7 +111,7 @@ impl ProxyHttp for GatewayProxy {
 
         let req = session.req_header();
         let path = req.uri.path();
-        if !path_is_safe(path) || is_ambiguous(req) {
+        if !path_is_safe(path) || policies::is_ambiguous(req) {
             return Self::reply(session, ctx, LocalReply::BadRequest).await;
         }
         let host = req
@@ -289,7 +132,7 @@ impl ProxyHttp for GatewayProxy {
                 return plain::acme_challenge(session, ctx, root, &token).await;
             }
         }
-        if headers_size(req) > snap.config.limits.max_header_bytes {
+        if policies::headers_size(req) > snap.config.limits.max_header_bytes {
             return Self::reply(session, ctx, LocalReply::HeadersTooLarge).await;
         }
         ctx.security = Some(host_routes.security.clone());
