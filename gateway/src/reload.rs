@@ -105,20 +105,25 @@ impl Reloader {
                 w.message
             );
         }
-        if loaded.config.listen != self.listen_at_start {
+        // Bound or sized at start: reported, never silently ignored.
+        let fixed = [
+            (
+                "listen",
+                loaded.config.listen != self.listen_at_start,
+                format!("{:?} -> {:?}", self.listen_at_start, loaded.config.listen),
+            ),
+            (
+                "server",
+                loaded.config.server != self.server_at_start,
+                format!("{:?} -> {:?}", self.server_at_start, loaded.config.server),
+            ),
+        ];
+        for (section, _, change) in fixed.iter().filter(|f| f.1) {
             tracing::warn!(
-                running = ?self.listen_at_start,
-                configured = ?loaded.config.listen,
-                "listener addresses changed: they take effect only after a restart or a \
-                 graceful upgrade (-u); the other changes are applied now"
-            );
-        }
-        if loaded.config.server != self.server_at_start {
-            tracing::warn!(
-                running = ?self.server_at_start,
-                configured = ?loaded.config.server,
-                "server settings changed: they take effect only after a restart or a \
-                 graceful upgrade (-u); the other changes are applied now"
+                section,
+                change = change.as_str(),
+                "this section changed: it takes effect only after a restart or a graceful \
+                 upgrade (-u); the other changes are applied now"
             );
         }
         // Certificates first: by the time routes change, handshakes use the new ones.

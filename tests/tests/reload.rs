@@ -164,3 +164,35 @@ async fn twenty_reloads_under_load_drop_nothing() {
     assert!(reloads >= 20.0, "only {reloads} reloads applied");
     assert_eq!(status(&gw, "/r19").await, 200);
 }
+
+/// What is bound or sized at start (listener addresses, `server:`) cannot change
+/// on a reload: the change is reported, the old listener keeps serving, and the
+/// rest of the file is applied.
+#[tokio::test]
+async fn listener_changes_are_reported_and_the_rest_applies() {
+    let a = fake_upstream("a").await;
+    let gw = spawn_gateway(&conf(a.addr, "")).await;
+    let elsewhere = galion_tests::dead_addr();
+    let body = galion_tests::gateway::with_listen(
+        &conf(
+            a.addr,
+            "      - { name: moved, prefix: /moved, upstream: a }\n",
+        ),
+        elsewhere.addr,
+        gw.admin,
+    );
+    std::fs::write(&gw.config_path, body).unwrap();
+    gw.signal("HUP");
+    let seen = eventually(3, || async {
+        (status(&gw, "/moved").await == 200).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "reload not applied:\n{}", gw.log());
+    let reported = eventually(3, || async {
+        let log = gw.log();
+        (log.contains("only after a restart") && log.contains("listen")).then_some(())
+    })
+    .await;
+    assert!(reported.is_some(), "change not reported:\n{}", gw.log());
+    assert_eq!(status(&gw, "/base").await, 200, "old listener still serves");
+}
