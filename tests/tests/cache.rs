@@ -408,6 +408,7 @@ upstreams:
     assert_eq!(h["x-request-id"], "fast-1");
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["etag"], "\"v1\"");
+    assert_eq!(h["accept-ranges"], "bytes");
     assert_eq!(h["x-upstream"], "up");
     assert_eq!(
         h["content-length"].to_str().unwrap(),

@@ -61,6 +61,10 @@ impl Meta {
         })
     }
 
+    /// Pingora's `provenance` has no public setter and is not kept: it becomes
+    /// `created`. Pingora uses it only to refuse variants older than a refreshed
+    /// primary object, so the loss can make it refetch a variant, never serve a
+    /// wrong one.
     fn to_cache_meta(&self) -> CacheMeta {
         let mut m = CacheMeta::new(
             self.fresh_until,

@@ -239,6 +239,14 @@ fn route_of(
         .cache
         .as_ref()
         .map(|rc| std::sync::Arc::new(super::shaping::route_cache_of(c, &at.key("cache"), rc)));
+    if cache.as_ref().is_some_and(|rc| rc.private) && access.mode == AuthMode::Public {
+        // Without a verified identity the key would be the URL alone, shared by
+        // every caller whatever cookie or token they sent.
+        c.err(
+            &at.key("cache").key("private"),
+            "a private cache needs access control on the route (auth: jwt, api_key or any)",
+        );
+    }
     let compress = r
         .compress
         .as_ref()

@@ -109,6 +109,12 @@ fn bad_values_are_refused() {
         ("aliases: [localhost", "aliases: [\"bad host!\""),
         ("balance: round_robin", "host_header: \"a\\nb\""),
         ("balance: round_robin", "host_header: \"\""),
+        ("balance: round_robin", "host_header: \"user@evil\""),
+        ("balance: round_robin", "host_header: \"a b\""),
+        (
+            "upstream: users",
+            "upstream: users\n        cache: { private: true }",
+        ),
     ];
     for (from, to) in cases {
         let text = GOOD.replacen(from, to, 1);

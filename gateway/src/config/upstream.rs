@@ -132,8 +132,10 @@ pub fn upstream_of(
         },
     };
     if let Some(h) = &u.host_header {
-        if h.is_empty() || http::HeaderValue::from_str(h).is_err() {
-            c.err(&at.key("host_header"), "not a valid Host header value");
+        // Pingora copies Host into the request's authority: it must be one.
+        let authority = h.parse::<http::uri::Authority>().ok();
+        if h.contains('@') || authority.is_none() || http::HeaderValue::from_str(h).is_err() {
+            c.err(&at.key("host_header"), "not a valid host[:port]");
         }
     }
     let tls = u

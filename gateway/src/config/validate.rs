@@ -236,8 +236,10 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
         c.err(&at.key("threads"), "must be between 1 and 256");
     }
     // Pingora's default is one MSS (1460 B): a head and a 16 KiB body then take
-    // two writes. 32 KiB holds both; bodies of unknown length are still flushed
-    // chunk by chunk, so streaming is not delayed.
+    // two writes. 32 KiB holds both. The price: a body of known length from a
+    // slow upstream leaves in steps of up to this size (chunked, close-delimited
+    // and h2 bodies are flushed as they come), and each client connection holds
+    // this buffer (pingora allocates it up front, beside its 64 KiB read buffer).
     let write_buffer = match &s.write_buffer {
         Some(v) => super::policy::parse_size(c, &at.key("write_buffer"), v)
             .filter(|n| {

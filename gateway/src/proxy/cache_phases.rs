@@ -56,7 +56,11 @@ pub async fn fast_hit(session: &mut Session, ctx: &mut RequestCtx, https: bool) 
         return Ok(false);
     };
     let req = session.req_header();
+    // Routes that vary by request headers are left to pingora, which compares
+    // the variance on every lookup (entries stored before a reload added
+    // `vary_headers` carry none).
     if route.compress.is_some()
+        || !rc.vary_headers.is_empty()
         || !cache::fast_path_allowed(req)
         || cache::bypass(req, rc).is_some()
     {
@@ -69,21 +73,30 @@ pub async fn fast_hit(session: &mut Session, ctx: &mut RequestCtx, https: bool) 
     let Some(hit) = c.store.fresh_hit(&k, SystemTime::now(), c.eviction) else {
         return Ok(false);
     };
-    // Objects stored without a length are left to pingora (it writes them chunked).
-    if !hit.header.headers.contains_key(header::CONTENT_LENGTH) {
+    // Objects stored without a length are left to pingora (it writes them
+    // chunked), and so are varying ones.
+    let h = &hit.header.headers;
+    if !h.contains_key(header::CONTENT_LENGTH) || h.contains_key(header::VARY) {
         return Ok(false);
     }
     let mut resp = hit.header;
     resp.set_version(http::Version::HTTP_11);
     resp.insert_header(header::AGE, hit.age)?;
+    // As pingora's hit path: advertises `Accept-Ranges: bytes` (no Range here).
+    pingora::proxy::range_header_filter(session.req_header(), &mut resp, None);
     ctx.cache_status = Some("HIT");
     super::decorate::response(session, &mut resp, ctx, https)?;
     let header_only = session.req_header().method == http::Method::HEAD;
+    // A failed write is the client's doing (gone, stream reset), not a 5xx.
     session
         .write_response_header(Box::new(resp), header_only)
-        .await?;
+        .await
+        .map_err(|e| e.into_down())?;
     if !header_only {
-        session.write_response_body(Some(hit.body), true).await?;
+        session
+            .write_response_body(Some(hit.body), true)
+            .await
+            .map_err(|e| e.into_down())?;
     }
     Ok(true)
 }

@@ -24,13 +24,6 @@ pub fn upstream_request(
         let meta = session.cache.maybe_cache_meta();
         pingora::cache::filters::upstream::request_filter(upstream_request, meta);
     }
-    if let Some(p) = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.rewritten_path(upstream_request.uri.path()))
-    {
-        forward::set_path(upstream_request, &p)?;
-    }
     // Only an h2 request has no Host; its authority then names the site.
     let authority = if upstream_request.headers.contains_key(http::header::HOST) {
         None
@@ -40,6 +33,13 @@ pub fn upstream_request(
             .authority()
             .map(|a| a.as_str().to_owned())
     };
+    if let Some(p) = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.rewritten_path(upstream_request.uri.path()))
+    {
+        forward::set_path(upstream_request, &p)?;
+    }
     let route = ctx.route.as_deref();
     let extra = forward::FORWARDED_COUNT
         + ctx.identity.as_ref().map_or(0, |i| i.headers.len())
