@@ -221,6 +221,24 @@ events { worker_connections 4096; }
 EOF
 }
 
+# The part every measured nginx shares: temp paths, no access log, long keep-alive
+# on both sides, the origin as a keep-alive upstream.
+nginx_proxy_common() { # NAME
+  nginx_temp_paths "$TMP/$1-tmp"
+  cat <<EOF
+access_log off;
+keepalive_timeout 300s;
+keepalive_requests 100000000;
+upstream origin {
+  server 127.0.0.1:$P_ORIGIN;
+  keepalive 64;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+}
+EOF
+}
+nginx_pass_origin() { echo 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'; }
+
 mkdir -p "$TMP/www"
 head -c 16384 /dev/zero | tr '\0' 'x' >"$TMP/www/16k"
 
@@ -247,22 +265,11 @@ EOF
 nginx_main nginx >"$TMP/nginx.conf"
 cat >>"$TMP/nginx.conf" <<EOF
 http {
-  $(nginx_temp_paths "$TMP/nginx-tmp")
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  upstream origin {
-    server 127.0.0.1:$P_ORIGIN;
-    keepalive 64;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-  }
+  $(nginx_proxy_common nginx)
   server {
     listen 127.0.0.1:$P_NGINX backlog=4096;
     location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      $(nginx_pass_origin)
     }
   }
 }
@@ -275,23 +282,12 @@ if [[ "$MODE" == cache ]]; then
   nginx_main nginx_cache >"$TMP/nginx_cache.conf"
   cat >>"$TMP/nginx_cache.conf" <<EOF
 http {
-  $(nginx_temp_paths "$TMP/nginx_cache-tmp")
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
+  $(nginx_proxy_common nginx_cache)
   proxy_cache_path $TMP/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=60m use_temp_path=off;
-  upstream origin {
-    server 127.0.0.1:$P_ORIGIN;
-    keepalive 64;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-  }
   server {
     listen 127.0.0.1:$P_NGINX_CACHE backlog=4096;
     location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      $(nginx_pass_origin)
       proxy_cache bench;
       proxy_cache_valid 200 10m;
       proxy_cache_lock on;
@@ -309,16 +305,7 @@ if [[ "$MODE" == https ]]; then
   nginx_main nginx_tls >"$TMP/nginx_tls.conf"
   cat >>"$TMP/nginx_tls.conf" <<EOF
 http {
-  $(nginx_temp_paths "$TMP/nginx_tls-tmp")
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  upstream origin {
-    server 127.0.0.1:$P_ORIGIN;
-    keepalive 64;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-  }
+  $(nginx_proxy_common nginx_tls)
   server {
     listen 127.0.0.1:$P_NGINX_TLS ssl backlog=4096;
     server_name localhost galion.app;
@@ -326,9 +313,7 @@ http {
     ssl_certificate_key $TMP/certs/galion.app.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      $(nginx_pass_origin)
     }
   }
 }

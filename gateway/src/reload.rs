@@ -106,25 +106,21 @@ impl Reloader {
             );
         }
         // Bound or sized at start: reported, never silently ignored.
-        let fixed = [
-            (
-                "listen",
-                loaded.config.listen != self.listen_at_start,
-                format!("{:?} -> {:?}", self.listen_at_start, loaded.config.listen),
-            ),
-            (
-                "server",
-                loaded.config.server != self.server_at_start,
-                format!("{:?} -> {:?}", self.server_at_start, loaded.config.server),
-            ),
-        ];
-        for (section, _, change) in fixed.iter().filter(|f| f.1) {
-            tracing::warn!(
-                section,
-                change = change.as_str(),
-                "this section changed: it takes effect only after a restart or a graceful \
+        let report =
+            |section: &str, running: &dyn std::fmt::Debug, configured: &dyn std::fmt::Debug| {
+                tracing::warn!(
+                    section,
+                    ?running,
+                    ?configured,
+                    "this section changed: it takes effect only after a restart or a graceful \
                  upgrade (-u); the other changes are applied now"
-            );
+                );
+            };
+        if loaded.config.listen != self.listen_at_start {
+            report("listen", &self.listen_at_start, &loaded.config.listen);
+        }
+        if loaded.config.server != self.server_at_start {
+            report("server", &self.server_at_start, &loaded.config.server);
         }
         // Certificates first: by the time routes change, handshakes use the new ones.
         crate::tls::apply(&loaded.config.tls);

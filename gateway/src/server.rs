@@ -70,8 +70,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::tls::apply(&config.tls);
     let admin_addr = config.listen.admin;
     let keepalive_requests = config.server.keepalive_requests;
-    // Listener settings: a change needs a restart (reported by the reloader).
-    let buffers = L4BufferSettings::default().write(config.server.write_buffer);
+    let write_buffer = config.server.write_buffer;
 
     let shield = Arc::new(Shield::new(config.rate_limits.max_keys));
     match &config.store.state_dir {
@@ -112,31 +111,25 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         svc.set_connection_filter(Arc::new(BanFilter::new(snapshot.clone(), shield.clone())));
         svc
     };
-    let sock = || {
+    // Listener settings: a change needs a restart (reported by the reloader).
+    let listener = |addr: std::net::SocketAddr| {
         let mut sock = TcpSocketOptions::default();
         sock.so_reuseport = Some(true);
-        sock
+        ListenerConfig::tcp(addr.to_string())
+            .tcp_socket_options(sock)
+            .l4_buffer(L4BufferSettings::default().write(write_buffer))
     };
     let mut proxies = Vec::new();
     if let Some(addr) = http_addr {
         let mut svc = proxy_service("galion proxy", false);
-        svc.add_listener(
-            ListenerConfig::tcp(addr.to_string())
-                .tcp_socket_options(sock())
-                .l4_buffer(buffers),
-        );
+        svc.add_listener(listener(addr));
         proxies.push(svc);
     }
     if let Some(addr) = https_addr {
         let mut svc = proxy_service("galion proxy tls", true);
         let settings = crate::tls::settings(crate::tls::store().clone())
             .map_err(|e| anyhow::anyhow!("TLS listener: {e}"))?;
-        svc.add_listener(
-            ListenerConfig::tcp(addr.to_string())
-                .tcp_socket_options(sock())
-                .tls(settings)
-                .l4_buffer(buffers),
-        );
+        svc.add_listener(listener(addr).tls(settings));
         proxies.push(svc);
     }
     for svc in proxies {

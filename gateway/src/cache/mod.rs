@@ -91,12 +91,12 @@ pub fn bypass(req: &RequestHeader, rc: &RouteCache) -> Option<&'static str> {
     None
 }
 
-/// Whether a request may be answered by [`store::MemStore::fresh_hit`]: no
-/// conditions and no ranges (pingora-cache answers those: 304, 206, 412).
+/// Whether a request that may use the cache ([`bypass`]) may also be answered
+/// by [`store::MemStore::fresh_hit`]: no conditions and no ranges
+/// (pingora-cache answers those: 304, 206, 412).
 pub fn fast_path_allowed(req: &RequestHeader) -> bool {
     let h = &req.headers;
-    (req.method == Method::GET || req.method == Method::HEAD)
-        && !h.contains_key(header::RANGE)
+    !h.contains_key(header::RANGE)
         && !h.contains_key(header::IF_NONE_MATCH)
         && !h.contains_key(header::IF_MODIFIED_SINCE)
         && !h.contains_key(header::IF_MATCH)
