@@ -7,7 +7,6 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use pingora::proxy::Session;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::prelude::*;
@@ -54,19 +53,22 @@ pub fn init(settings: &AccessLogSettings) -> std::io::Result<WorkerGuard> {
     Ok(guard)
 }
 
+/// What the access log needs of the request, however it was proxied.
+pub struct Line<'a> {
+    /// HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
+    pub host: &'a str,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    /// Response body bytes sent to the client.
+    pub bytes: usize,
+}
+
 /// One access log line.
-pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration) {
+pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) {
     if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
         return;
     }
-    let req = session.req_header();
-    // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-        .unwrap_or("");
+    let host = line.host;
     let route = ctx.route.as_ref().map_or("", |r| &r.name);
     let upstream = match (&ctx.route, ctx.last_server()) {
         (Some(r), Some(i)) => r.pool.servers.get(i).map_or("", |s| s.label.as_str()),
@@ -104,10 +106,10 @@ pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration
         client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
         host,
         route,
-        method = req.method.as_str(),
-        path = req.uri.path(),
+        method = line.method.as_str(),
+        path = line.path,
         status,
-        bytes = session.body_bytes_sent(),
+        bytes = line.bytes,
         upstream,
         attempts = ctx.attempts,
         duration_ms = elapsed.as_secs_f64() * 1000.0,

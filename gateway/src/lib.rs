@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod cors;
+pub mod fast;
 pub mod head;
 pub mod limits;
 pub mod metrics;

@@ -17,6 +17,7 @@ use crate::admin::AdminApp;
 use crate::cluster::{ProtectService, Shield};
 use crate::config::{self, Config};
 use crate::conn::{BanFilter, Counted};
+use crate::fast::GatewayApp;
 use crate::proxy::GatewayProxy;
 use crate::reload::{self, ReloadService, Reloader};
 use crate::snapshot::Snapshot;
@@ -107,7 +108,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         let mut server_opts = HttpServerOptions::default();
         server_opts.keepalive_request_limit = keepalive_requests;
         proxy.server_options = Some(server_opts);
-        let mut svc = Service::new(name.to_owned(), Counted::new(proxy, snapshot.clone()));
+        let app = GatewayApp::new(
+            proxy,
+            snapshot.clone(),
+            shield.clone(),
+            https,
+            keepalive_requests,
+        );
+        let mut svc = Service::new(name.to_owned(), Counted::new(app, snapshot.clone()));
         svc.set_connection_filter(Arc::new(BanFilter::new(snapshot.clone(), shield.clone())));
         svc
     };

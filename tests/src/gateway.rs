@@ -15,27 +15,35 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub dir: tempfile::TempDir,
+    /// Extra `server:` keys, kept when the config is rewritten.
+    server_keys: String,
 }
 
 /// Writes `config` (YAML without a `listen:` section) next to fresh listener
 /// addresses, starts the gateway and waits until its admin port answers.
 pub async fn spawn_gateway(config: &str) -> Gateway {
-    start(config, false).await
+    start(config, false, "").await
+}
+
+/// Like [`spawn_gateway`] with extra `server:` keys, e.g. `fast_path: false`.
+pub async fn spawn_gateway_with(config: &str, server_keys: &str) -> Gateway {
+    start(config, false, server_keys).await
 }
 
 /// Like [`spawn_gateway`] with an HTTPS listener too; `config` carries the `tls:`
 /// section.
 pub async fn spawn_gateway_tls(config: &str) -> Gateway {
-    start(config, true).await
+    start(config, true, "").await
 }
 
-async fn start(config: &str, tls: bool) -> Gateway {
+async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let http = free_addr();
     let admin = free_addr();
     let https = tls.then(free_addr);
     let config_path = dir.path().join("gateway.yaml");
-    std::fs::write(&config_path, listen_block(config, http, https, admin)).expect("write config");
+    let text = listen_block(config, http, https, admin, server_keys);
+    std::fs::write(&config_path, text).expect("write config");
     let child = launch(dir.path(), &config_path);
     let gw = Gateway {
         child,
@@ -44,6 +52,7 @@ async fn start(config: &str, tls: bool) -> Gateway {
         admin,
         config_path,
         dir,
+        server_keys: server_keys.to_owned(),
     };
     gw.wait_ready().await;
     gw
@@ -113,7 +122,7 @@ impl Gateway {
 }
 
 pub fn with_listen(config: &str, http: SocketAddr, admin: SocketAddr) -> String {
-    listen_block(config, http, None, admin)
+    listen_block(config, http, None, admin, "")
 }
 
 fn listen_block(
@@ -121,12 +130,18 @@ fn listen_block(
     http: SocketAddr,
     https: Option<SocketAddr>,
     admin: SocketAddr,
+    server_keys: &str,
 ) -> String {
+    let server_keys = if server_keys.is_empty() {
+        String::new()
+    } else {
+        format!(", {server_keys}")
+    };
     let https = https
         .map(|a| format!(", https: \"{a}\""))
         .unwrap_or_default();
     format!(
-        "listen: {{ http: \"{http}\"{https}, admin: \"{admin}\" }}\nserver: {{ grace_period: 0s, graceful_shutdown_timeout: 1s }}\n{config}"
+        "listen: {{ http: \"{http}\"{https}, admin: \"{admin}\" }}\nserver: {{ grace_period: 0s, graceful_shutdown_timeout: 1s{server_keys} }}\n{config}"
     )
 }
 
@@ -152,7 +167,7 @@ impl Gateway {
         let tmp = self.dir.path().join("gateway.yaml.tmp");
         std::fs::write(
             &tmp,
-            listen_block(config, self.http, self.https, self.admin),
+            listen_block(config, self.http, self.https, self.admin, &self.server_keys),
         )
         .expect("write");
         // Rename like an editor does, so the watcher must handle it.

@@ -120,6 +120,8 @@ pub struct RawServer {
     pub keepalive_requests: Option<u32>,
     /// Per-connection write buffer of the proxy listeners (e.g. `32KiB`).
     pub write_buffer: Option<RawSize>,
+    /// Serve plain HTTP/1.1 GET/HEAD requests of simple routes on the fast path.
+    pub fast_path: Option<bool>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }

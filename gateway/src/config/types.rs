@@ -60,6 +60,9 @@ pub struct ServerSettings {
     /// Bytes of each client connection's write buffer. A response with a known
     /// length is written in one system call when its head and body fit.
     pub write_buffer: usize,
+    /// HTTP/1.1 GET/HEAD requests to routes without per-request policies are
+    /// proxied by the gateway's own HTTP/1 path instead of pingora-proxy's.
+    pub fast_path: bool,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }

@@ -262,6 +262,7 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(256),
         keepalive_requests: s.keepalive_requests,
         write_buffer,
+        fast_path: s.fast_path.unwrap_or(true),
         pid_file: s.pid_file,
         upgrade_sock: s.upgrade_sock,
     }

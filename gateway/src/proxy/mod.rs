@@ -21,6 +21,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{LocalReply, RequestCtx};
+pub use forward::ip_value;
 
 use std::sync::Arc;
 
@@ -190,43 +191,19 @@ impl ProxyHttp for GatewayProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.release_server();
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no route in context");
         };
-        let pool = &route.pool;
-        if ctx.attempts > 0 {
-            pool.metrics.retries.inc();
-        }
-        let ip_bytes;
-        let key: &[u8] = match &pool.config.balance {
-            Balance::ConsistentHash(HashKey::Ip) => {
-                ip_bytes = ctx.client_ip.map(|ip| match ip {
-                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-                });
-                ip_bytes.as_deref().unwrap_or(b"")
-            }
-            Balance::ConsistentHash(HashKey::Path) => session.req_header().uri.path().as_bytes(),
-            Balance::ConsistentHash(HashKey::Header(h)) => session
-                .req_header()
-                .headers
-                .get(h)
-                .map_or(b"".as_slice(), |v| v.as_bytes()),
-            _ => b"",
-        };
-        let Some(i) = pool.select(key, ctx.tried) else {
+        let req = session.req_header();
+        let Some(i) = pick_server(&route, ctx, req.uri.path(), |h| {
+            req.headers.get(h).map(|v| v.as_bytes())
+        }) else {
             return Error::e_explain(
                 ErrorType::Custom(respond::NO_UPSTREAM),
                 "every server of the pool is down",
             );
         };
-        ctx.tried.add(i);
-        ctx.attempts += 1;
-        pool.servers[i].inflight.fetch_add(1, Relaxed);
-        ctx.server = Some(i);
-        ctx.last = Some(i);
-        Ok(pool.peer(i))
+        Ok(route.pool.peer(i))
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -413,50 +390,110 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.release_server();
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .or_else(|| e.map(|e| respond::classify(e).0))
             .unwrap_or(0);
-        let elapsed = ctx.start.elapsed();
-        let method = &session.req_header().method;
-        if let (Some(route), Some(cs)) = (&ctx.route, ctx.cache_status) {
-            crate::metrics::metrics()
-                .cache_lookups
-                .with_label_values(&[route.name.as_ref(), cs])
-                .inc();
+        let req = session.req_header();
+        let line = access_log::Line {
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.host())
+                .unwrap_or(""),
+            method: &req.method,
+            path: req.uri.path(),
+            bytes: session.body_bytes_sent(),
+        };
+        finish(&self.shield, ctx, &line, status).await;
+    }
+}
+
+/// Picks the server of the next attempt in the route's pool (retries avoid the
+/// servers already tried) and counts it in flight; `None` when every server is down.
+pub(crate) fn pick_server<'a>(
+    route: &crate::routing::Route,
+    ctx: &mut RequestCtx,
+    path: &'a str,
+    header: impl Fn(&http::HeaderName) -> Option<&'a [u8]>,
+) -> Option<usize> {
+    ctx.release_server();
+    let pool = &route.pool;
+    if ctx.attempts > 0 {
+        pool.metrics.retries.inc();
+    }
+    let ip_bytes;
+    let key: &[u8] = match &pool.config.balance {
+        Balance::ConsistentHash(HashKey::Ip) => {
+            ip_bytes = ctx.client_ip.map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+            });
+            ip_bytes.as_deref().unwrap_or(b"")
         }
-        if let Some(route) = &ctx.route {
-            route.metrics.record(method, status, elapsed.as_secs_f64());
-        } else {
-            crate::metrics::unrouted().record(method, status, elapsed.as_secs_f64());
-        }
-        if ctx
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| s.config.access_log.enabled)
-        {
-            access_log::write(session, ctx, status, elapsed);
-        }
-        if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.client_ip) {
-            if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
-                let ev = Event {
-                    route: ctx.route.as_ref().map(|r| r.name.as_ref()),
-                    status,
-                    auth_reject: ctx.auth_reject.map(|r| r.as_str()),
-                    rate_limited: ctx.local == Some(LocalReply::RateLimited),
-                    malformed: matches!(
-                        ctx.local,
-                        Some(LocalReply::BadRequest | LocalReply::HeadersTooLarge)
-                    ),
-                };
-                let v6 = snap.config.limits.ipv6_prefix;
-                self.shield
-                    .bans
-                    .observe(&snap.config.jails, ip, v6, &ev, snap.redis.as_deref())
-                    .await;
-            }
+        Balance::ConsistentHash(HashKey::Path) => path.as_bytes(),
+        Balance::ConsistentHash(HashKey::Header(h)) => header(h).unwrap_or(b""),
+        _ => b"",
+    };
+    let i = pool.select(key, ctx.tried)?;
+    ctx.tried.add(i);
+    ctx.attempts += 1;
+    pool.servers[i].inflight.fetch_add(1, Relaxed);
+    ctx.server = Some(i);
+    ctx.last = Some(i);
+    Some(i)
+}
+
+/// The end of every request, proxied by pingora or by the fast path: ends the
+/// attempt's in-flight count, records the route's metrics, writes the access log
+/// line and feeds the jails.
+pub(crate) async fn finish(
+    shield: &Shield,
+    ctx: &mut RequestCtx,
+    line: &access_log::Line<'_>,
+    status: u16,
+) {
+    ctx.release_server();
+    let elapsed = ctx.start.elapsed();
+    if let (Some(route), Some(cs)) = (&ctx.route, ctx.cache_status) {
+        crate::metrics::metrics()
+            .cache_lookups
+            .with_label_values(&[route.name.as_ref(), cs])
+            .inc();
+    }
+    if let Some(route) = &ctx.route {
+        route
+            .metrics
+            .record(line.method, status, elapsed.as_secs_f64());
+    } else {
+        crate::metrics::unrouted().record(line.method, status, elapsed.as_secs_f64());
+    }
+    if ctx
+        .snapshot
+        .as_ref()
+        .is_some_and(|s| s.config.access_log.enabled)
+    {
+        access_log::write(line, ctx, status, elapsed);
+    }
+    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.client_ip) {
+        if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
+            let ev = Event {
+                route: ctx.route.as_ref().map(|r| r.name.as_ref()),
+                status,
+                auth_reject: ctx.auth_reject.map(|r| r.as_str()),
+                rate_limited: ctx.local == Some(LocalReply::RateLimited),
+                malformed: matches!(
+                    ctx.local,
+                    Some(LocalReply::BadRequest | LocalReply::HeadersTooLarge)
+                ),
+            };
+            let v6 = snap.config.limits.ipv6_prefix;
+            shield
+                .bans
+                .observe(&snap.config.jails, ip, v6, &ev, snap.redis.as_deref())
+                .await;
         }
     }
 }

@@ -59,11 +59,7 @@ async fn write_error(
     request_id: Option<&HeaderValue>,
     extra: Vec<(&'static str, HeaderValue)>,
 ) -> Result<()> {
-    let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
-    let body = serde_json::json!({
-        "error": { "code": code, "message": message, "request_id": rid }
-    });
-    let body = Bytes::from(body.to_string());
+    let body = Bytes::from(error_body(code, message, request_id));
     let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -76,6 +72,16 @@ async fn write_error(
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// `{"error":{"code","message","request_id"}}`, the body of every error the
+/// gateway answers itself.
+pub fn error_body(code: &str, message: &str, request_id: Option<&HeaderValue>) -> String {
+    let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": rid }
+    })
+    .to_string()
 }
 
 /// Maps a proxy failure to (status, code, message) for the client.

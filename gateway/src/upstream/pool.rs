@@ -28,7 +28,12 @@ pub struct ServerState {
     pub healthy: std::sync::atomic::AtomicBool,
     /// Milliseconds since the pool's epoch until which the server is ejected.
     ejected_until_ms: AtomicU64,
+    /// Idle keep-alive connections of the fast path (lock-free; see `crate::fast`).
+    pub idle: crossbeam_queue::ArrayQueue<(tokio::net::TcpStream, Instant)>,
 }
+
+/// Idle fast-path connections kept per server.
+const IDLE_PER_SERVER: usize = 64;
 
 enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
@@ -121,6 +126,7 @@ impl Pool {
                 consecutive_failures: AtomicU32::new(0),
                 healthy: std::sync::atomic::AtomicBool::new(true),
                 ejected_until_ms: AtomicU64::new(0),
+                idle: crossbeam_queue::ArrayQueue::new(IDLE_PER_SERVER),
             })
             .collect();
         Pool {
@@ -241,6 +247,11 @@ impl Pool {
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    /// Whether the pool talks TLS to its servers.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// A peer for server `i` with the pool's timeouts.

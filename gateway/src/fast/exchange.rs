@@ -1,0 +1,356 @@
+//! One request on the fast path: pick a server, send the prepared head, read
+//! the response head, write the client's head and relay the body.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Method};
+use pingora::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::request::Plan;
+use super::response::{self, Chunked, Decorations, Framing, Parsed, RespHead};
+use super::upstream::{self, ConnectError, Held};
+use super::{Conn, GatewayApp, BODY_BUF};
+use crate::access_log::Line;
+use crate::proxy::{finish, pick_server, respond};
+
+const TIMEOUT: (u16, &str, &str) = (
+    504,
+    "upstream_timeout",
+    "the upstream did not answer in time",
+);
+const BAD_GATEWAY: (u16, &str, &str) = (502, "bad_gateway", "the upstream failed to answer");
+
+/// How an attempt at the upstream ended before its response head.
+enum Failed {
+    /// Nothing came back on a reused connection: it was closed under us.
+    Stale,
+    Timeout,
+    Broken,
+}
+
+/// Reads with the pool's read timeout; a timeout is an error of its own kind.
+async fn read_timed(up: &mut TcpStream, buf: &mut [u8], limit: Duration) -> Result<usize, Failed> {
+    match pingora_timeout::timeout(limit, up.read(buf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(_)) => Err(Failed::Broken),
+        Err(_) => Err(Failed::Timeout),
+    }
+}
+
+/// Sends `request` and reads the final response head into `ubuf` (the client's
+/// head goes into `head_out`). Returns the head, where it starts in `ubuf`
+/// (after dropped 1xx heads) and how many bytes were read.
+async fn attempt(
+    up: &mut TcpStream,
+    reused: bool,
+    request: &[u8],
+    ubuf: &mut [u8],
+    head_out: &mut Vec<u8>,
+    deco: &Decorations<'_>,
+    limit: Duration,
+) -> Result<(RespHead, usize, usize), Failed> {
+    let stale = |e| if reused { Failed::Stale } else { e };
+    up.write_all(request)
+        .await
+        .map_err(|_| stale(Failed::Broken))?;
+    let mut filled = 0;
+    let mut start = 0;
+    loop {
+        if filled == ubuf.len() {
+            return Err(Failed::Broken);
+        }
+        let n = read_timed(up, &mut ubuf[filled..], limit).await?;
+        if n == 0 {
+            return Err(if filled == 0 {
+                stale(Failed::Broken)
+            } else {
+                Failed::Broken
+            });
+        }
+        filled += n;
+        loop {
+            match response::parse(&ubuf[start..filled], deco, head_out) {
+                Parsed::Partial => break,
+                Parsed::Invalid => return Err(Failed::Broken),
+                Parsed::Informational(len) => start += len,
+                Parsed::Ready(head) => return Ok((head, start, filled)),
+            }
+        }
+    }
+}
+
+/// The head and body of an error the gateway answers itself (as
+/// `proxy::respond::json_error` writes it), closing the connection.
+fn local_error(
+    out: &mut Vec<u8>,
+    status: u16,
+    code: &str,
+    message: &str,
+    rid: Option<&HeaderValue>,
+) {
+    let body = respond::error_body(code, message, rid);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
+    if let Some(id) = rid {
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
+    out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// How the body relay ended.
+struct Relayed {
+    sent: usize,
+    /// The upstream sent the whole body (and nothing after it).
+    complete: bool,
+    client_ok: bool,
+    reusable: bool,
+}
+
+/// Writes the client's head with the body bytes read along with it, then relays
+/// the rest of the body.
+async fn relay(
+    stream: &mut Stream,
+    up: &mut TcpStream,
+    head: &RespHead,
+    head_out: &mut Vec<u8>,
+    ubuf: &mut [u8],
+    early: std::ops::Range<usize>,
+    limit: Duration,
+) -> Relayed {
+    let mut r = Relayed {
+        sent: 0,
+        complete: false,
+        client_ok: true,
+        reusable: head.reusable,
+    };
+    let body = &ubuf[early];
+    let mut chunked = Chunked::default();
+    let mut remaining = 0u64;
+    let take = match head.framing {
+        Framing::Empty => {
+            r.complete = true;
+            0
+        }
+        Framing::Length(n) => {
+            let t = (body.len() as u64).min(n) as usize;
+            remaining = n - t as u64;
+            r.complete = remaining == 0;
+            t
+        }
+        Framing::Chunked => match chunked.feed(body) {
+            Ok(Some(end)) => {
+                r.complete = true;
+                end
+            }
+            Ok(None) => body.len(),
+            Err(()) => return r,
+        },
+        Framing::UntilClose => body.len(),
+    };
+    if take < body.len() {
+        // Bytes after the response: the upstream broke the protocol.
+        r.reusable = false;
+    }
+    head_out.extend_from_slice(&body[..take]);
+    r.sent = take;
+    if stream.write_all(head_out).await.is_err() {
+        r.client_ok = false;
+        return r;
+    }
+    while !r.complete {
+        let cap = match head.framing {
+            Framing::Length(_) => (ubuf.len() as u64).min(remaining) as usize,
+            _ => ubuf.len(),
+        };
+        let n = match read_timed(up, &mut ubuf[..cap], limit).await {
+            Ok(0) if head.framing == Framing::UntilClose => {
+                r.complete = true;
+                break;
+            }
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut end = n;
+        match head.framing {
+            Framing::Length(_) => {
+                remaining -= n as u64;
+                r.complete = remaining == 0;
+            }
+            Framing::Chunked => match chunked.feed(&ubuf[..n]) {
+                Ok(Some(e)) => {
+                    r.complete = true;
+                    r.reusable &= e == n;
+                    end = e;
+                }
+                Ok(None) => {}
+                Err(()) => break,
+            },
+            Framing::UntilClose | Framing::Empty => {}
+        }
+        if stream.write_all(&ubuf[..end]).await.is_err() {
+            r.client_ok = false;
+            return r;
+        }
+        r.sent += end;
+    }
+    if stream.flush().await.is_err() {
+        r.client_ok = false;
+    }
+    r
+}
+
+impl GatewayApp {
+    /// Proxies one planned request; `true` when the client connection stays open.
+    pub(super) async fn serve(&self, stream: &mut Stream, c: &mut Conn, plan: Box<Plan>) -> bool {
+        let Plan {
+            route,
+            head_len,
+            method,
+            host,
+            path,
+            mut ctx,
+        } = *plan;
+        let keepalive = !c.closing && self.keepalive_requests.is_none_or(|n| c.served < n);
+        if c.ubuf.is_empty() {
+            c.ubuf = vec![0; BODY_BUF];
+        }
+        let Conn {
+            buf,
+            out,
+            resp,
+            ubuf,
+            upstream: held,
+            ..
+        } = c;
+        let path_str = std::str::from_utf8(&buf[path]).unwrap_or("/");
+        let host_str = std::str::from_utf8(&buf[host]).unwrap_or("");
+        let pool = &route.pool;
+        let rid = ctx.request_id.clone();
+        let security = ctx.security.clone();
+        let deco = Decorations {
+            request_id: rid.as_ref(),
+            security: security.as_deref(),
+            https: self.https,
+            keepalive,
+            head_request: method == Method::HEAD,
+        };
+        let limit = pool.config.timeouts.read;
+        let retries = pool.config.retries;
+        // The same decisions as `GatewayProxy::fail_to_connect` and
+        // `error_while_proxy`: nothing was sent, or the request is a GET/HEAD,
+        // so a failed attempt goes to another server while retries last.
+        let result = 'servers: loop {
+            let Some(i) = pick_server(&route, &mut ctx, path_str, |_| None) else {
+                break Err((
+                    503,
+                    "no_healthy_upstream",
+                    "no upstream server is available",
+                ));
+            };
+            let mut stale = 0;
+            loop {
+                // After two stale pooled connections, a new one.
+                let pooled = if stale < 2 {
+                    upstream::take(held, pool, i)
+                } else {
+                    None
+                };
+                let (mut up, reused) = match pooled {
+                    Some(s) => (s, true),
+                    None => match upstream::connect(pool, i).await {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            pool.report_failure(i);
+                            let timeout = matches!(e, ConnectError::Timeout);
+                            if timeout {
+                                pool.metrics.timeout.inc();
+                            } else {
+                                pool.metrics.connect_error.inc();
+                            }
+                            if ctx.attempts <= retries {
+                                continue 'servers;
+                            }
+                            break 'servers Err(if timeout { TIMEOUT } else { BAD_GATEWAY });
+                        }
+                    },
+                };
+                match attempt(&mut up, reused, out, ubuf, resp, &deco, limit).await {
+                    Ok((head, start, filled)) => break 'servers Ok((i, up, head, start, filled)),
+                    Err(Failed::Stale) => stale += 1,
+                    Err(e) => {
+                        pool.report_failure(i);
+                        let timeout = matches!(e, Failed::Timeout);
+                        if timeout {
+                            pool.metrics.timeout.inc();
+                        } else {
+                            pool.metrics.error.inc();
+                        }
+                        if ctx.attempts <= retries {
+                            continue 'servers;
+                        }
+                        break 'servers Err(if timeout { TIMEOUT } else { BAD_GATEWAY });
+                    }
+                }
+            }
+        };
+        let (i, mut up, head, start, filled) = match result {
+            Ok(r) => r,
+            Err((status, code, msg)) => {
+                local_error(resp, status, code, msg, rid.as_ref());
+                let _ = stream.write_all(resp).await;
+                let _ = stream.flush().await;
+                let line = Line {
+                    host: host_str,
+                    method: &method,
+                    path: path_str,
+                    bytes: 0,
+                };
+                finish(&self.shield, &mut ctx, &line, status).await;
+                return false;
+            }
+        };
+        ctx.response_started = true;
+        pool.report_success(i);
+        pool.metrics.ok.inc();
+        let early = start + head.head_len..filled;
+        let r = relay(stream, &mut up, &head, resp, ubuf, early, limit).await;
+        if !r.complete && r.client_ok {
+            pool.report_failure(i);
+            pool.metrics.error.inc();
+        }
+        if r.complete && r.reusable {
+            *held = Some(Held {
+                pool: route.pool.clone(),
+                server: i,
+                stream: up,
+            });
+        }
+        let line = Line {
+            host: host_str,
+            method: &method,
+            path: path_str,
+            bytes: r.sent,
+        };
+        finish(&self.shield, &mut ctx, &line, head.status).await;
+        c.served = c.served.saturating_add(1);
+        c.consume(head_len);
+        r.complete && r.client_ok && keepalive && head.framing != Framing::UntilClose
+    }
+}

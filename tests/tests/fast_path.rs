@@ -1,0 +1,285 @@
+//! The HTTP/1 fast path (`gateway/src/fast`) against pingora's path, end to end:
+//! the same heads both ways, bodies of every framing, stale pooled upstream
+//! connections, requests handed to pingora on the same connection, pipelining.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use galion_tests::{client, fake_upstream, spawn_gateway, spawn_gateway_with};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn config(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+trusted_proxies: ["10.0.0.0/8"]
+upstreams:
+  a: {{ servers: ["{upstream}"], retries: 1 }}
+hosts:
+  galion.app:
+    routes:
+      - {{ name: svc, prefix: /svc/, strip_prefix: true, upstream: a }}
+      - {{ name: root, prefix: /, upstream: a }}
+"#
+    )
+}
+
+/// Response headers a client sees, without the ones that differ by time.
+fn head_of(r: &reqwest::Response) -> BTreeMap<String, String> {
+    r.headers()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "date")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn fast_and_pingora_paths_forward_and_answer_alike() {
+    let up = fake_upstream("a").await;
+    let conf = config(up.addr);
+    let fast = spawn_gateway(&conf).await;
+    let slow = spawn_gateway_with(&conf, "fast_path: false").await;
+    let c = client();
+    for (method, path) in [
+        (reqwest::Method::GET, "/svc/items?x=1&y=%20"),
+        (reqwest::Method::GET, "/plain"),
+        (reqwest::Method::HEAD, "/plain"),
+    ] {
+        let mut seen = Vec::new();
+        for gw in [&fast, &slow] {
+            let r = c
+                .request(method.clone(), gw.url(path))
+                .header("host", "galion.app")
+                .header("x-request-id", "req-123")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-forwarded-proto", "https")
+                .header("x-user-id", "forged")
+                .header("x-custom", "kept")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{method} {path}");
+            let head = head_of(&r);
+            let body = r.text().await.unwrap();
+            seen.push((head, body));
+        }
+        let (fast_seen, slow_seen) = (&seen[0], &seen[1]);
+        assert_eq!(fast_seen.0, slow_seen.0, "client head for {method} {path}");
+        if method == reqwest::Method::GET {
+            let f: Value = serde_json::from_str(&fast_seen.1).unwrap();
+            let s: Value = serde_json::from_str(&slow_seen.1).unwrap();
+            assert_eq!(f["uri"], s["uri"], "upstream target");
+            assert_eq!(f["headers"], s["headers"], "upstream head for {path}");
+            let h = &f["headers"];
+            assert_eq!(
+                h["x-forwarded-for"], "127.0.0.1",
+                "untrusted chain replaced"
+            );
+            assert_eq!(h["x-forwarded-proto"], "http", "untrusted proto replaced");
+            assert_eq!(h["x-request-id"], "req-123");
+            assert!(h.get("x-user-id").is_none(), "forged identity stripped");
+            assert_eq!(h["x-custom"], "kept");
+        } else {
+            assert_eq!(fast_seen.1, "");
+        }
+    }
+    assert_eq!(
+        fast.metric(
+            r#"gateway_requests_total{code="200",host="galion.app",method="GET",route="svc"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+/// A raw origin: per request path, answers with a body in the given framing.
+async fn raw_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let n = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            n.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut have = 0;
+                loop {
+                    let Ok(r) = s.read(&mut buf[have..]).await else {
+                        return;
+                    };
+                    if r == 0 {
+                        return;
+                    }
+                    have += r;
+                    let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.copy_within(end + 4..have, 0);
+                    have -= end + 4;
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let pieces: Vec<&[u8]> = match path.as_str() {
+                        "/chunked" => vec![
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+                            b"lo\r\n6;x=1\r\n world\r\n",
+                            b"0\r\nX-Trailer: t\r\n\r\n",
+                        ],
+                        "/early" => vec![
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n",
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+                        ],
+                        "/until-close" => vec![b"HTTP/1.1 200 OK\r\n\r\nto the end"],
+                        // Answers, then closes without saying so: the gateway's
+                        // kept connection is stale for the next request.
+                        "/once" => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"],
+                        _ => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+                    };
+                    for p in pieces {
+                        if s.write_all(p).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    if path == "/until-close" || path == "/once" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// Sends `requests` on one connection and reads `expect` responses (or until close).
+async fn on_one_connection(addr: SocketAddr, requests: &[u8], until: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(requests).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&out).contains(until) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one response with a `Content-Length` body.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text.into_owned();
+            }
+        }
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: galion.app\r\n\r\n")
+}
+
+#[tokio::test]
+async fn bodies_of_every_framing_and_stale_connections() {
+    let (origin, conns) = raw_origin().await;
+    let gw = spawn_gateway(&config(origin)).await;
+
+    // Chunked: relayed with its framing (and trailer), the connection stays open.
+    let reqs = format!("{}{}", get("/chunked"), get("/plain"));
+    let out = on_one_connection(gw.http, reqs.as_bytes(), "\r\n\r\nok").await;
+    assert!(
+        out.contains("5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("HTTP/1.1 200").count(),
+        2,
+        "pipelined pair: {out}"
+    );
+
+    // 1xx dropped, the final answer relayed.
+    let out = on_one_connection(gw.http, get("/early").as_bytes(), "final").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(!out.contains("103"), "{out}");
+
+    // No length: relayed until the upstream closes, then the client is closed.
+    let out = on_one_connection(gw.http, get("/until-close").as_bytes(), "\u{0}").await;
+    assert!(
+        out.contains("Connection: close\r\n") && out.ends_with("to the end"),
+        "{out}"
+    );
+
+    // The origin closes after each /once answer: every next request finds the
+    // kept connection closed and is sent again on a new one, unseen by clients.
+    let before = conns.load(Ordering::SeqCst);
+    let c = client();
+    for _ in 0..5 {
+        let r = c
+            .get(gw.url("/once"))
+            .header("host", "galion.app")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "once");
+    }
+    assert!(conns.load(Ordering::SeqCst) - before >= 5);
+}
+
+#[tokio::test]
+async fn requests_alternate_between_the_fast_path_and_pingora_on_one_connection() {
+    let up = fake_upstream("a").await;
+    let gw = spawn_gateway(&config(up.addr)).await;
+    let post = "POST /svc/x HTTP/1.1\r\nHost: galion.app\r\nContent-Length: 3\r\n\r\nabc";
+    let unknown = "GET /x HTTP/1.1\r\nHost: nobody.example\r\n\r\n";
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut out = String::new();
+    // GET (fast), POST with a body (pingora), GET (fast), unknown host (pingora's
+    // 404), one at a time: pingora does not take pipelined requests.
+    for r in [
+        get("/svc/one"),
+        post.to_owned(),
+        get("/svc/two"),
+        unknown.to_owned(),
+    ] {
+        s.write_all(r.as_bytes()).await.unwrap();
+        out.push_str(&read_response(&mut s).await);
+    }
+    assert!(out.contains(r#""uri":"/one""#), "{out}");
+    assert!(
+        out.contains(r#""method":"POST""#) && out.contains(r#""body_len":3"#),
+        "{out}"
+    );
+    assert!(out.contains(r#""uri":"/two""#), "{out}");
+    assert!(
+        out.contains("HTTP/1.1 404") && out.contains("unknown_host"),
+        "{out}"
+    );
+}
