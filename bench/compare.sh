@@ -45,6 +45,8 @@
 #   RESULTS_DIR=bench/results         where the raw results go
 #   NOISE_PCT=15  RETRIES=2           a run during which a compiler ran, or other work took more
 #                                     than NOISE_PCT% of the proxy core, is repeated up to RETRIES times
+#   GATEWAY_SERVER_EXTRA='...'        YAML keys added to the gateway's server section, e.g.
+#                                     'fast_path: false' or 'work_stealing: false'
 #   GATEWAY_HOST_EXTRA='...'          YAML keys added to the gateway's host, e.g.
 #                                     'security_headers: { enabled: false }' (default: as shipped)
 #   WAIT_FOR_BUILDS=1                 0: do not wait for running rustc/cc/ld before each run (profiling)
@@ -350,6 +352,11 @@ server:
   graceful_shutdown_timeout: 1s
   pid_file: $TMP/$3.pid
   upgrade_sock: $TMP/$3.sock
+EOF
+  if [[ -n "${GATEWAY_SERVER_EXTRA:-}" ]]; then
+    while IFS= read -r l; do printf '  %s\n' "$l"; done <<<"$GATEWAY_SERVER_EXTRA"
+  fi
+  cat <<EOF
 access_log:
   enabled: $4
 EOF

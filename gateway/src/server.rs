@@ -108,13 +108,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         let mut server_opts = HttpServerOptions::default();
         server_opts.keepalive_request_limit = keepalive_requests;
         proxy.server_options = Some(server_opts);
-        let app = GatewayApp::new(
-            proxy,
-            snapshot.clone(),
-            shield.clone(),
-            https,
-            keepalive_requests,
-        );
+        let app = GatewayApp::new(proxy, snapshot.clone(), shield.clone(), https);
         let mut svc = Service::new(name.to_owned(), Counted::new(app, snapshot.clone()));
         svc.set_connection_filter(Arc::new(BanFilter::new(snapshot.clone(), shield.clone())));
         svc

@@ -60,6 +60,8 @@ pub struct GatewayApp {
     snapshot: SnapshotHandle,
     shield: Arc<Shield>,
     https: bool,
+    /// `server:` settings, fixed at start like the rest of that section.
+    enabled: bool,
     keepalive_requests: Option<u32>,
 }
 
@@ -69,13 +71,18 @@ impl GatewayApp {
         snapshot: SnapshotHandle,
         shield: Arc<Shield>,
         https: bool,
-        keepalive_requests: Option<u32>,
     ) -> Self {
+        let (enabled, keepalive_requests) = {
+            let snap = snapshot.load();
+            let s = &snap.config.server;
+            (s.fast_path, s.keepalive_requests)
+        };
         GatewayApp {
             proxy: Arc::new(proxy),
             snapshot,
             shield,
             https,
+            enabled,
             keepalive_requests,
         }
     }
@@ -178,8 +185,7 @@ impl ServerApp for GatewayApp {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let enabled = self.snapshot.load().config.server.fast_path;
-        if !enabled || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if !self.enabled || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.proxy.process_new(stream, shutdown).await;
         }
         let peer = stream
@@ -203,9 +209,6 @@ impl ServerApp for GatewayApp {
             let plan = loop {
                 if c.len > 0 {
                     let snap = self.snapshot.load_full();
-                    if !snap.config.server.fast_path {
-                        break None;
-                    }
                     let env = request::Env {
                         snap: &snap,
                         peer: c.peer,
