@@ -123,13 +123,13 @@ struct Relayed {
     reusable: bool,
 }
 
-/// Writes the client's head with the body bytes read along with it, then relays
+/// Writes the client's head and the body bytes read along with it, then relays
 /// the rest of the body.
 async fn relay(
     stream: &mut Stream,
     up: &mut TcpStream,
     head: &RespHead,
-    head_out: &mut Vec<u8>,
+    head_out: &[u8],
     ubuf: &mut [u8],
     early: std::ops::Range<usize>,
     limit: Duration,
@@ -168,9 +168,10 @@ async fn relay(
         // Bytes after the response: the upstream broke the protocol.
         r.reusable = false;
     }
-    head_out.extend_from_slice(&body[..take]);
     r.sent = take;
-    if stream.write_all(head_out).await.is_err() {
+    // Both land in the client stream's write buffer (`server.write_buffer`):
+    // one send for a response that fits, without copying the body twice.
+    if stream.write_all(head_out).await.is_err() || stream.write_all(&body[..take]).await.is_err() {
         r.client_ok = false;
         return r;
     }

@@ -53,6 +53,10 @@ const HOLD: Duration = Duration::from_secs(1);
 /// Request heads larger than this are left to pingora.
 const HEAD_BUF: usize = 8 * 1024;
 const BODY_BUF: usize = 32 * 1024;
+/// A connection whose last requests all went to pingora (a client fetching
+/// cached or authenticated routes, say) stays with pingora without being read
+/// here first.
+const PINGORA_AFTER: u32 = 8;
 
 /// The proxy listener's application: the fast path, with pingora-proxy behind it.
 pub struct GatewayApp {
@@ -103,6 +107,8 @@ struct Conn {
     served: u32,
     /// The server is shutting down: this response is the connection's last.
     closing: bool,
+    /// Requests handed to pingora in a row; see [`PINGORA_AFTER`].
+    delegated: u32,
     peer: Option<IpAddr>,
 }
 
@@ -127,28 +133,19 @@ impl Conn {
         if free.is_empty() {
             return false;
         }
-        let n = if self.upstream.is_some() {
-            // A busy client's next request comes within HOLD: one timer, no
-            // shutdown watch.
-            match pingora_timeout::timeout(HOLD, stream.read(free)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Idle: the upstream connection and the body buffer go.
-                    if let Some(h) = self.upstream.take() {
-                        h.release();
-                    }
-                    self.ubuf = Vec::new();
-                    let free = &mut self.buf[self.len..];
-                    match idle_read(stream, free, KEEPALIVE - HOLD, shutdown).await {
-                        Some(r) => r,
-                        None => return false,
-                    }
+        // A busy client's next request comes within HOLD: one timer, no shutdown
+        // watch (registering one per request costs more than the timer).
+        let n = match pingora_timeout::timeout(HOLD, stream.read(free)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Idle: the upstream connection and the body buffer go.
+                self.release_upstream();
+                self.ubuf = Vec::new();
+                let free = &mut self.buf[self.len..];
+                match idle_read(stream, free, KEEPALIVE - HOLD, shutdown).await {
+                    Some(r) => r,
+                    None => return false,
                 }
-            }
-        } else {
-            match idle_read(stream, free, KEEPALIVE, shutdown).await {
-                Some(r) => r,
-                None => return false,
             }
         };
         match n {
@@ -200,11 +197,16 @@ impl ServerApp for GatewayApp {
             upstream: None,
             served: 0,
             closing: false,
+            delegated: 0,
             peer,
         };
         loop {
             if *shutdown.borrow() {
                 return None;
+            }
+            if c.delegated >= PINGORA_AFTER && c.len == 0 {
+                stream = self.delegate(stream, &mut c, shutdown).await?;
+                continue;
             }
             let plan = loop {
                 if c.len > 0 {
@@ -228,6 +230,7 @@ impl ServerApp for GatewayApp {
             };
             match plan {
                 Some(plan) => {
+                    c.delegated = 0;
                     c.closing = *shutdown.borrow();
                     if !self.serve(&mut stream, &mut c, plan).await {
                         return None;
@@ -269,6 +272,7 @@ impl GatewayApp {
             self.keepalive_requests.map(|n| n.saturating_sub(c.served)),
         );
         c.served = c.served.saturating_add(1);
+        c.delegated = c.delegated.saturating_add(1);
         let (stream, _) = self
             .proxy
             .process_new_http(session, shutdown)

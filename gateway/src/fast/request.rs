@@ -183,25 +183,8 @@ fn prepare_parsed(
     }
     let snap = env.snap;
     let limits = &snap.config.limits;
-
-    let mut ctx = RequestCtx::new();
-    let peer = env.peer.map(client_ip::canonical);
-    if let Some(peer) = peer {
-        let trusted = client_ip::is_trusted(peer, &snap.trusted_proxies);
-        let xff = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-            .map(|h| h.value);
-        let ip = client_ip::resolve(peer, &snap.trusted_proxies, xff, seen.cf_ip);
-        // A banned client gets pingora's path, which answers or drops it.
-        if env.shield.bans.check(ip, limits.ipv6_prefix).is_some() {
-            return None;
-        }
-        ctx.client_ip = Some(ip);
-        ctx.peer_ip = Some(peer);
-        ctx.peer_trusted = trusted;
-    }
+    // Routing first: requests for routes the fast path does not take (cached
+    // ones, say) are handed over before any other work.
     if !path_is_safe(path) {
         return None;
     }
@@ -228,6 +211,25 @@ fn prepare_parsed(
         .is_some_and(|p| !p.bytes().all(target_byte_ok) || p.contains('?'))
     {
         return None;
+    }
+
+    let mut ctx = RequestCtx::new();
+    let peer = env.peer.map(client_ip::canonical);
+    if let Some(peer) = peer {
+        let trusted = client_ip::is_trusted(peer, &snap.trusted_proxies);
+        let xff = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| h.value);
+        let ip = client_ip::resolve(peer, &snap.trusted_proxies, xff, seen.cf_ip);
+        // A banned client gets pingora's path, which answers or drops it.
+        if env.shield.bans.check(ip, limits.ipv6_prefix).is_some() {
+            return None;
+        }
+        ctx.client_ip = Some(ip);
+        ctx.peer_ip = Some(peer);
+        ctx.peer_trusted = trusted;
     }
     ctx.request_id = Some(match seen.request_id {
         Some(v) if request_id::is_sane(v) => HeaderValue::from_bytes(v).ok()?,
