@@ -22,6 +22,28 @@ const TIMEOUT: (u16, &str, &str) = (
 );
 const BAD_GATEWAY: (u16, &str, &str) = (502, "bad_gateway", "the upstream failed to answer");
 
+/// Counts a failed attempt at server `i` (passive ejection, metrics); `None`
+/// when another attempt may follow, else the answer for the client.
+fn failed(
+    pool: &crate::upstream::Pool,
+    i: usize,
+    timeout: bool,
+    other: &prometheus::IntCounter,
+    may_retry: bool,
+) -> Option<(u16, &'static str, &'static str)> {
+    pool.report_failure(i);
+    if timeout {
+        pool.metrics.timeout.inc();
+    } else {
+        other.inc();
+    }
+    match (may_retry, timeout) {
+        (true, _) => None,
+        (false, true) => Some(TIMEOUT),
+        (false, false) => Some(BAD_GATEWAY),
+    }
+}
+
 /// How an attempt at the upstream ended before its response head.
 enum Failed {
     /// Nothing came back on a reused connection: it was closed under us.
@@ -278,17 +300,12 @@ impl GatewayApp {
                     None => match upstream::connect(pool, i).await {
                         Ok(s) => (s, false),
                         Err(e) => {
-                            pool.report_failure(i);
                             let timeout = matches!(e, ConnectError::Timeout);
-                            if timeout {
-                                pool.metrics.timeout.inc();
-                            } else {
-                                pool.metrics.connect_error.inc();
+                            let other = &pool.metrics.connect_error;
+                            match failed(pool, i, timeout, other, ctx.attempts <= retries) {
+                                None => continue 'servers,
+                                Some(answer) => break 'servers Err(answer),
                             }
-                            if ctx.attempts <= retries {
-                                continue 'servers;
-                            }
-                            break 'servers Err(if timeout { TIMEOUT } else { BAD_GATEWAY });
                         }
                     },
                 };
@@ -296,17 +313,12 @@ impl GatewayApp {
                     Ok((head, start, filled)) => break 'servers Ok((i, up, head, start, filled)),
                     Err(Failed::Stale) => stale += 1,
                     Err(e) => {
-                        pool.report_failure(i);
                         let timeout = matches!(e, Failed::Timeout);
-                        if timeout {
-                            pool.metrics.timeout.inc();
-                        } else {
-                            pool.metrics.error.inc();
+                        let other = &pool.metrics.error;
+                        match failed(pool, i, timeout, other, ctx.attempts <= retries) {
+                            None => continue 'servers,
+                            Some(answer) => break 'servers Err(answer),
                         }
-                        if ctx.attempts <= retries {
-                            continue 'servers;
-                        }
-                        break 'servers Err(if timeout { TIMEOUT } else { BAD_GATEWAY });
                     }
                 }
             }

@@ -272,7 +272,8 @@ fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str, rewritte
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One `name: value` line of a head.
+pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

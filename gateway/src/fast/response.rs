@@ -8,7 +8,7 @@ use http::HeaderValue;
 
 use crate::config::SecurityHeaders;
 
-use super::request::MAX_HEADERS;
+use super::request::{header as line, MAX_HEADERS};
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,13 +120,6 @@ pub fn parse(buf: &[u8], deco: &Decorations<'_>, out: &mut Vec<u8>) -> Parsed {
         framing,
         reusable,
     })
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn write_head(
