@@ -43,8 +43,6 @@ use crate::cluster::Shield;
 use crate::proxy::GatewayProxy;
 use crate::snapshot::SnapshotHandle;
 
-pub use response::Chunked;
-
 /// How long a client connection may sit between requests (pingora's default).
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// How long an idle client connection keeps its upstream connection before it
