@@ -60,7 +60,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 WARMUP=${WARMUP:-2s}
 case $MODE in
-  plain) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx gateway bare"} ;;
+  plain) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx nginx_eq gateway bare"} ;;
   auth) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"pub jwt key"} ;;
   https) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"nginx_tls gateway_tls"} ;;
   cache) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx_cache gateway_cache"} ;;
@@ -190,7 +190,7 @@ while read -r _ local _; do
 done < <(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null)
 read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
 NEXT_PORT=$(( 20000 + RANDOM % 5000 ))
-for var in P_ORIGIN P_NGINX P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
+for var in P_ORIGIN P_NGINX P_NGINX_EQ P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
            P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN; do
   # below the ephemeral range, not listening/connected now (no subshell: USED_PORT must grow)
   while [[ -n "${USED_PORT[$NEXT_PORT]:-}" ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
@@ -272,6 +272,39 @@ http {
     listen 127.0.0.1:$P_NGINX backlog=4096;
     location / {
       $(nginx_pass_origin)
+    }
+  }
+}
+EOF
+
+# nginx_eq: nginx doing the per-request work the gateway does on every proxied
+# request, as an nginx in front of galion would be configured: the client's Host
+# kept, X-Forwarded-For/-Proto/-Host, X-Real-IP and a request id sent upstream
+# (the client's, else a new one), client-sent identity headers dropped, the
+# request id and the security headers (nosniff, DENY, referrer policy) on the
+# response.
+nginx_main nginx_eq >"$TMP/nginx_eq.conf"
+cat >>"$TMP/nginx_eq.conf" <<EOF
+http {
+  $(nginx_proxy_common nginx_eq)
+  map \$http_x_request_id \$galion_rid { "" \$request_id; default \$http_x_request_id; }
+  server {
+    listen 127.0.0.1:$P_NGINX_EQ backlog=4096;
+    location / {
+      $(nginx_pass_origin)
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Request-Id \$galion_rid;
+      proxy_set_header X-User-Id "";
+      proxy_set_header X-User-Email "";
+      proxy_set_header X-User-Role "";
+      add_header X-Request-Id \$galion_rid always;
+      add_header X-Content-Type-Options nosniff always;
+      add_header X-Frame-Options DENY always;
+      add_header Referrer-Policy strict-origin-when-cross-origin always;
     }
   }
 }
@@ -417,11 +450,12 @@ if [[ "$MODE" == cache ]]; then
   "$GATEWAY" check -c "$TMP/gateway_cache.yaml" >/dev/null || die "gateway_cache config rejected (above)"
 fi
 
-for f in origin.conf nginx.conf nginx_tls.conf nginx_cache.conf gateway.yaml gateway_log.yaml gateway_tls.yaml gateway_cache.yaml; do
+for f in origin.conf nginx.conf nginx_eq.conf nginx_tls.conf nginx_cache.conf gateway.yaml gateway_log.yaml gateway_tls.yaml gateway_cache.yaml; do
   [[ -f "$TMP/$f" ]] && cp "$TMP/$f" "$RUN_DIR/"
 done
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/origin.conf" || die "origin config rejected"
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx.conf" || die "nginx config rejected"
+"$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_eq.conf" || die "nginx_eq config rejected"
 if [[ "$MODE" == https ]]; then
   "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_tls.conf" || die "nginx_tls config rejected"
   "$GATEWAY" check -c "$TMP/gateway_tls.yaml" >/dev/null || die "gateway_tls config rejected (above)"
@@ -434,19 +468,19 @@ fi
 # header or empty), PROC_OF (the process whose CPU is counted). MODE=auth: three
 # routes of one gateway process.
 declare -A URL_OF=() HDR_OF=() PROC_OF=()
-declare -A PORT_OF=([nginx]=$P_NGINX [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [bare]=$P_BARE
+declare -A PORT_OF=([nginx]=$P_NGINX [nginx_eq]=$P_NGINX_EQ [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [bare]=$P_BARE
                     [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS
                     [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE)
 for p in $PROXIES; do
   case $MODE:$p in
-    plain:nginx | plain:gateway | plain:gateway_log | plain:bare)
+    plain:nginx | plain:nginx_eq | plain:gateway | plain:gateway_log | plain:bare)
       URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     auth:pub) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/pub; PROC_OF[$p]=gateway ;;
     auth:jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]="Authorization: Bearer $JWT_TOKEN" ;;
     auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
     https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     cache:nginx_cache | cache:gateway_cache) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
-    *) die "unknown target '$p' for MODE=$MODE (plain: nginx gateway gateway_log bare; auth: pub jwt key; https: nginx_tls gateway_tls)" ;;
+    *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log bare; auth: pub jwt key; https: nginx_tls gateway_tls)" ;;
   esac
 done
 PROCS=$(for p in $PROXIES; do echo "${PROC_OF[$p]}"; done | awk '!seen[$0]++' | tr '\n' ' ')
@@ -457,6 +491,7 @@ wait_port "$P_ORIGIN" "$PID_origin" origin
 for p in $PROCS; do
   case $p in
     nginx) start nginx TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf" -g 'daemon off;' ;;
+    nginx_eq) start nginx_eq TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_eq.error.log" -c "$TMP/nginx_eq.conf" -g 'daemon off;' ;;
     nginx_tls) start nginx_tls TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_tls.error.log" -c "$TMP/nginx_tls.conf" -g 'daemon off;' ;;
     # Pingora: SIGINT is the fast shutdown (SIGTERM waits for the grace period).
     gateway) start gateway INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway.yaml" ;;
@@ -485,6 +520,14 @@ for p in $PROXIES; do
     [[ "$got" == "200 $want" ]] || die "$p /$s answered '$got', expected '200 $want'"
   done
 done
+# nginx_eq must send the client what the gateway sends (same header names), or
+# the comparison is not like for like; both heads are kept with the results.
+if [[ " $PROXIES " == *" nginx_eq "* && " $PROXIES " == *" gateway "* ]]; then
+  names_of() { curl -sS -D - -o /dev/null "${URL_OF[$1]}/small" | tr -d '\r' | tee "$RUN_DIR/head-$1.txt" |
+    awk -F': ' 'NR > 1 && NF > 1 {print tolower($1)}' | sort | tr '\n' ' '; }
+  eq=$(names_of nginx_eq); gw=$(names_of gateway)
+  [[ "$eq" == "$gw" ]] || die "nginx_eq answers with headers '$eq', the gateway with '$gw'"
+fi
 # MODE=auth: the protected routes must refuse a request without (or with a wrong) credential.
 if [[ "$MODE" == auth ]]; then
   for path in jwt/small key/small; do
@@ -656,15 +699,16 @@ summarize() { # TSV
       rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
       rpc[k] = rpc[k] " " $11; pcpu[k] = pcpu[k] " " $12; lcpu[k] = lcpu[k] " " $13
       rss[k] = rss[k] " " $14; errs[k] += $8; noisy += $17
-      R[$1, $2, $3] = $4; C[$1, $2, $3] = $11; maxr = ($1 > maxr ? $1 : maxr)
+      R[$1, $2, $3] = $4; C[$1, $2, $3] = $11; Q[$1, $2, $3] = $6; maxr = ($1 > maxr ? $1 : maxr)
     }
-    function ratio(s, a, b,   r, lr, lc, have) {
-      have = 0; lr = ""; lc = ""
+    function ratio(s, a, b,   r, lr, lc, lq, have) {
+      have = 0; lr = ""; lc = ""; lq = ""
       for (r = 1; r <= maxr; r++)
         if ((r, s, a) in R && (r, s, b) in R && R[r, s, b] > 0 && C[r, s, b] > 0) {
           lr = lr " " R[r, s, a] / R[r, s, b]; lc = lc " " C[r, s, a] / C[r, s, b]; have = 1
+          if (Q[r, s, b] > 0) lq = lq " " Q[r, s, a] / Q[r, s, b]
         }
-      if (have) printf "  %-24s %8.2fx %10.2fx\n", a " / " b, median(lr), median(lc)
+      if (have) printf "  %-24s %8.2fx %10.2fx %8s\n", a " / " b, median(lr), median(lc), (lq == "" ? "-" : sprintf("%.2fx", median(lq)))
     }
     END {
       np = split(proxies, P, " "); ns = split(scenarios, S, " ")
@@ -678,8 +722,8 @@ summarize() { # TSV
           printf "  %-12s %9.0f %8.2f %8.2f %11.0f %8.0f%% %8.0f%% %7.1f%s\n", P[j], median(rps[k]), median(p50[k]), median(p99[k]),
             median(rpc[k]), median(pcpu[k]), median(lcpu[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
         }
-        printf "  %-24s %9s %11s   (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s"
-        ratio(s, "gateway", "nginx"); ratio(s, "gateway", "bare"); ratio(s, "bare", "nginx")
+        printf "  %-24s %9s %11s %8s   (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s", "p99"
+        ratio(s, "gateway", "nginx"); ratio(s, "gateway", "nginx_eq"); ratio(s, "gateway", "bare"); ratio(s, "bare", "nginx")
         ratio(s, "gateway_log", "gateway"); ratio(s, "gateway_log", "nginx")
         ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")
         ratio(s, "gateway_tls", "nginx_tls")
