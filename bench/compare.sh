@@ -642,7 +642,7 @@ for p in $PROXIES; do
 done
 
 TSV=$RUN_DIR/runs.tsv
-printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\twall_s\tproxy_cpu_s\treq_per_cpu_s\tproxy_cpu_pct\tload_cpu_pct\trss_mb\tloadavg\tproxy_core_other_pct\tnoisy\n' >"$TSV"
+printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\twall_s\tproxy_cpu_s\treq_per_cpu_s\tproxy_cpu_pct\tload_cpu_pct\trss_mb\tloadavg\tproxy_core_other_pct\tnoisy\tload_us_per_req\n' >"$TSV"
 read -ra PLIST <<<"$PROXIES"
 NP=${#PLIST[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -671,9 +671,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
             wall = w1 - w0; cpu = (c1 - c0) / hz
             other = (u1 > u0 ? 100 * (q1 - q0) / (u1 - u0) : 0) - 100 * cpu / wall
             if (other > noise_pct) noisy = 1
-            printf "%d\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%.0f\t%d\n",
+            printf "%d\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%.0f\t%d\t%.2f\n",
               r, s, p, rps, p50, p99, n, err, wall, cpu, (cpu > 0 ? n / cpu : 0), 100 * cpu / wall,
-              (t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0), rss / 1024, la, other, noisy }')
+              (t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0), rss / 1024, la, other, noisy, (n > 0 ? 1e6 * (b1 - b0) / hz / n : 0) }')
         awk -F'\t' '{ printf "[compare] round %s %-5s %-12s %7s req/s  p50 %6.2f ms  p99 %6.2f ms  %7s req/CPU-s  proxy CPU %3s%%  load core %3s%%%s%s\n",
           $1, $2, $3, $4, $5, $6, $11, $12, $13, ($8 > 0 ? "  ERRORS " $8 : ""), ($17 ? "  NOISY (other work on proxy core " $16 "%)" : "") }' <<<"$line" >&2
         # A run disturbed by a build or by other work on the proxy's core is repeated.
@@ -698,7 +698,7 @@ summarize() { # TSV
       k = $2 SUBSEP $3
       rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
       rpc[k] = rpc[k] " " $11; pcpu[k] = pcpu[k] " " $12; lcpu[k] = lcpu[k] " " $13
-      rss[k] = rss[k] " " $14; errs[k] += $8; noisy += $17
+      rss[k] = rss[k] " " $14; errs[k] += $8; noisy += $17; lus[k] = lus[k] " " $18
       R[$1, $2, $3] = $4; C[$1, $2, $3] = $11; Q[$1, $2, $3] = $6; maxr = ($1 > maxr ? $1 : maxr)
     }
     function ratio(s, a, b,   r, lr, lc, lq, have) {
@@ -715,12 +715,12 @@ summarize() { # TSV
       for (i = 1; i <= ns; i++) {
         s = S[i]
         printf "\n%s body (GET /%s), %s conns, %s per run, %s rounds, medians:\n", (s == "small" ? "small" : "16 KiB"), s, conns, dur, rounds
-        printf "  %-12s %9s %8s %8s %11s %9s %9s %7s\n", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s", "proxy CPU", "load CPU", "RSS MB"
+        printf "  %-12s %9s %8s %8s %11s %9s %9s %12s %7s\n", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s", "proxy CPU", "load CPU", "load us/req", "RSS MB"
         for (j = 1; j <= np; j++) {
           k = s SUBSEP P[j]
           if (!(k in rps)) continue
-          printf "  %-12s %9.0f %8.2f %8.2f %11.0f %8.0f%% %8.0f%% %7.1f%s\n", P[j], median(rps[k]), median(p50[k]), median(p99[k]),
-            median(rpc[k]), median(pcpu[k]), median(lcpu[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
+          printf "  %-12s %9.0f %8.2f %8.2f %11.0f %8.0f%% %8.0f%% %12.2f %7.1f%s\n", P[j], median(rps[k]), median(p50[k]), median(p99[k]),
+            median(rpc[k]), median(pcpu[k]), median(lcpu[k]), median(lus[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
         }
         printf "  %-24s %9s %11s %8s   (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s", "p99"
         ratio(s, "gateway", "nginx"); ratio(s, "gateway", "nginx_eq"); ratio(s, "gateway", "bare"); ratio(s, "bare", "nginx")
