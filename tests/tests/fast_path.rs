@@ -58,6 +58,10 @@ async fn fast_and_pingora_paths_forward_and_answer_alike() {
                 .header("x-forwarded-for", "203.0.113.9")
                 .header("x-forwarded-proto", "https")
                 .header("x-user-id", "forged")
+                .header("x_user_role", "admin")
+                .header("cf-connecting-ip", "10.9.9.9")
+                .header("forwarded", "for=198.51.100.1;proto=https")
+                .header("true-client-ip", "198.51.100.2")
                 .header("x-custom", "kept")
                 .send()
                 .await
@@ -82,6 +86,17 @@ async fn fast_and_pingora_paths_forward_and_answer_alike() {
             assert_eq!(h["x-forwarded-proto"], "http", "untrusted proto replaced");
             assert_eq!(h["x-request-id"], "req-123");
             assert!(h.get("x-user-id").is_none(), "forged identity stripped");
+            for forged in [
+                "x_user_role",
+                "cf-connecting-ip",
+                "forwarded",
+                "true-client-ip",
+            ] {
+                assert!(
+                    h.get(forged).is_none(),
+                    "{forged} from an untrusted peer: {h}"
+                );
+            }
             assert_eq!(h["x-custom"], "kept");
         } else {
             assert_eq!(fast_seen.1, "");
@@ -134,6 +149,18 @@ async fn raw_origin() -> (SocketAddr, Arc<AtomicUsize>) {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
                         ],
                         "/until-close" => vec![b"HTTP/1.1 200 OK\r\n\r\nto the end"],
+                        // A body longer than its Content-Length, the rest late:
+                        // read as the next response if the connection were reused.
+                        "/overlong" => vec![
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                            b"ok",
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+                        ],
+                        // A stream whose end comes much later (server-sent events).
+                        "/stream" => vec![
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                            b"0\r\n\r\n",
+                        ],
                         // Answers, then closes without saying so: the gateway's
                         // kept connection is stale for the next request.
                         "/once" => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"],
@@ -143,7 +170,8 @@ async fn raw_origin() -> (SocketAddr, Arc<AtomicUsize>) {
                         if s.write_all(p).await.is_err() {
                             return;
                         }
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        let pause = if path == "/stream" { 1500 } else { 20 };
+                        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                     }
                     if path == "/until-close" || path == "/once" {
                         return;
@@ -251,6 +279,91 @@ async fn bodies_of_every_framing_and_stale_connections() {
         assert_eq!(r.text().await.unwrap(), "once");
     }
     assert!(conns.load(Ordering::SeqCst) - before >= 5);
+
+    // Bytes the upstream sends past a response are never taken for the next one.
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(get("/overlong").as_bytes()).await.unwrap();
+    let first = read_response(&mut s).await;
+    assert!(
+        first.starts_with("HTTP/1.1 200") && first.ends_with("\r\n\r\nok"),
+        "{first}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    s.write_all(get("/plain").as_bytes()).await.unwrap();
+    let second = read_response(&mut s).await;
+    assert!(
+        second.ends_with("\r\n\r\nok") && !second.contains("forged"),
+        "{second}"
+    );
+
+    // A streamed body reaches the client as it comes, not at its end.
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(get("/stream").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let early = tokio::time::timeout(std::time::Duration::from_millis(1000), async {
+        while !String::from_utf8_lossy(&got).contains("5\r\nfirst\r\n") {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(
+        early.is_ok() && !String::from_utf8_lossy(&got).contains("0\r\n\r\n"),
+        "first chunk before the end: {}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[tokio::test]
+async fn paths_are_routed_and_sent_in_their_normal_form() {
+    let up = fake_upstream("a").await;
+    let conf = config(up.addr);
+    let fast = spawn_gateway(&conf).await;
+    let slow = spawn_gateway_with(&conf, "fast_path: false").await;
+    // `/svc/` strips its prefix: a spelling that missed it would reach the
+    // upstream as `/svc/...` through the root route instead.
+    for gw in [&fast, &slow] {
+        for (raw, want) in [
+            ("/%73vc/items?q=%61", "/items?q=%61"),
+            ("//svc//items", "/items"),
+            ("/%%373vc/x", "/x"),
+            ("/r%6Fot/%7e/a%20b", "/root/~/a%20b"),
+        ] {
+            let mut s = TcpStream::connect(gw.http).await.unwrap();
+            s.write_all(get(raw).as_bytes()).await.unwrap();
+            let out = read_response(&mut s).await;
+            assert!(out.starts_with("HTTP/1.1 200"), "{raw}: {out}");
+            assert!(
+                out.contains(&format!(r#""uri":"{want}""#)),
+                "{raw} -> {want}: {out}"
+            );
+        }
+        // An absolute-form target goes upstream in origin form; one whose
+        // authority differs from Host is refused (RFC 9112 §3.2.2), so routing
+        // by Host and the target cannot disagree.
+        for (req, want) in [
+            (
+                "GET http://galion.app/svc/items?a=1 HTTP/1.1\r\nHost: galion.app\r\n\r\n",
+                r#""uri":"/items?a=1""#,
+            ),
+            (
+                "GET http://galion.app/plain?b=2 HTTP/1.1\r\nHost: galion.app\r\n\r\n",
+                r#""uri":"/plain?b=2""#,
+            ),
+            (
+                "GET http://nobody.example/svc/x HTTP/1.1\r\nHost: galion.app\r\n\r\n",
+                "HTTP/1.1 400",
+            ),
+        ] {
+            let mut s = TcpStream::connect(gw.http).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let out = read_response(&mut s).await;
+            assert!(out.contains(want), "{req}: {out}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -83,7 +83,12 @@ async fn attempt(
         if filled == ubuf.len() {
             return Err(Failed::Broken);
         }
-        let n = read_timed(up, &mut ubuf[filled..], limit).await?;
+        let n = match read_timed(up, &mut ubuf[filled..], limit).await {
+            // A pooled connection the server reset before answering is stale,
+            // like one it closed (pingora retries both).
+            Err(Failed::Broken) if filled == 0 => return Err(stale(Failed::Broken)),
+            r => r?,
+        };
         if n == 0 {
             return Err(if filled == 0 {
                 stale(Failed::Broken)
@@ -143,6 +148,8 @@ struct Relayed {
     complete: bool,
     client_ok: bool,
     reusable: bool,
+    /// The first body bytes were malformed: nothing went to the client.
+    refused: bool,
 }
 
 /// Writes the client's head and the body bytes read along with it, then relays
@@ -161,6 +168,7 @@ async fn relay(
         complete: false,
         client_ok: true,
         reusable: head.reusable,
+        refused: false,
     };
     let body = &ubuf[early];
     let mut chunked = Chunked::default();
@@ -182,7 +190,10 @@ async fn relay(
                 end
             }
             Ok(None) => body.len(),
-            Err(()) => return r,
+            Err(()) => {
+                r.refused = true;
+                return r;
+            }
         },
         Framing::UntilClose => body.len(),
     };
@@ -197,12 +208,16 @@ async fn relay(
         r.client_ok = false;
         return r;
     }
+    // A streamed body (server-sent events, a long poll) reaches the client as
+    // it comes, not when the write buffer fills; a Content-Length body is
+    // written in as few sends as the buffer allows.
+    let streamed = matches!(head.framing, Framing::Chunked | Framing::UntilClose);
+    if streamed && !r.complete && stream.flush().await.is_err() {
+        r.client_ok = false;
+        return r;
+    }
     while !r.complete {
-        let cap = match head.framing {
-            Framing::Length(_) => (ubuf.len() as u64).min(remaining) as usize,
-            _ => ubuf.len(),
-        };
-        let n = match read_timed(up, &mut ubuf[..cap], limit).await {
+        let n = match read_timed(up, ubuf, limit).await {
             Ok(0) if head.framing == Framing::UntilClose => {
                 r.complete = true;
                 break;
@@ -213,7 +228,13 @@ async fn relay(
         let mut end = n;
         match head.framing {
             Framing::Length(_) => {
-                remaining -= n as u64;
+                if n as u64 > remaining {
+                    // More than the Content-Length: relayed up to it, and the
+                    // connection is not used again.
+                    end = remaining as usize;
+                    r.reusable = false;
+                }
+                remaining -= end as u64;
                 r.complete = remaining == 0;
             }
             Framing::Chunked => match chunked.feed(&ubuf[..n]) {
@@ -227,7 +248,9 @@ async fn relay(
             },
             Framing::UntilClose | Framing::Empty => {}
         }
-        if stream.write_all(&ubuf[..end]).await.is_err() {
+        if stream.write_all(&ubuf[..end]).await.is_err()
+            || (streamed && !r.complete && stream.flush().await.is_err())
+        {
             r.client_ok = false;
             return r;
         }
@@ -240,6 +263,21 @@ async fn relay(
 }
 
 impl GatewayApp {
+    /// Answers with an error of the gateway's own and ends the request.
+    async fn answer(
+        &self,
+        stream: &mut Stream,
+        resp: &mut Vec<u8>,
+        ctx: &mut crate::proxy::RequestCtx,
+        line: &Line<'_>,
+        (status, code, message): (u16, &str, &str),
+    ) {
+        local_error(resp, status, code, message, ctx.request_id.as_ref());
+        let _ = stream.write_all(resp).await;
+        let _ = stream.flush().await;
+        finish(&self.shield, ctx, line, status).await;
+    }
+
     /// Proxies one planned request; `true` when the client connection stays open.
     pub(super) async fn serve(&self, stream: &mut Stream, c: &mut Conn, plan: Box<Plan>) -> bool {
         let Plan {
@@ -323,19 +361,16 @@ impl GatewayApp {
                 }
             }
         };
+        let no_body = Line {
+            host: host_str,
+            method: &method,
+            path: path_str,
+            bytes: 0,
+        };
         let (i, mut up, head, start, filled) = match result {
             Ok(r) => r,
-            Err((status, code, msg)) => {
-                local_error(resp, status, code, msg, rid.as_ref());
-                let _ = stream.write_all(resp).await;
-                let _ = stream.flush().await;
-                let line = Line {
-                    host: host_str,
-                    method: &method,
-                    path: path_str,
-                    bytes: 0,
-                };
-                finish(&self.shield, &mut ctx, &line, status).await;
+            Err(answer) => {
+                self.answer(stream, resp, &mut ctx, &no_body, answer).await;
                 return false;
             }
         };
@@ -347,6 +382,11 @@ impl GatewayApp {
         if !r.complete && r.client_ok {
             pool.report_failure(i);
             pool.metrics.error.inc();
+        }
+        if r.refused {
+            self.answer(stream, resp, &mut ctx, &no_body, BAD_GATEWAY)
+                .await;
+            return false;
         }
         if r.complete && r.reusable {
             *held = Some(Held {

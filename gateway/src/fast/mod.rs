@@ -37,7 +37,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::Shield;
 use crate::proxy::GatewayProxy;
@@ -55,6 +55,8 @@ const BODY_BUF: usize = 32 * 1024;
 /// cached or authenticated routes, say) stays with pingora without being read
 /// here first.
 const PINGORA_AFTER: u32 = 8;
+/// How long closing a connection may wait for the client (TLS close_notify).
+const SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// The proxy listener's application: the fast path, with pingora-proxy behind it.
 pub struct GatewayApp {
@@ -231,6 +233,9 @@ impl ServerApp for GatewayApp {
                     c.delegated = 0;
                     c.closing = *shutdown.borrow();
                     if !self.serve(&mut stream, &mut c, plan).await {
+                        // As pingora ends a connection: over TLS a close_notify,
+                        // so a client can tell a close-delimited body was whole.
+                        let _ = pingora_timeout::timeout(SHUTDOWN, stream.shutdown()).await;
                         return None;
                     }
                 }

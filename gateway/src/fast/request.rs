@@ -4,6 +4,7 @@
 //! `proxy::forward` sets on pingora's path. Anything unusual is left to pingora
 //! (`Prep::Delegate`), which parses the same bytes again and answers as always.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use http::{HeaderValue, Method};
 
 use crate::cluster::Shield;
 use crate::proxy::RequestCtx;
-use crate::routing::{path_is_safe, Route, RouteMatch};
+use crate::routing::{normalize_path, path_is_safe, Route, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::{client_ip, request_id};
 
@@ -185,7 +186,9 @@ fn prepare_parsed(
     let limits = &snap.config.limits;
     // Routing first: requests for routes the fast path does not take (cached
     // ones, say) are handed over before any other work.
-    if !path_is_safe(path) {
+    // A path to normalize (rare) is left to pingora, which routes on the
+    // normal form and sends it upstream.
+    if !path_is_safe(path) || matches!(normalize_path(path), Cow::Owned(_)) {
         return None;
     }
     let host_routes = snap.router.host(Some(host))?;
@@ -295,9 +298,9 @@ fn write_request_headers(
     let mut kept_proto = false;
     let mut kept_host = false;
     for h in headers {
-        // Client-sent identity headers never reach the upstream (public routes
-        // set none of their own).
-        if h.name.len() >= 7 && h.name.as_bytes()[..7].eq_ignore_ascii_case(b"x-user-") {
+        // Forged identity and client-IP headers never reach the upstream
+        // (public routes set none of their own).
+        if crate::proxy::is_forged(h.name, trusted) {
             continue;
         }
         if dropped(h.name, host_header.is_some(), trusted) {

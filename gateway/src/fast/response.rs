@@ -68,20 +68,40 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// into `out` and returns its framing.
 pub fn parse(buf: &[u8], deco: &Decorations<'_>, out: &mut Vec<u8>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Invalid,
+    match parse_with(buf, deco, out, &mut headers) {
+        // As many fields as pingora takes, without clearing that much stack for
+        // the usual small head.
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            parse_with(buf, deco, out, &mut headers).unwrap_or(Parsed::Invalid)
+        }
+        Err(_) => Parsed::Invalid,
+        Ok(p) => p,
+    }
+}
+
+/// pingora's limit on header fields.
+const MAX_RESPONSE_HEADERS: usize = 256;
+
+fn parse_with<'b>(
+    buf: &'b [u8],
+    deco: &Decorations<'_>,
+    out: &mut Vec<u8>,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Parsed, httparse::Error> {
+    let mut resp = httparse::Response::new(headers);
+    let head_len = match resp.parse(buf)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(Parsed::Partial),
     };
     let Some(status) = resp.code else {
-        return Parsed::Invalid;
+        return Ok(Parsed::Invalid);
     };
     if status == 101 || !(100..=999).contains(&status) {
-        return Parsed::Invalid;
+        return Ok(Parsed::Invalid);
     }
     if status < 200 {
-        return Parsed::Informational(head_len);
+        return Ok(Parsed::Informational(head_len));
     }
     let mut length: Option<u64> = None;
     let mut chunked = None;
@@ -91,7 +111,7 @@ pub fn parse(buf: &[u8], deco: &Decorations<'_>, out: &mut Vec<u8>) -> Parsed {
             match (parse_length(h.value.trim_ascii()), length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
-                _ => return Parsed::Invalid,
+                _ => return Ok(Parsed::Invalid),
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked only when it is the last coding; otherwise read until close.
@@ -114,12 +134,12 @@ pub fn parse(buf: &[u8], deco: &Decorations<'_>, out: &mut Vec<u8>) -> Parsed {
     let reusable = !close && framing != Framing::UntilClose;
     let keepalive = deco.keepalive && framing != Framing::UntilClose;
     write_head(out, &resp, status, chunked.is_some(), deco, keepalive);
-    Parsed::Ready(RespHead {
+    Ok(Parsed::Ready(RespHead {
         status,
         head_len,
         framing,
         reusable,
-    })
+    }))
 }
 
 fn write_head(
@@ -287,18 +307,23 @@ impl Chunked {
                     }
                     self.state = State::Size;
                 }
+                // Trailer lines end in CRLF and hold no other control bytes: a
+                // client that ended them at a bare LF would see the body end
+                // elsewhere than the gateway does.
                 State::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        State::EndLf
-                    } else {
-                        State::Trailer
+                    self.state = match b {
+                        b'\r' => State::EndLf,
+                        b'\t' => State::Trailer,
+                        _ if b < 0x20 || b == 0x7f => return Err(()),
+                        _ => State::Trailer,
                     };
                 }
-                State::Trailer => {
-                    if b == b'\r' {
-                        self.state = State::TrailerLf;
-                    }
-                }
+                State::Trailer => match b {
+                    b'\r' => self.state = State::TrailerLf,
+                    b'\t' => {}
+                    _ if b < 0x20 || b == 0x7f => return Err(()),
+                    _ => {}
+                },
                 State::TrailerLf => {
                     if b != b'\n' {
                         return Err(());
@@ -461,6 +486,20 @@ mod tests {
             !out.contains("Strict-Transport-Security"),
             "HSTS on plain HTTP"
         );
+    }
+
+    #[test]
+    fn trailers_need_crlf_and_no_control_bytes() {
+        for bad in [
+            &b"0\r\nX: a\n\r\n"[..],
+            b"0\r\n\nX: a\r\n\r\n",
+            b"0\r\nX: a\x00b\r\n\r\n",
+            b"0\r\nX: a\rb\r\n\r\n",
+        ] {
+            assert_eq!(Chunked::default().feed(bad), Err(()), "{bad:?}");
+        }
+        let good = b"0\r\nX: a\tb\r\nY: c\r\n\r\n";
+        assert_eq!(Chunked::default().feed(good), Ok(Some(good.len())));
     }
 
     #[test]

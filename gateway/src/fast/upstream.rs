@@ -32,9 +32,14 @@ impl Held {
 pub fn take(held: &mut Option<Held>, pool: &Arc<Pool>, i: usize) -> Option<TcpStream> {
     if let Some(h) = held.take() {
         if Arc::ptr_eq(&h.pool, pool) && h.server == i {
-            return Some(h.stream);
+            // Bytes after the last response (a body on a HEAD answer, more than
+            // its Content-Length, sent late) would be read as the next response.
+            if still_open(&h.stream) {
+                return Some(h.stream);
+            }
+        } else {
+            h.release();
         }
-        h.release();
     }
     let server = pool.servers.get(i)?;
     let max_idle = pool.config.timeouts.idle;

@@ -40,6 +40,9 @@ pub struct RequestCtx {
     /// Loaded once in `request_filter`; the whole request uses this snapshot.
     pub snapshot: Option<Arc<Snapshot>>,
     pub route: Option<Arc<Route>>,
+    /// The path routed on, when the client's differs from it (`routing::normalize_path`);
+    /// it is what the upstream gets.
+    pub normalized_path: Option<String>,
     pub client_ip: Option<IpAddr>,
     pub peer_ip: Option<IpAddr>,
     pub peer_trusted: bool,
@@ -74,6 +77,7 @@ impl RequestCtx {
             start: Instant::now(),
             snapshot: None,
             route: None,
+            normalized_path: None,
             client_ip: None,
             peer_ip: None,
             peer_trusted: false,

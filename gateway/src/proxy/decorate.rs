@@ -33,12 +33,22 @@ pub fn upstream_request(
             .authority()
             .map(|a| a.as_str().to_owned())
     };
-    if let Some(p) = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.rewritten_path(upstream_request.uri.path()))
-    {
-        forward::set_path(upstream_request, &p)?;
+    let routed = ctx.normalized_path.as_deref();
+    let path = routed.unwrap_or(upstream_request.uri.path());
+    match ctx.route.as_ref().and_then(|r| r.rewritten_path(path)) {
+        Some(p) => forward::set_path(upstream_request, &p)?,
+        None => {
+            if let Some(p) = routed {
+                let p = p.to_owned();
+                forward::set_path(upstream_request, &p)?;
+            } else if !upstream_request.raw_path().starts_with(b"/") {
+                // An absolute-form target (`GET http://other.host/ HTTP/1.1`)
+                // goes upstream in origin form: a server hosting several sites
+                // would otherwise pick the one the client named.
+                let p = upstream_request.uri.path().to_owned();
+                forward::set_path(upstream_request, &p)?;
+            }
+        }
     }
     let route = ctx.route.as_deref();
     let extra = forward::FORWARDED_COUNT
@@ -48,7 +58,7 @@ pub fn upstream_request(
         });
     head::edit_request(upstream_request, extra, |h| {
         forward::forwarded_headers(h, authority.as_deref(), ctx, https)?;
-        forward::identity_headers(h, ctx.identity.as_deref())?;
+        forward::identity_headers(h, ctx.identity.as_deref(), ctx.peer_trusted)?;
         if let Some(route) = route {
             if let Some(v) = &route.pool.host_header {
                 head::set(h, &http::header::HOST, v.clone())?;

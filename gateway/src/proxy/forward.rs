@@ -156,14 +156,41 @@ pub fn set_path(req: &mut RequestHeader, path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes every client-sent `X-User-*` header, then sets the verified identity's.
-/// Upstreams can trust these headers only because of this.
-pub fn identity_headers(h: &mut HeaderMap, id: Option<&crate::auth::Identity>) -> Result<()> {
+/// Client-IP and scheme headers other proxies set; from a peer that is not a
+/// trusted proxy they are forged, and an upstream that reads them would be lied
+/// to. (`X-Forwarded-For/-Proto/-Host`, `X-Real-IP` are replaced, not dropped.)
+const CLIENT_FORGED: [&str; 6] = [
+    "forwarded",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+];
+
+/// Whether a client-sent header never goes upstream: `X-User-*` (the gateway's
+/// identity headers), names with `_` (CGI-style servers read `X_User_Id` as
+/// `X-User-Id`; nginx drops them by default too), and, from an untrusted peer,
+/// [`CLIENT_FORGED`]. `name` in any case; shared with the fast path.
+pub fn is_forged(name: &str, peer_trusted: bool) -> bool {
+    let b = name.as_bytes();
+    (b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"x-user-"))
+        || b.contains(&b'_')
+        || (!peer_trusted && CLIENT_FORGED.iter().any(|f| f.eq_ignore_ascii_case(name)))
+}
+
+/// Removes every forged header ([`is_forged`]), then sets the verified
+/// identity's. Upstreams can trust these headers only because of this.
+pub fn identity_headers(
+    h: &mut HeaderMap,
+    id: Option<&crate::auth::Identity>,
+    peer_trusted: bool,
+) -> Result<()> {
     // Collected first: the map cannot be edited while iterated. Almost always
     // empty, and an empty Vec does not allocate.
     let forged: Vec<HeaderName> = h
         .keys()
-        .filter(|k| k.as_str().starts_with("x-user-"))
+        .filter(|k| is_forged(k.as_str(), peer_trusted))
         .cloned()
         .collect();
     for k in &forged {

@@ -13,6 +13,7 @@ mod plain;
 mod policies;
 pub mod respond;
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{LocalReply, RequestCtx};
-pub use forward::ip_value;
+pub use forward::{ip_value, is_forged};
 
 use std::sync::Arc;
 
@@ -137,7 +138,12 @@ impl ProxyHttp for GatewayProxy {
             return Self::reply(session, ctx, LocalReply::HeadersTooLarge).await;
         }
         ctx.security = Some(host_routes.security.clone());
-        match host_routes.find(path, &req.method) {
+        let routed = crate::routing::normalize_path(path);
+        let found = host_routes.find(&routed, &req.method);
+        if let Cow::Owned(p) = routed {
+            ctx.normalized_path = Some(p);
+        }
+        match found {
             RouteMatch::Found(route) => {
                 let route = route.clone();
                 ctx.route = Some(route.clone());

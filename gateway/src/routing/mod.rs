@@ -18,6 +18,9 @@ use crate::config::{
 use crate::metrics::RouteMetrics;
 use crate::upstream::Pool;
 
+mod path;
+pub use path::normalize_path;
+
 pub struct Route {
     pub name: Arc<str>,
     pub host: Arc<str>,
