@@ -44,6 +44,27 @@ fn failed(
     }
 }
 
+/// How long a client may take to take more of a response (nginx's
+/// `send_timeout`): a client that stops reading does not hold the upstream
+/// connection for ever.
+const SEND: Duration = Duration::from_secs(60);
+
+/// Writes to the client (into its write buffer, sent when full); `false` when
+/// the client is gone or too slow. The timer only starts if the write waits.
+async fn send(stream: &mut Stream, bytes: &[u8]) -> bool {
+    matches!(
+        pingora_timeout::timeout(SEND, stream.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn flush(stream: &mut Stream) -> bool {
+    matches!(
+        pingora_timeout::timeout(SEND, stream.flush()).await,
+        Ok(Ok(()))
+    )
+}
+
 /// How an attempt at the upstream ended before its response head.
 enum Failed {
     /// Nothing came back on a reused connection: it was closed under us.
@@ -74,9 +95,13 @@ async fn attempt(
     limit: Duration,
 ) -> Result<(RespHead, usize, usize), Failed> {
     let stale = |e| if reused { Failed::Stale } else { e };
-    up.write_all(request)
-        .await
-        .map_err(|_| stale(Failed::Broken))?;
+    // The head fits in an idle socket's buffer; the read timeout bounds the
+    // rare write that waits (a server that stopped reading).
+    match pingora_timeout::timeout(limit, up.write_all(request)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(stale(Failed::Broken)),
+        Err(_) => return Err(Failed::Timeout),
+    }
     let mut filled = 0;
     let mut start = 0;
     loop {
@@ -204,7 +229,7 @@ async fn relay(
     r.sent = take;
     // Both land in the client stream's write buffer (`server.write_buffer`):
     // one send for a response that fits, without copying the body twice.
-    if stream.write_all(head_out).await.is_err() || stream.write_all(&body[..take]).await.is_err() {
+    if !send(stream, head_out).await || !send(stream, &body[..take]).await {
         r.client_ok = false;
         return r;
     }
@@ -212,7 +237,7 @@ async fn relay(
     // it comes, not when the write buffer fills; a Content-Length body is
     // written in as few sends as the buffer allows.
     let streamed = matches!(head.framing, Framing::Chunked | Framing::UntilClose);
-    if streamed && !r.complete && stream.flush().await.is_err() {
+    if streamed && !r.complete && !flush(stream).await {
         r.client_ok = false;
         return r;
     }
@@ -248,15 +273,13 @@ async fn relay(
             },
             Framing::UntilClose | Framing::Empty => {}
         }
-        if stream.write_all(&ubuf[..end]).await.is_err()
-            || (streamed && !r.complete && stream.flush().await.is_err())
-        {
+        if !send(stream, &ubuf[..end]).await || (streamed && !r.complete && !flush(stream).await) {
             r.client_ok = false;
             return r;
         }
         r.sent += end;
     }
-    if stream.flush().await.is_err() {
+    if !flush(stream).await {
         r.client_ok = false;
     }
     r
@@ -273,8 +296,7 @@ impl GatewayApp {
         (status, code, message): (u16, &str, &str),
     ) {
         local_error(resp, status, code, message, ctx.request_id.as_ref());
-        let _ = stream.write_all(resp).await;
-        let _ = stream.flush().await;
+        let _ = send(stream, resp).await && flush(stream).await;
         finish(&self.shield, ctx, line, status).await;
     }
 
