@@ -53,14 +53,14 @@ const SEND: Duration = Duration::from_secs(60);
 /// the client is gone or too slow. The timer only starts if the write waits.
 async fn send(stream: &mut Stream, bytes: &[u8]) -> bool {
     matches!(
-        pingora_timeout::timeout(SEND, stream.write_all(bytes)).await,
+        pingora_timeout::tokio_timeout(SEND, stream.write_all(bytes)).await,
         Ok(Ok(()))
     )
 }
 
 async fn flush(stream: &mut Stream) -> bool {
     matches!(
-        pingora_timeout::timeout(SEND, stream.flush()).await,
+        pingora_timeout::tokio_timeout(SEND, stream.flush()).await,
         Ok(Ok(()))
     )
 }
@@ -75,7 +75,7 @@ enum Failed {
 
 /// Reads with the pool's read timeout; a timeout is an error of its own kind.
 async fn read_timed(up: &mut TcpStream, buf: &mut [u8], limit: Duration) -> Result<usize, Failed> {
-    match pingora_timeout::timeout(limit, up.read(buf)).await {
+    match pingora_timeout::tokio_timeout(limit, up.read(buf)).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(_)) => Err(Failed::Broken),
         Err(_) => Err(Failed::Timeout),
@@ -97,7 +97,7 @@ async fn attempt(
     let stale = |e| if reused { Failed::Stale } else { e };
     // The head fits in an idle socket's buffer; the read timeout bounds the
     // rare write that waits (a server that stopped reading).
-    match pingora_timeout::timeout(limit, up.write_all(request)).await {
+    match pingora_timeout::tokio_timeout(limit, up.write_all(request)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(stale(Failed::Broken)),
         Err(_) => return Err(Failed::Timeout),

@@ -69,7 +69,7 @@ pub async fn connect(pool: &Pool, i: usize) -> Result<TcpStream, ConnectError> {
         return Err(ConnectError::Failed);
     };
     let limit: Duration = pool.config.timeouts.connect;
-    match pingora_timeout::timeout(limit, TcpStream::connect(server.addr)).await {
+    match pingora_timeout::tokio_timeout(limit, TcpStream::connect(server.addr)).await {
         Ok(Ok(s)) => {
             // As pingora does on every connection it makes.
             let _ = s.set_nodelay(true);
