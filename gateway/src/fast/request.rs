@@ -4,7 +4,6 @@
 //! `proxy::forward` sets on pingora's path. Anything unusual is left to pingora
 //! (`Prep::Delegate`), which parses the same bytes again and answers as always.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use http::{HeaderValue, Method};
 
 use crate::cluster::Shield;
 use crate::proxy::RequestCtx;
-use crate::routing::{normalize_path, path_is_safe, Route, RouteMatch};
+use crate::routing::{needs_normalizing, path_is_safe, Route, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::{client_ip, request_id};
 
@@ -188,7 +187,7 @@ fn prepare_parsed(
     // ones, say) are handed over before any other work.
     // A path to normalize (rare) is left to pingora, which routes on the
     // normal form and sends it upstream.
-    if !path_is_safe(path) || matches!(normalize_path(path), Cow::Owned(_)) {
+    if !path_is_safe(path) || needs_normalizing(path) {
         return None;
     }
     let host_routes = snap.router.host(Some(host))?;

@@ -19,7 +19,7 @@ use crate::metrics::RouteMetrics;
 use crate::upstream::Pool;
 
 mod path;
-pub use path::normalize_path;
+pub use path::{needs_normalizing, normalize_path};
 
 pub struct Route {
     pub name: Arc<str>,

@@ -28,7 +28,8 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-fn needs_normalizing(path: &str) -> bool {
+/// Whether [`normalize_path`] would change `path` (one scan, no allocation).
+pub fn needs_normalizing(path: &str) -> bool {
     let b = path.as_bytes();
     b.iter().enumerate().any(|(i, &c)| match c {
         b'%' => decoded_unreserved(b, i).is_some(),
