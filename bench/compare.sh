@@ -728,6 +728,17 @@ summarize() { # TSV
         ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")
         ratio(s, "gateway_tls", "nginx_tls")
         ratio(s, "gateway_cache", "nginx_cache")
+        # In a closed loop the busiest core sets the pace: when the load core
+        # (origin + load generator) is saturated and a proxy is not, that
+        # proxy req/s and latency measure what each request costs the load core
+        # (load us/req: header bytes to parse, wakeups), not the proxy.
+        bound = ""
+        for (j = 1; j <= np; j++) {
+          k = s SUBSEP P[j]
+          if ((k in rps) && median(lcpu[k]) >= 95 && median(pcpu[k]) < 90) bound = bound " " P[j]
+        }
+        if (bound != "")
+          printf "  note: load core saturated, proxy core not, for%s: their req/s and p99 are bounded by\n        the load core (load us/req); req/CPU-s is the proxy figure\n", bound
       }
       if (noisy) printf "\nwarning: %d run(s) still disturbed after retries (column noisy in runs.tsv)\n", noisy
     }' "$1"

@@ -363,6 +363,25 @@ async fn paths_are_routed_and_sent_in_their_normal_form() {
             let out = read_response(&mut s).await;
             assert!(out.contains(want), "{req}: {out}");
         }
+        // Spellings an upstream resolves differently from the gateway (path
+        // parameters, dot segments, encoded separators) are refused, never
+        // routed under another prefix.
+        for raw in [
+            "/svc;x/items",
+            "/plain/..;/svc/items",
+            "/svc%3Bx/items",
+            "/plain/%2e%2e/svc",
+            "/svc%2Fitems",
+        ] {
+            let mut s = TcpStream::connect(gw.http).await.unwrap();
+            s.write_all(get(raw).as_bytes()).await.unwrap();
+            let out = read_response(&mut s).await;
+            assert!(out.starts_with("HTTP/1.1 400"), "{raw}: {out}");
+            assert!(
+                !out.contains(r#""uri""#),
+                "{raw} reached the upstream: {out}"
+            );
+        }
     }
 }
 

@@ -238,15 +238,21 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
 /// Rejects paths a router could be tricked by: not starting with `/`, or holding
 /// `.`/`..` segments (plain or percent-encoded), encoded slashes or backslashes that an
 /// upstream would resolve differently from the gateway. Allocation-free.
+///
+/// Also `;`, plain or as `%3B`: Tomcat and Jetty read `/admin;x` as `/admin` and
+/// `/pub/..;/admin` as `/admin` (path parameters), WildFly and WebLogic end the
+/// path there, while the gateway would route both under another prefix: the
+/// classic way past a proxy's path rules (Orange Tsai, Black Hat 2018; nginx
+/// issue #556). Spring Security's default firewall refuses them the same way.
 pub fn path_is_safe(path: &str) -> bool {
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {
         return false;
     }
-    if !b.iter().any(|&c| c == b'.' || c == b'%' || c == b'\\') {
+    if !b.iter().any(|&c| matches!(c, b'.' | b'%' | b'\\' | b';')) {
         return true;
     }
-    if b.contains(&b'\\') {
+    if b.contains(&b'\\') || b.contains(&b';') {
         return false;
     }
     path.split('/')
@@ -269,10 +275,14 @@ fn is_dot_segment(seg: &str) -> bool {
     dots == 1 || dots == 2
 }
 
+/// `%2F` (`/`), `%5C` (`\`) or `%3B` (`;`).
 fn has_encoded_separator(seg: &str) -> bool {
     seg.as_bytes().windows(3).any(|w| {
         w[0] == b'%'
-            && ((w[1] == b'2' && w[2] | 0x20 == b'f') || (w[1] == b'5' && w[2] | 0x20 == b'c'))
+            && matches!(
+                (w[1], w[2] | 0x20),
+                (b'2', b'f') | (b'5', b'c') | (b'3', b'b')
+            )
     })
 }
 

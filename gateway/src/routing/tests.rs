@@ -129,6 +129,11 @@ fn unsafe_paths() {
         "/a/./b",
         "/a%2fb",
         "/a\\b",
+        "/admin;x",
+        "/pub/..;/admin",
+        "/a;/b",
+        "/a%3bb",
+        "/a%3B/b",
         "x",
         "",
     ] {
@@ -141,6 +146,8 @@ fn unsafe_paths() {
         "/.well-known/x",
         "/a%20b",
         "/v1.2/x",
+        "/a%3",
+        "/a%33b",
     ] {
         assert!(path_is_safe(p), "{p}");
     }
