@@ -138,6 +138,17 @@ async fn raw_origin() -> (SocketAddr, Arc<AtomicUsize>) {
                     buf.copy_within(end + 4..have, 0);
                     have -= end + 4;
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    if path == "/huge" {
+                        // More than every socket buffer on the way holds.
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\n\r\n");
+                        let _ = s.write_all(head.as_bytes()).await;
+                        let chunk = vec![b'z'; 64 * 1024];
+                        let mut sent = 0;
+                        while sent < HUGE && s.write_all(&chunk).await.is_ok() {
+                            sent += chunk.len();
+                        }
+                        return;
+                    }
                     let pieces: Vec<&[u8]> = match path.as_str() {
                         "/chunked" => vec![
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
@@ -181,6 +192,41 @@ async fn raw_origin() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, conns)
+}
+
+const HUGE: usize = 256 << 20;
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let (origin, _) = raw_origin().await;
+    let conf = config(origin);
+    for keys in ["send_timeout: 1s", "send_timeout: 1s, fast_path: false"] {
+        let gw = spawn_gateway_with(&conf, keys).await;
+        let mut s = TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(get("/huge").as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "{keys}"
+        );
+        // Not reading: the buffers on the way fill, the gateway's write waits,
+        // and after the send timeout it gives up on this client.
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        let mut got = n;
+        let ended = loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got += n,
+                Err(_) => break false,
+            }
+        };
+        assert!(ended, "{keys}: the connection stayed open");
+        assert!(
+            got < HUGE,
+            "{keys}: the whole body came through ({got} bytes)"
+        );
+    }
 }
 
 /// Sends `requests` on one connection and reads `expect` responses (or until close).

@@ -118,6 +118,10 @@ pub struct RawServer {
     pub graceful_shutdown_timeout: Option<Duration>,
     pub upstream_keepalive_pool_size: Option<usize>,
     pub keepalive_requests: Option<u32>,
+    /// How long a client may take to accept more of a response (nginx's
+    /// `send_timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
     /// Per-connection write buffer of the proxy listeners (e.g. `32KiB`).
     pub write_buffer: Option<RawSize>,
     /// Serve plain HTTP/1.1 GET/HEAD requests of simple routes on the fast path.

@@ -2,6 +2,7 @@
 //! Unit tests for config parsing and validation.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
@@ -123,6 +124,20 @@ fn bad_values_are_refused() {
             "accepted: {to}"
         );
     }
+}
+
+#[test]
+fn send_timeout_defaults_to_nginx_and_refuses_zero() {
+    let l = load_str(GOOD, Path::new("gw.yaml")).unwrap();
+    assert_eq!(l.config.server.send_timeout, Duration::from_secs(60));
+    let text = GOOD.replace("listen:", "server: { send_timeout: 15s }\nlisten:");
+    let l = load_str(&text, Path::new("gw.yaml")).unwrap();
+    assert_eq!(l.config.server.send_timeout, Duration::from_secs(15));
+    let text = GOOD.replace("listen:", "server:\n  send_timeout: 0s\nlisten:");
+    assert_eq!(
+        errors_of(&text),
+        vec!["gw.yaml:3: server.send_timeout: must be more than 0s"]
+    );
 }
 
 #[test]

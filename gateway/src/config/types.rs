@@ -57,6 +57,10 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
     pub keepalive_requests: Option<u32>,
+    /// A write to a client that makes no progress for this long ends the
+    /// connection: a client that stops reading does not hold an upstream
+    /// connection and its buffers for ever.
+    pub send_timeout: Duration,
     /// Bytes of each client connection's write buffer. A response with a known
     /// length is written in one system call when its head and body fit.
     pub write_buffer: usize,

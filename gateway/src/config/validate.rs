@@ -228,6 +228,8 @@ fn listen_of(c: &mut Checker, l: RawListen) -> Listen {
 }
 
 const DEFAULT_WRITE_BUFFER: usize = 32 * 1024;
+/// nginx's `send_timeout` default.
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
     let at = KeyPath::root().key("server");
@@ -252,6 +254,14 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
             .unwrap_or(DEFAULT_WRITE_BUFFER as u64) as usize,
         None => DEFAULT_WRITE_BUFFER,
     };
+    let send_timeout = match s.send_timeout {
+        Some(d) if d.is_zero() => {
+            c.err(&at.key("send_timeout"), "must be more than 0s");
+            DEFAULT_SEND_TIMEOUT
+        }
+        Some(d) => d,
+        None => DEFAULT_SEND_TIMEOUT,
+    };
     ServerSettings {
         threads: threads.max(1),
         work_stealing: s.work_stealing.unwrap_or(true),
@@ -261,6 +271,7 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
             .unwrap_or(Duration::from_secs(5)),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(256),
         keepalive_requests: s.keepalive_requests,
+        send_timeout,
         write_buffer,
         fast_path: s.fast_path.unwrap_or(true),
         pid_file: s.pid_file,

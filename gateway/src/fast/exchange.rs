@@ -44,23 +44,20 @@ fn failed(
     }
 }
 
-/// How long a client may take to take more of a response (nginx's
-/// `send_timeout`): a client that stops reading does not hold the upstream
-/// connection for ever.
-const SEND: Duration = Duration::from_secs(60);
-
 /// Writes to the client (into its write buffer, sent when full); `false` when
-/// the client is gone or too slow. The timer only starts if the write waits.
-async fn send(stream: &mut Stream, bytes: &[u8]) -> bool {
+/// the client is gone or took longer than `limit` (`server.send_timeout`) to
+/// take more: a client that stops reading does not hold the upstream connection
+/// for ever. The timer only starts if the write waits.
+async fn send(stream: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
     matches!(
-        pingora_timeout::tokio_timeout(SEND, stream.write_all(bytes)).await,
+        pingora_timeout::tokio_timeout(limit, stream.write_all(bytes)).await,
         Ok(Ok(()))
     )
 }
 
-async fn flush(stream: &mut Stream) -> bool {
+async fn flush(stream: &mut Stream, limit: Duration) -> bool {
     matches!(
-        pingora_timeout::tokio_timeout(SEND, stream.flush()).await,
+        pingora_timeout::tokio_timeout(limit, stream.flush()).await,
         Ok(Ok(()))
     )
 }
@@ -178,7 +175,8 @@ struct Relayed {
 }
 
 /// Writes the client's head and the body bytes read along with it, then relays
-/// the rest of the body.
+/// the rest of the body. `limits`: the upstream's read timeout, the client's
+/// send timeout.
 async fn relay(
     stream: &mut Stream,
     up: &mut TcpStream,
@@ -186,7 +184,7 @@ async fn relay(
     head_out: &[u8],
     ubuf: &mut [u8],
     early: std::ops::Range<usize>,
-    limit: Duration,
+    (limit, send_limit): (Duration, Duration),
 ) -> Relayed {
     let mut r = Relayed {
         sent: 0,
@@ -229,7 +227,7 @@ async fn relay(
     r.sent = take;
     // Both land in the client stream's write buffer (`server.write_buffer`):
     // one send for a response that fits, without copying the body twice.
-    if !send(stream, head_out).await || !send(stream, &body[..take]).await {
+    if !send(stream, head_out, send_limit).await || !send(stream, &body[..take], send_limit).await {
         r.client_ok = false;
         return r;
     }
@@ -237,7 +235,7 @@ async fn relay(
     // it comes, not when the write buffer fills; a Content-Length body is
     // written in as few sends as the buffer allows.
     let streamed = matches!(head.framing, Framing::Chunked | Framing::UntilClose);
-    if streamed && !r.complete && !flush(stream).await {
+    if streamed && !r.complete && !flush(stream, send_limit).await {
         r.client_ok = false;
         return r;
     }
@@ -273,13 +271,15 @@ async fn relay(
             },
             Framing::UntilClose | Framing::Empty => {}
         }
-        if !send(stream, &ubuf[..end]).await || (streamed && !r.complete && !flush(stream).await) {
+        if !send(stream, &ubuf[..end], send_limit).await
+            || (streamed && !r.complete && !flush(stream, send_limit).await)
+        {
             r.client_ok = false;
             return r;
         }
         r.sent += end;
     }
-    if !flush(stream).await {
+    if !flush(stream, send_limit).await {
         r.client_ok = false;
     }
     r
@@ -296,7 +296,8 @@ impl GatewayApp {
         (status, code, message): (u16, &str, &str),
     ) {
         local_error(resp, status, code, message, ctx.request_id.as_ref());
-        let _ = send(stream, resp).await && flush(stream).await;
+        let limit = self.send_timeout;
+        let _ = send(stream, resp, limit).await && flush(stream, limit).await;
         finish(&self.shield, ctx, line, status).await;
     }
 
@@ -400,7 +401,8 @@ impl GatewayApp {
         pool.report_success(i);
         pool.metrics.ok.inc();
         let early = start + head.head_len..filled;
-        let r = relay(stream, &mut up, &head, resp, ubuf, early, limit).await;
+        let limits = (limit, self.send_timeout);
+        let r = relay(stream, &mut up, &head, resp, ubuf, early, limits).await;
         if !r.complete && r.client_ok {
             pool.report_failure(i);
             pool.metrics.error.inc();

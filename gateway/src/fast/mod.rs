@@ -74,6 +74,7 @@ pub struct GatewayApp {
     /// `server:` settings, fixed at start like the rest of that section.
     enabled: bool,
     keepalive_requests: Option<u32>,
+    send_timeout: Duration,
 }
 
 impl GatewayApp {
@@ -83,10 +84,10 @@ impl GatewayApp {
         shield: Arc<Shield>,
         https: bool,
     ) -> Self {
-        let (enabled, keepalive_requests) = {
+        let (enabled, keepalive_requests, send_timeout) = {
             let snap = snapshot.load();
             let s = &snap.config.server;
-            (s.fast_path, s.keepalive_requests)
+            (s.fast_path, s.keepalive_requests, s.send_timeout)
         };
         GatewayApp {
             proxy: Arc::new(proxy),
@@ -95,6 +96,7 @@ impl GatewayApp {
             https,
             enabled,
             keepalive_requests,
+            send_timeout,
         }
     }
 }

@@ -44,14 +44,18 @@ pub struct GatewayProxy {
     /// Whether this service terminates TLS (for `X-Forwarded-Proto`).
     https: bool,
     shield: Arc<Shield>,
+    /// `server.send_timeout`, fixed at start like the rest of that section.
+    send_timeout: std::time::Duration,
 }
 
 impl GatewayProxy {
     pub fn new(snapshot: SnapshotHandle, https: bool, shield: Arc<Shield>) -> Self {
+        let send_timeout = snapshot.load().config.server.send_timeout;
         GatewayProxy {
             snapshot,
             https,
             shield,
+            send_timeout,
         }
     }
 }
@@ -73,6 +77,9 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // pingora has no write timeout of its own: a client that stopped
+        // reading would hold the response (and its upstream) for ever.
+        session.set_write_timeout(Some(self.send_timeout));
         let snap = self.snapshot.load_full();
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_request(
