@@ -1,8 +1,10 @@
 //! The real services behind the gateway's dev config.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use galion_tests::client;
+use std::process::Command;
+
 use galion_tests::stack::Stack;
+use galion_tests::{binary, client, eventually, free_addr};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -109,4 +111,47 @@ async fn register_login_me_logout_through_the_gateway() {
         start.elapsed()
     );
     let _ = s.auth;
+}
+
+/// Ctrl-C in `./dev.sh` stops its `tee` with the services: their last log
+/// lines meet a closed pipe. That must not crash them (tracing-subscriber's
+/// fallback report went to the same dead stderr and panicked, an abort in
+/// release builds).
+#[tokio::test]
+async fn a_service_whose_log_pipe_is_gone_still_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut child = Command::new(binary("galion-auth"))
+        .env("GALION_DATA_DIR", dir.path())
+        .env("GALION_AUTH_LISTEN", addr.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/health");
+    let up = eventually(30, || async {
+        let r = client().get(&url).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    drop(reader);
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let mut status = None;
+    for _ in 0..100 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert!(up.is_some(), "galion-auth did not start");
+    let status = status.expect("galion-auth did not stop within 10 s");
+    assert!(status.success(), "galion-auth ended with {status:?}");
 }

@@ -9,9 +9,14 @@ pub fn init() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let pretty = std::env::var("GALION_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));
+    // A log line that cannot be written (stdout piped to a reader that is
+    // gone, as when Ctrl-C stops `tee` first) is dropped: tracing-subscriber's
+    // fallback report goes to stderr, the same dead pipe, and that failure
+    // panics, which under `panic = "abort"` kills the service mid-shutdown.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .log_internal_errors(false);
     let _ = if pretty {
         builder.try_init()
     } else {
