@@ -38,15 +38,11 @@ pub fn init(settings: &AccessLogSettings) -> std::io::Result<WorkerGuard> {
         .with_current_span(false)
         .with_span_list(false)
         .with_writer(writer)
-        .log_internal_errors(false)
         .with_filter(filter_fn(|m| m.target() == TARGET))
         .with_filter(filter());
     let app = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        // A line that cannot be written is dropped: the fallback report would
-        // go to the same dead stderr, fail, and abort the process.
-        .log_internal_errors(false)
         .with_filter(filter_fn(|m| m.target() != TARGET))
         .with_filter(filter());
     // A second init (tests) is harmless: the first subscriber stays.

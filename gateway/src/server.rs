@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -72,6 +74,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let admin_addr = config.listen.admin;
     let keepalive_requests = config.server.keepalive_requests;
     let write_buffer = config.server.write_buffer;
+    let send_timeout = config.server.send_timeout;
 
     let shield = Arc::new(Shield::new(config.rate_limits.max_keys));
     match &config.store.state_dir {
@@ -117,6 +120,18 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let listener = |addr: std::net::SocketAddr| {
         let mut sock = TcpSocketOptions::default();
         sock.so_reuseport = Some(true);
+        // TCP_USER_TIMEOUT = send_timeout: the kernel drops a connection whose
+        // sent data stays unacknowledged, or unsent behind a zero window (a
+        // client that stopped reading), that long. pingora times body writes
+        // only; a response head or a small body waiting in the final flush would
+        // otherwise wait for ever, holding its upstream connection. Keep-alive
+        // probes find clients that vanished from an idle connection.
+        sock.tcp_keepalive = Some(TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6,
+            user_timeout: send_timeout,
+        });
         ListenerConfig::tcp(addr.to_string())
             .tcp_socket_options(sock)
             .l4_buffer(L4BufferSettings::default().write(write_buffer))

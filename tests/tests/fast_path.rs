@@ -138,6 +138,18 @@ async fn raw_origin() -> (SocketAddr, Arc<AtomicUsize>) {
                     buf.copy_within(end + 4..have, 0);
                     have -= end + 4;
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    if path == "/30k" {
+                        // Fits the gateway's write buffer: pingora writes it in
+                        // one untimed flush.
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: 30000\r\n\r\n{}",
+                            "z".repeat(30000)
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     if path == "/huge" {
                         // More than every socket buffer on the way holds.
                         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\n\r\n");
@@ -225,6 +237,41 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
         assert!(
             got < HUGE,
             "{keys}: the whole body came through ({got} bytes)"
+        );
+    }
+}
+
+/// A client that sends request after request and never reads the (small)
+/// responses does not get them all and is disconnected, on both paths,
+/// whichever write or flush it leaves the gateway waiting in.
+#[tokio::test]
+async fn a_client_that_never_reads_small_responses_is_cut_off_too() {
+    let (origin, _) = raw_origin().await;
+    let conf = config(origin);
+    const REQUESTS: usize = 1000;
+    for keys in ["send_timeout: 1s, fast_path: false", "send_timeout: 1s"] {
+        let gw = spawn_gateway_with(&conf, keys).await;
+        let mut s = TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(get("/30k").repeat(REQUESTS).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        let ended = loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got += n,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            ended,
+            "{keys}: the connection stayed open after {got} bytes"
+        );
+        assert!(
+            got < REQUESTS * 30_000,
+            "{keys}: every response came through"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The real services behind the gateway's dev config.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use galion_tests::stack::Stack;
 use galion_tests::{binary, client, eventually, free_addr};
@@ -121,13 +121,12 @@ async fn register_login_me_logout_through_the_gateway() {
 async fn a_service_whose_log_pipe_is_gone_still_shuts_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let (reader, writer) = std::io::pipe().unwrap();
     let mut child = Command::new(binary("galion-auth"))
         .env("GALION_DATA_DIR", dir.path())
         .env("GALION_AUTH_LISTEN", addr.to_string())
         .env("RUST_LOG", "info")
-        .stdout(writer.try_clone().unwrap())
-        .stderr(writer)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let url = format!("http://{addr}/health");
@@ -136,7 +135,9 @@ async fn a_service_whose_log_pipe_is_gone_still_shuts_down_cleanly() {
         r.status().is_success().then_some(())
     })
     .await;
-    drop(reader);
+    // Both readers gone: every later log line meets a closed pipe.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();

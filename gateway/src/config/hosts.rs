@@ -279,6 +279,13 @@ fn check_path(c: &mut Checker, at: &KeyPath, p: &str) {
         c.err(at, "a path must start with /");
     } else if p.contains(char::is_whitespace) || p.contains('?') || p.contains('#') {
         c.err(at, "a path may not contain spaces, '?' or '#'");
+    } else if p.contains(';') || p.to_ascii_lowercase().contains("%3b") {
+        // Requests with either are refused (`routing::path_is_safe`): such a
+        // route could never match.
+        c.err(
+            at,
+            "a path may not contain ';' or '%3B' (such requests are refused)",
+        );
     }
 }
 

@@ -104,6 +104,8 @@ fn bad_values_are_refused() {
     let cases = [
         ("127.0.0.1:7002\n", "nonsense:99999999\n"),
         ("prefix: /api/v1/users", "prefix: api"),
+        ("prefix: /api/v1/users", "prefix: /api;v=1"),
+        ("prefix: /api/v1/users", "exact: /a%3bb"),
         ("prefix: /api/v1/users", "regex: '(unclosed'"),
         ("prefix: /api/v1/users", "exact: /x\n        prefix: /y"),
         ("default: true", "default: maybe"),
