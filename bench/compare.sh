@@ -41,6 +41,7 @@
 #   LOADGEN=oha|wrk                   default oha (latency percentiles); wrk costs less CPU on CPU 0
 #   LOAD_CPU=0  PROXY_CPU=1           cores for origin+load generator and for the proxies
 #   SKIP_BUILD=1                      use the binaries already in target/release
+#   GATEWAY_BIN=path                  another galion-gateway binary (e.g. a copy of an older build)
 #   NO_INSTALL=1                      fail instead of installing missing tools
 #   RESULTS_DIR=bench/results         where the raw results go
 #   NOISE_PCT=15  RETRIES=2           a run during which a compiler ran, or other work took more
@@ -167,7 +168,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "building release binaries (fat LTO; slow the first time)"
   cargo build --release -p galion-gateway --bins --example bare_proxy
 fi
-GATEWAY=$ROOT/target/release/galion-gateway
+GATEWAY=${GATEWAY_BIN:-$ROOT/target/release/galion-gateway}
 BARE=$ROOT/target/release/examples/bare_proxy
 [[ -x "$GATEWAY" && -x "$BARE" ]] || die "build first: cargo build --release -p galion-gateway --bins --example bare_proxy"
 
@@ -241,7 +242,7 @@ EOF
 }
 nginx_pass_origin() { echo 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'; }
 
-mkdir -p "$TMP/www"
+mkdir -p "$TMP/www" "$TMP/logs"
 head -c 16384 /dev/zero | tr '\0' 'x' >"$TMP/www/16k"
 
 nginx_main origin >"$TMP/origin.conf"
@@ -393,7 +394,8 @@ EOF
 access_log:
   enabled: $4
 EOF
-  [[ "$4" == true ]] && echo "  path: $TMP/$3.access.log"
+  # Not beside the config: the gateway watches that directory for edits.
+  [[ "$4" == true ]] && echo "  path: $TMP/logs/$3.access.log"
   [[ "$MODE" == cache ]] && echo "cache: { max_size: 256MiB }"
   if [[ "$MODE" == https ]]; then
     cat <<EOF

@@ -2,33 +2,54 @@
 //!
 //! Application logs go to stderr (level from `RUST_LOG`). The access log is one
 //! JSON object per request under the `access` target, written through a
-//! non-blocking writer so a slow disk or terminal never stalls a request task.
+//! non-blocking writer so a slow disk or terminal never stalls a request task
+//! ([`crate::log_writer`]).
 
 use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::prelude::*;
 
 use crate::config::{AccessLogSettings, LogTarget};
+use crate::log_writer::{self, LazyWriter, LogFile, Sink};
 use crate::proxy::{LocalReply, RequestCtx};
 
 pub const TARGET: &str = "access";
 
-/// Installs the global subscriber. Keep the guard alive for the process lifetime
-/// (dropping it flushes the access log).
-pub fn init(settings: &AccessLogSettings) -> std::io::Result<WorkerGuard> {
-    let (writer, guard) = match &settings.target {
-        LogTarget::Stdout => tracing_appender::non_blocking(std::io::stdout()),
-        LogTarget::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            tracing_appender::non_blocking(file)
-        }
+/// The running access log: see [`crate::log_writer`].
+pub struct AccessLog {
+    writer: LazyWriter,
+    reopen: Arc<AtomicBool>,
+}
+
+impl AccessLog {
+    /// Set by `SIGUSR1`/`SIGHUP`: the file is opened again before the next line.
+    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
+    }
+
+    /// Writes out the queued lines and stops the writer thread.
+    pub fn finish(&self) {
+        self.writer.finish();
+    }
+}
+
+/// Installs the global subscriber. The file is opened here, so a bad path stops
+/// the start with a clear error; call [`AccessLog::finish`] at shutdown.
+pub fn init(settings: &AccessLogSettings) -> std::io::Result<AccessLog> {
+    let reopen = Arc::new(AtomicBool::new(false));
+    let sink = match &settings.target {
+        LogTarget::Stdout => Sink::Stdout,
+        LogTarget::File(path) => Sink::File(LogFile::new(
+            path.clone(),
+            log_writer::open_append(path)?,
+            reopen.clone(),
+        )),
     };
+    let writer = LazyWriter::new(sink);
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let access = tracing_subscriber::fmt::layer()
         .json()
@@ -37,7 +58,7 @@ pub fn init(settings: &AccessLogSettings) -> std::io::Result<WorkerGuard> {
         .with_level(false)
         .with_current_span(false)
         .with_span_list(false)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .with_filter(filter_fn(|m| m.target() == TARGET))
         .with_filter(filter());
     let app = tracing_subscriber::fmt::layer()
@@ -50,7 +71,7 @@ pub fn init(settings: &AccessLogSettings) -> std::io::Result<WorkerGuard> {
         .with(access)
         .with(app)
         .try_init();
-    Ok(guard)
+    Ok(AccessLog { writer, reopen })
 }
 
 /// What the access log needs of the request, however it was proxied.

@@ -21,6 +21,7 @@ pub mod cors;
 pub mod fast;
 pub mod head;
 pub mod limits;
+pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

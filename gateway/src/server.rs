@@ -11,7 +11,7 @@ use pingora::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -20,6 +20,7 @@ use crate::cluster::{ProtectService, Shield};
 use crate::config::{self, Config};
 use crate::conn::{BanFilter, Counted};
 use crate::fast::GatewayApp;
+use crate::log_writer::ReopenService;
 use crate::proxy::GatewayProxy;
 use crate::reload::{self, ReloadService, Reloader};
 use crate::snapshot::Snapshot;
@@ -52,10 +53,10 @@ fn server_conf(c: &Config) -> ServerConf {
     conf
 }
 
-/// Loads the configuration and runs until shutdown. Returns only on a startup error.
+/// Loads the configuration and runs until shutdown; an error means it could not start.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load_file(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let _log_guard = crate::access_log::init(&loaded.config.access_log)
+    let access_log = crate::access_log::init(&loaded.config.access_log)
         .map_err(|e| anyhow::anyhow!("cannot open the access log: {e}"))?;
     for w in &loaded.warnings {
         tracing::warn!(
@@ -180,6 +181,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         "limits, bans and cluster store",
         ProtectService::new(snapshot.clone(), shield.clone()),
     ));
+    server.add_service(background_service(
+        "access log reopen",
+        ReopenService::new(access_log.reopen_flag()),
+    ));
     tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "galion-gateway starting");
-    server.run_forever()
+    // `run`, not `run_forever` (which exits the process): the lines still queued
+    // for the access log are written before the process ends.
+    server.run(RunArgs::default());
+    access_log.finish();
+    Ok(())
 }

@@ -1,0 +1,181 @@
+//! The access log file end to end: reopened on SIGUSR1 (logrotate), flushed at
+//! shutdown, private file mode, and written by a daemonized (`-d`) gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use galion_tests::{binary, client, eventually, fake_upstream, free_addr, spawn_gateway};
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn lines_eventually(path: &Path, n: usize) -> Vec<String> {
+    let p = path.to_owned();
+    eventually(10, || {
+        let l = lines(&p);
+        async move { (l.len() >= n).then_some(l) }
+    })
+    .await
+    .unwrap_or_else(|| lines(path))
+}
+
+fn routes(upstream: std::net::SocketAddr, log: &Path) -> String {
+    format!(
+        r#"
+access_log: {{ enabled: true, path: "{}" }}
+upstreams:
+  a: {{ servers: ["{upstream}"] }}
+hosts:
+  galion.app:
+    default: true
+    routes:
+      - {{ name: r, prefix: /, upstream: a }}
+"#,
+        log.display()
+    )
+}
+
+async fn get(url: &str, rid: &str) -> u16 {
+    client()
+        .get(url)
+        .header("x-request-id", rid)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_access_log_is_reopened_on_sigusr1_and_flushed_at_shutdown() {
+    let up = fake_upstream("a").await;
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let mut gw = spawn_gateway(&routes(up.addr, &path)).await;
+
+    for i in 0..20 {
+        assert_eq!(get(&gw.url("/x"), &format!("before-{i}")).await, 200);
+    }
+    let before = lines_eventually(&path, 20).await;
+    assert_eq!(before.len(), 20, "{before:?}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o007, 0, "access log mode {mode:o}");
+
+    // logrotate (`create` mode): move the file, then ask for a reopen.
+    let rotated = logs.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    gw.signal("USR1");
+    let asked = eventually(5, || {
+        let log = gw.log();
+        async move { log.contains("access log will be reopened").then_some(()) }
+    })
+    .await;
+    assert!(asked.is_some(), "SIGUSR1 not seen:\n{}", gw.log());
+    assert_eq!(get(&gw.url("/x"), "after-0").await, 200);
+    let after = lines_eventually(&path, 1).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].contains("\"after-0\""), "{after:?}");
+    assert_eq!(lines(&rotated).len(), 20);
+    // The gateway is still alive after the signal (SIGUSR1 kills by default).
+    assert!(gw.child.try_wait().unwrap().is_none());
+
+    // Lines still queued at shutdown are written before the process exits.
+    for i in 1..=200 {
+        assert_eq!(get(&gw.url("/x"), &format!("after-{i}")).await, 200);
+    }
+    gw.stop();
+    let status = gw.child.try_wait().unwrap();
+    assert!(status.is_some(), "gateway did not stop");
+    let after = lines(&path);
+    assert_eq!(after.len(), 201, "lines lost at shutdown");
+    assert!(after[200].contains("\"after-200\""), "{}", after[200]);
+}
+
+/// Stops a daemon by the PID in its pid file, on every exit of the test.
+struct Daemon(std::path::PathBuf);
+
+impl Daemon {
+    fn pid(&self) -> Option<String> {
+        std::fs::read_to_string(&self.0)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+    fn alive(&self) -> bool {
+        self.pid()
+            .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(p) = self.pid() {
+            let _ = Command::new("kill").args(["-INT", &p]).status();
+            for _ in 0..50 {
+                if !self.alive() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = Command::new("kill").args(["-KILL", &p]).status();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_daemonized_gateway_writes_its_access_log() {
+    let up = fake_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let (http, admin) = (free_addr(), free_addr());
+    let pid_file = dir.path().join("gateway.pid");
+    let config = format!(
+        "listen: {{ http: \"{http}\", admin: \"{admin}\" }}\n\
+         server: {{ grace_period: 0s, graceful_shutdown_timeout: 1s, pid_file: \"{}\", upgrade_sock: \"{}\" }}\n{}",
+        pid_file.display(),
+        dir.path().join("upgrade.sock").display(),
+        routes(up.addr, &path)
+    );
+    let config_path = dir.path().join("gateway.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let daemon = Daemon(pid_file.clone());
+    // The parent returns once it has forked the daemon.
+    let status = Command::new(binary("galion-gateway"))
+        .arg("-c")
+        .arg(&config_path)
+        .arg("-d")
+        .env("RUST_LOG", "info")
+        .env("GALION_DATA_DIR", dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let up_now = eventually(15, || async move {
+        client()
+            .get(format!("http://{admin}/health/live"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+    })
+    .await;
+    assert!(up_now.is_some(), "daemon did not start");
+    assert!(daemon.alive(), "no daemon behind {}", pid_file.display());
+
+    for i in 0..5 {
+        assert_eq!(
+            get(&format!("http://{http}/x"), &format!("d-{i}")).await,
+            200
+        );
+    }
+    let got = lines_eventually(&path, 5).await;
+    assert_eq!(got.len(), 5, "the daemon's access log: {got:?}");
+    assert!(got[4].contains("\"d-4\""), "{}", got[4]);
+}
