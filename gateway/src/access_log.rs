@@ -22,12 +22,13 @@ pub const TARGET: &str = "access";
 /// The running access log: see [`crate::log_writer`].
 pub struct AccessLog {
     writer: LazyWriter,
-    reopen: Arc<AtomicBool>,
+    /// `None` when the log goes to stdout: nothing to reopen.
+    reopen: Option<Arc<AtomicBool>>,
 }
 
 impl AccessLog {
     /// Set by `SIGUSR1`/`SIGHUP`: the file is opened again before the next line.
-    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
+    pub fn reopen_flag(&self) -> Option<Arc<AtomicBool>> {
         self.reopen.clone()
     }
 
@@ -40,14 +41,13 @@ impl AccessLog {
 /// Installs the global subscriber. The file is opened here, so a bad path stops
 /// the start with a clear error; call [`AccessLog::finish`] at shutdown.
 pub fn init(settings: &AccessLogSettings) -> std::io::Result<AccessLog> {
-    let reopen = Arc::new(AtomicBool::new(false));
-    let sink = match &settings.target {
-        LogTarget::Stdout => Sink::Stdout,
-        LogTarget::File(path) => Sink::File(LogFile::new(
-            path.clone(),
-            log_writer::open_append(path)?,
-            reopen.clone(),
-        )),
+    let (sink, reopen) = match &settings.target {
+        LogTarget::Stdout => (Sink::Stdout, None),
+        LogTarget::File(path) => {
+            let reopen = Arc::new(AtomicBool::new(false));
+            let file = LogFile::new(path.clone(), log_writer::open_append(path)?, reopen.clone());
+            (Sink::File(file), Some(reopen))
+        }
     };
     let writer = LazyWriter::new(sink);
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -124,7 +124,7 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
     tracing::info!(
         target: TARGET,
         request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-        client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+        client_ip = %OptIp(ctx.client_ip),
         host,
         route,
         method = line.method.as_str(),
@@ -139,4 +139,31 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
         user,
         local,
     );
+}
+
+/// The client address, or nothing, formatted without a `String` per line.
+struct OptIp(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for OptIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OptIp;
+
+    #[test]
+    fn the_client_address_is_written_as_is_or_left_empty() {
+        assert_eq!(OptIp(Some([10, 0, 0, 1].into())).to_string(), "10.0.0.1");
+        assert_eq!(
+            OptIp(Some(std::net::Ipv6Addr::LOCALHOST.into())).to_string(),
+            "::1"
+        );
+        assert_eq!(OptIp(None).to_string(), "");
+    }
 }

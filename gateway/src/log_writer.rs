@@ -152,12 +152,13 @@ impl<'a> MakeWriter<'a> for LazyWriter {
 }
 
 /// Listens for `SIGUSR1` and `SIGHUP` and has the access log file reopened.
+/// Runs with a stdout log too: `SIGUSR1` would otherwise end the process.
 pub struct ReopenService {
-    flag: Arc<AtomicBool>,
+    flag: Option<Arc<AtomicBool>>,
 }
 
 impl ReopenService {
-    pub fn new(flag: Arc<AtomicBool>) -> Self {
+    pub fn new(flag: Option<Arc<AtomicBool>>) -> Self {
         ReopenService { flag }
     }
 }
@@ -181,8 +182,10 @@ impl BackgroundService for ReopenService {
                 _ = usr1.recv() => {}
                 _ = hup.recv() => {}
             }
-            self.flag.store(true, Ordering::Release);
-            tracing::info!("access log will be reopened with its next line");
+            if let Some(flag) = &self.flag {
+                flag.store(true, Ordering::Release);
+                tracing::info!("access log will be reopened with its next line");
+            }
         }
     }
 }
