@@ -100,6 +100,12 @@ impl Stack {
             spawn("galion-gateway", dir.path(), &["-c", &conf_arg], &env),
         ));
         wait_http(format!("http://{admin}/health/ready"), "galion-gateway").await;
+        // pingora starts the proxy listener just after the admin one.
+        let proxy_up = eventually(10, || async move {
+            tokio::net::TcpStream::connect(gw).await.ok()
+        })
+        .await;
+        assert!(proxy_up.is_some(), "gateway proxy listener not up at {gw}");
         Stack {
             gateway: gw,
             admin,
