@@ -44,7 +44,7 @@ async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
     let config_path = dir.path().join("gateway.yaml");
     let text = listen_block(config, http, https, admin, server_keys);
     std::fs::write(&config_path, text).expect("write config");
-    let child = launch(dir.path(), &config_path);
+    let child = launch(dir.path(), &config_path, Launch::Fresh);
     let gw = Gateway {
         child,
         http,
@@ -58,9 +58,20 @@ async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
     gw
 }
 
+enum Launch {
+    Fresh,
+    /// `-u`: take the listening sockets of the running instance; logs go to
+    /// `gateway-new.log` and `access-new.log`.
+    Upgrade,
+}
+
 /// Starts the binary on `config_path`; logs are appended in `dir`, and the state
 /// directory (bans) is `dir/state` unless the config says otherwise.
-fn launch(dir: &std::path::Path, config_path: &std::path::Path) -> Child {
+fn launch(dir: &std::path::Path, config_path: &std::path::Path, how: Launch) -> Child {
+    let (access, log, upgrade) = match how {
+        Launch::Fresh => ("access.log", "gateway.log", None),
+        Launch::Upgrade => ("access-new.log", "gateway-new.log", Some("-u")),
+    };
     let open = |name: &str| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -69,12 +80,13 @@ fn launch(dir: &std::path::Path, config_path: &std::path::Path) -> Child {
             .expect("log file")
     };
     Command::new(binary("galion-gateway"))
+        .args(upgrade)
         .arg("-c")
         .arg(config_path)
         .env("RUST_LOG", "info")
         .env("GALION_DATA_DIR", dir)
-        .stdout(Stdio::from(open("access.log")))
-        .stderr(Stdio::from(open("gateway.log")))
+        .stdout(Stdio::from(open(access)))
+        .stderr(Stdio::from(open(log)))
         .spawn()
         .expect("start galion-gateway")
 }
@@ -116,8 +128,15 @@ impl Gateway {
     /// Stops the process and starts it again on the same config, ports and data dir.
     pub async fn restart(&mut self) {
         self.stop();
-        self.child = launch(self.dir.path(), &self.config_path);
+        self.child = launch(self.dir.path(), &self.config_path, Launch::Fresh);
         self.wait_ready().await;
+    }
+
+    /// Starts a second gateway on the same config with `-u` (a graceful
+    /// upgrade): it serves once this one, sent `SIGQUIT`, has handed over its
+    /// listening sockets (the config needs its own `server.upgrade_sock`).
+    pub fn launch_upgrade(&self) -> Child {
+        launch(self.dir.path(), &self.config_path, Launch::Upgrade)
     }
 }
 
@@ -132,6 +151,12 @@ fn listen_block(
     admin: SocketAddr,
     server_keys: &str,
 ) -> String {
+    // Tests stop at once, unless they ask for a grace period of their own.
+    let grace = if server_keys.contains("grace_period") {
+        ""
+    } else {
+        "grace_period: 0s, "
+    };
     let server_keys = if server_keys.is_empty() {
         String::new()
     } else {
@@ -141,7 +166,7 @@ fn listen_block(
         .map(|a| format!(", https: \"{a}\""))
         .unwrap_or_default();
     format!(
-        "listen: {{ http: \"{http}\"{https}, admin: \"{admin}\" }}\nserver: {{ grace_period: 0s, graceful_shutdown_timeout: 1s{server_keys} }}\n{config}"
+        "listen: {{ http: \"{http}\"{https}, admin: \"{admin}\" }}\nserver: {{ {grace}graceful_shutdown_timeout: 1s{server_keys} }}\n{config}"
     )
 }
 
@@ -215,6 +240,10 @@ impl Gateway {
     }
 
     pub fn stop(&mut self) {
+        // Already exited and reaped: its PID may belong to another process now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGINT is Pingora's fast shutdown.
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])

@@ -210,9 +210,12 @@ impl ServerApp for GatewayApp {
             peer,
         };
         loop {
-            if *shutdown.borrow() {
-                return None;
-            }
+            // No return on shutdown here: the last answer may have promised
+            // keep-alive (the shutdown came while it was being served), and a
+            // busy client's next request is then already on its way. It is read
+            // (`read_more` waits up to HOLD) and answered with `Connection:
+            // close`; an idle connection is closed by `idle_read`. Closing here
+            // instead failed that next request during graceful upgrades.
             if c.delegated >= PINGORA_AFTER && c.len == 0 {
                 stream = self.delegate(stream, &mut c, shutdown).await?;
                 continue;
