@@ -508,3 +508,98 @@ async fn requests_alternate_between_the_fast_path_and_pingora_on_one_connection(
         "{out}"
     );
 }
+
+/// An origin whose answers carry a head of `fields` fields of `size` bytes each
+/// (`GET /head/<fields>/<size>`); counts the requests it gets.
+async fn big_head_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let n = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let n = n.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request head (GET, no body) per answer.
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(r) => buf.extend_from_slice(&chunk[..r]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let mut parts = path.trim_start_matches("/head/").split('/');
+                    let fields: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    let size: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    let mut resp = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+                    for i in 0..fields {
+                        resp.push_str(&format!("X-Big-{i}: {}\r\n", "v".repeat(size)));
+                    }
+                    resp.push_str("\r\nok");
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn large_response_heads_are_relayed_and_too_large_ones_eject_nobody() {
+    let (origin, requests) = big_head_origin().await;
+    let conf = config(origin);
+    let fast = spawn_gateway(&conf).await;
+    let slow = spawn_gateway_with(&conf, "fast_path: false").await;
+    let c = client();
+
+    // A 200 KiB head (past the fast path's 32 KiB body buffer), on both paths:
+    // the same answer, every field relayed.
+    for gw in [&fast, &slow] {
+        for _ in 0..2 {
+            let r = c
+                .get(gw.url("/head/50/4000"))
+                .header("host", "galion.app")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-big-49"].len(), 4000);
+            assert_eq!(r.text().await.unwrap(), "ok");
+        }
+    }
+
+    // Past pingora's limit too (1.2 MiB): a 502, not retried on the one server
+    // (retries: 1), and the server is not ejected: more of them than
+    // `max_fails` (3) leave it serving the next request.
+    let before = requests.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        let r = c
+            .get(fast.url("/head/200/6000"))
+            .header("host", "galion.app")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_gateway");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst) - before, 5, "no retries");
+    let r = c
+        .get(fast.url("/head/1/10"))
+        .header("host", "galion.app")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the server was not ejected");
+}

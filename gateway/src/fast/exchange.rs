@@ -21,6 +21,11 @@ const TIMEOUT: (u16, &str, &str) = (
     "the upstream did not answer in time",
 );
 const BAD_GATEWAY: (u16, &str, &str) = (502, "bad_gateway", "the upstream failed to answer");
+const TOO_LARGE: (u16, &str, &str) = (
+    502,
+    "bad_gateway",
+    "the upstream response head is too large",
+);
 
 /// Counts a failed attempt at server `i` (passive ejection, metrics); `None`
 /// when another attempt may follow, else the answer for the client.
@@ -68,7 +73,16 @@ enum Failed {
     Stale,
     Timeout,
     Broken,
+    /// The response head is larger than pingora-proxy accepts either. The
+    /// server is not broken (one URL answering a huge head, say with a cookie
+    /// a client made it set, must not eject it), and another server would
+    /// answer the same: 502 without a retry.
+    TooLarge,
 }
+
+/// The largest response head read: pingora-proxy's limit, so a route answers
+/// the same on both paths.
+const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 
 /// Reads with the pool's read timeout; a timeout is an error of its own kind.
 async fn read_timed(up: &mut TcpStream, buf: &mut [u8], limit: Duration) -> Result<usize, Failed> {
@@ -86,7 +100,7 @@ async fn attempt(
     up: &mut TcpStream,
     reused: bool,
     request: &[u8],
-    ubuf: &mut [u8],
+    ubuf: &mut Vec<u8>,
     head_out: &mut Vec<u8>,
     deco: &Decorations<'_>,
     limit: Duration,
@@ -103,7 +117,12 @@ async fn attempt(
     let mut start = 0;
     loop {
         if filled == ubuf.len() {
-            return Err(Failed::Broken);
+            // A head past the body buffer: grown (geometrically, so a large
+            // head is parsed a few times, not once per read), shrunk after.
+            if ubuf.len() >= MAX_RESPONSE_HEAD {
+                return Err(Failed::TooLarge);
+            }
+            ubuf.resize((ubuf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
         let n = match read_timed(up, &mut ubuf[filled..], limit).await {
             // A pooled connection the server reset before answering is stale,
@@ -373,6 +392,10 @@ impl GatewayApp {
                 match attempt(&mut up, reused, out, ubuf, resp, &deco, limit).await {
                     Ok((head, start, filled)) => break 'servers Ok((i, up, head, start, filled)),
                     Err(Failed::Stale) => stale += 1,
+                    Err(Failed::TooLarge) => {
+                        pool.metrics.error.inc();
+                        break 'servers Err(TOO_LARGE);
+                    }
                     Err(e) => {
                         let timeout = matches!(e, Failed::Timeout);
                         let other = &pool.metrics.error;
@@ -403,6 +426,11 @@ impl GatewayApp {
         let early = start + head.head_len..filled;
         let limits = (limit, self.send_timeout);
         let r = relay(stream, &mut up, &head, resp, ubuf, early, limits).await;
+        if ubuf.len() > BODY_BUF {
+            // A large head was read: the connection keeps the usual buffer.
+            ubuf.truncate(BODY_BUF);
+            ubuf.shrink_to_fit();
+        }
         if !r.complete && r.client_ok {
             pool.report_failure(i);
             pool.metrics.error.inc();
