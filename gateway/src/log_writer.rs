@@ -16,7 +16,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -115,32 +115,29 @@ impl LazyWriter {
     /// Writes out what is queued and stops the writer thread (at shutdown).
     pub fn finish(&self) {
         // Dropping the guard flushes the queue and joins the thread.
-        let guard = match self.inner.guard.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
-        };
+        let guard = locked(&self.inner.guard).take();
         drop(guard);
     }
 
     fn writer(&self) -> &NonBlocking {
         self.inner.writer.get_or_init(|| {
-            let sink = match self.inner.sink.lock() {
-                Ok(mut s) => s.take(),
-                Err(p) => p.into_inner().take(),
-            };
+            let sink = locked(&self.inner.sink).take();
             let (writer, guard) = match sink {
                 Some(Sink::File(f)) => tracing_appender::non_blocking(f),
                 Some(Sink::Stdout) | None => {
                     tracing_appender::non_blocking(BufWriter::with_capacity(BATCH, io::stdout()))
                 }
             };
-            match self.inner.guard.lock() {
-                Ok(mut g) => *g = Some(guard),
-                Err(p) => *p.into_inner() = Some(guard),
-            }
+            *locked(&self.inner.guard) = Some(guard);
             writer
         })
     }
+}
+
+/// The lock even when a thread panicked holding it: the `Option`s behind these
+/// locks are whole after any `take` or assignment, so nothing is half-written.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<'a> MakeWriter<'a> for LazyWriter {
