@@ -240,23 +240,28 @@ impl Gateway {
     }
 
     pub fn stop(&mut self) {
-        // Already exited and reaped: its PID may belong to another process now.
-        if let Ok(Some(_)) = self.child.try_wait() {
+        stop_process(&mut self.child);
+    }
+}
+
+/// Stops a gateway process: SIGINT (pingora's fast shutdown), SIGKILL after
+/// 2.5 s. Nothing is sent to a process already reaped: its PID may belong to
+/// another process now.
+pub fn stop_process(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        // SIGINT is Pingora's fast shutdown.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Gateway {

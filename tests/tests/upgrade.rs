@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use galion_tests::gateway::stop_process;
 use galion_tests::{client, fake_upstream, spawn_gateway_with};
 
 /// The new process, stopped (by PID) when the test ends, whatever happens.
@@ -14,19 +15,7 @@ struct Stopped(Child);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = std::process::Command::new("kill")
-                .args(["-INT", &self.0.id().to_string()])
-                .status();
-            for _ in 0..50 {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        stop_process(&mut self.0);
     }
 }
 
