@@ -1,5 +1,6 @@
-//! Graceful upgrade (`-u` + `SIGQUIT`): a new process takes over the listening
-//! sockets of the running one while clients keep sending, and nothing fails.
+//! Draining without failing requests: a graceful upgrade (`-u` + `SIGQUIT`),
+//! where a new process takes over the listening sockets of the running one
+//! while clients keep sending, and a graceful shutdown (`SIGTERM`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Child;
@@ -19,6 +20,12 @@ impl Drop for Stopped {
     }
 }
 
+fn one_route(upstream: std::net::SocketAddr) -> String {
+    format!(
+        "upstreams:\n  a: {{ servers: [\"{upstream}\"] }}\nhosts:\n  galion.app:\n    default: true\n    routes:\n      - {{ name: all, prefix: /, upstream: a }}\n"
+    )
+}
+
 fn lines(text: &str) -> usize {
     text.lines().filter(|l| l.contains("\"status\"")).count()
 }
@@ -28,13 +35,10 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
     let up = fake_upstream("a").await;
     let sock_dir = tempfile::tempdir().unwrap();
     let sock = sock_dir.path().join("upgrade.sock");
-    let conf = format!(
-        "upstreams:\n  a: {{ servers: [\"{}\"] }}\nhosts:\n  galion.app:\n    default: true\n    routes:\n      - {{ name: all, prefix: /, upstream: a }}\n",
-        up.addr
-    );
     // A grace period longer than the second an idle connection is kept: what
     // is still open when it ends is dropped.
     let keys = format!("grace_period: 3s, upgrade_sock: \"{}\"", sock.display());
+    let conf = one_route(up.addr);
     let mut old = spawn_gateway_with(&conf, &keys).await;
 
     // Keep-alive clients (their connections are on the old process when the
@@ -128,4 +132,69 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
 
 fn access_new(gw: &galion_tests::Gateway) -> String {
     std::fs::read_to_string(gw.dir.path().join("access-new.log")).unwrap_or_default()
+}
+
+/// SIGTERM: the listener closes, a request in flight is answered in full, and a
+/// busy keep-alive client gets its next answers, the last one with
+/// `Connection: close`, never a reset; then the process exits on its own.
+#[tokio::test]
+async fn sigterm_answers_what_is_in_flight_and_closes_keepalive_cleanly() {
+    let up = fake_upstream("a").await;
+    let mut gw = spawn_gateway_with(&one_route(up.addr), "grace_period: 3s").await;
+    let c = client();
+    let slow = {
+        let req = c
+            .get(gw.url("/slow"))
+            .header("x-test-sleep-ms", "1500")
+            .send();
+        tokio::spawn(async move {
+            let r = req.await?;
+            Ok::<_, reqwest::Error>((r.status(), r.text().await?))
+        })
+    };
+    let busy = {
+        let (c, url) = (c.clone(), gw.url("/busy"));
+        tokio::spawn(async move {
+            let mut answered = 0;
+            loop {
+                let r = c.get(&url).send().await?;
+                assert_eq!(r.status(), 200);
+                let closing = r
+                    .headers()
+                    .get("connection")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                r.text().await?;
+                answered += 1;
+                if closing {
+                    return Ok::<_, reqwest::Error>(answered);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+
+    let (status, body) = slow.await.unwrap().expect("the slow request is answered");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"/slow\""), "{body}");
+    let answered = busy
+        .await
+        .unwrap()
+        .expect("no request of the busy client fails");
+    assert!(answered > 1, "{answered}");
+
+    // No new connections once draining.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(tokio::net::TcpStream::connect(gw.http).await.is_err());
+    let start = Instant::now();
+    let exited = loop {
+        if let Ok(Some(status)) = gw.child.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.is_some(), "still running:\n{}", gw.log());
 }
