@@ -242,6 +242,18 @@ impl Gateway {
     pub fn stop(&mut self) {
         stop_process(&mut self.child);
     }
+
+    /// Waits up to `limit` for the process to exit by itself (after a signal).
+    pub async fn exited_within(&mut self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
 }
 
 /// Stops a gateway process: SIGINT (pingora's fast shutdown), SIGKILL after

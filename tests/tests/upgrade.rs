@@ -6,7 +6,7 @@
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use galion_tests::gateway::stop_process;
 use galion_tests::{client, fake_upstream, spawn_gateway_with};
@@ -79,21 +79,8 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
     // The new process waits on the upgrade socket for the old one's listeners.
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
-    let start = Instant::now();
-    let exited = loop {
-        if let Ok(Some(status)) = old.child.try_wait() {
-            break Some(status);
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        exited.is_some(),
-        "old process still running:\n{}",
-        old.log()
-    );
+    let exited = old.exited_within(Duration::from_secs(20)).await;
+    assert!(exited, "old process still running:\n{}", old.log());
     let served_before = lines(&access_new(&old));
     let ok_at_exit = ok.load(Ordering::Relaxed);
     // Only the new process answers now.
@@ -186,15 +173,6 @@ async fn sigterm_answers_what_is_in_flight_and_closes_keepalive_cleanly() {
     // No new connections once draining.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(tokio::net::TcpStream::connect(gw.http).await.is_err());
-    let start = Instant::now();
-    let exited = loop {
-        if let Ok(Some(status)) = gw.child.try_wait() {
-            break Some(status);
-        }
-        if start.elapsed() > Duration::from_secs(15) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(exited.is_some(), "still running:\n{}", gw.log());
+    let exited = gw.exited_within(Duration::from_secs(15)).await;
+    assert!(exited, "still running:\n{}", gw.log());
 }
