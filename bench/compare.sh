@@ -51,6 +51,12 @@
 #   GATEWAY_HOST_EXTRA='...'          YAML keys added to the gateway's host, e.g.
 #                                     'security_headers: { enabled: false }' (default: as shipped)
 #   WAIT_FOR_BUILDS=1                 0: do not wait for running rustc/cc/ld before each run (profiling)
+#   CLIENT_COST=0|1                   1: after the timed runs, what each target's answers cost the client:
+#                                     oha under valgrind --tool=callgrind, instructions per request
+#                                     (marginal: the difference of a CLIENT_N and a CLIENT_N/5 run, so
+#                                     oha's start-up is left out). Repeatable to the instruction, unlike
+#                                     the timed runs; needs valgrind (installed if missing)
+#   CLIENT_N=20000                    requests per CLIENT_COST run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -137,6 +143,7 @@ command -v pgrep >/dev/null || need_apt+=(procps)
 command -v getconf >/dev/null || need_apt+=(libc-bin)
 [[ "$MODE" == plain ]] || command -v openssl >/dev/null || need_apt+=(openssl)
 [[ "$LOADGEN" == wrk ]] && { command -v wrk >/dev/null || need_apt+=(wrk); }
+[[ "${CLIENT_COST:-0}" == 1 ]] && { command -v valgrind >/dev/null || need_apt+=(valgrind); }
 if ((${#need_apt[@]})); then
   [[ "${NO_INSTALL:-0}" == 1 ]] && die "missing: ${need_apt[*]} (NO_INSTALL=1)"
   SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
@@ -746,4 +753,35 @@ summarize() { # TSV
     }' "$1"
 }
 summarize "$TSV" | tee "$RUN_DIR/summary.txt"
+
+# ------------------------------------------------------------- client cost --
+# In the timed runs the load core is often the bottleneck, so what a proxy's
+# answers cost the client (header lines to parse, bytes) shows in its req/s.
+# callgrind counts that cost exactly, whatever the machine's noise.
+client_ir() { # TARGET PATH N -> instructions oha executed
+  local url=${URL_OF[$1]}/$2 hdr=() tls=() out=$TMP/cg.out
+  [[ -n "${HDR_OF[$1]:-}" ]] && hdr=(-H "${HDR_OF[$1]}")
+  [[ "$url" == https:* ]] && tls=(--insecure)
+  taskset -c "$LOAD_CPU" valgrind --tool=callgrind --callgrind-out-file="$out" \
+    oha -n "$3" -c "$CONNS" "${OHA_ARGS[@]}" "${tls[@]}" "${hdr[@]}" "$url" >"$TMP/cg.json" 2>"$TMP/cg.err" ||
+    { tail -n 5 "$TMP/cg.err" >&2; die "oha under callgrind failed for $1 /$2"; }
+  [[ "$(jq -r '.statusCodeDistribution["200"] // 0' "$TMP/cg.json")" == "$3" ]] || die "$1 /$2: not all $3 answers were 200 under callgrind"
+  sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$TMP/cg.err"
+}
+if [[ "${CLIENT_COST:-0}" == 1 && "$LOADGEN" == oha ]]; then
+  CLIENT_N=${CLIENT_N:-20000}; n0=$((CLIENT_N / 5))
+  {
+    printf '\nclient cost: instructions oha executes per request (callgrind, marginal over %d requests)\n' "$((CLIENT_N - n0))"
+    for s in $SCENARIOS; do
+      base=
+      for p in $PROXIES; do
+        hi=$(client_ir "$p" "$s" "$CLIENT_N"); lo=$(client_ir "$p" "$s" "$n0")
+        per=$(( (hi - lo) / (CLIENT_N - n0) ))
+        [[ -z "$base" ]] && base=$per
+        awk -v s="$s" -v p="$p" -v per="$per" -v base="$base" -v b="${PLIST[0]}" \
+          'BEGIN { printf "  %-5s %-12s %8d instr/req  %5.2fx %s\n", s, p, per, per / base, b }'
+      done
+    done
+  } | tee -a "$RUN_DIR/summary.txt"
+fi
 printf '\nraw results: %s\n' "${RUN_DIR#"$ROOT"/}"
