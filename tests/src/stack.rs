@@ -127,9 +127,13 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         for (_, c) in self.children.iter_mut().rev() {
-            let _ = Command::new("kill")
-                .args(["-INT", &c.id().to_string()])
-                .status();
+            // A child that already exited is reaped here, never signalled: its
+            // PID may belong to another process by now.
+            if let Ok(None) = c.try_wait() {
+                let _ = Command::new("kill")
+                    .args(["-INT", &c.id().to_string()])
+                    .status();
+            }
         }
         for (_, c) in self.children.iter_mut() {
             for _ in 0..40 {
