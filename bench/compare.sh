@@ -76,6 +76,11 @@ esac
 ACCESS_LOG=${ACCESS_LOG:-0}
 [[ "$MODE" == plain ]] || ACCESS_LOG=0
 LOADGEN=${LOADGEN:-oha}
+CLIENT_COST=${CLIENT_COST:-0}
+if [[ "$CLIENT_COST" == 1 && "$LOADGEN" != oha ]]; then
+  printf '[compare] note: CLIENT_COST=1 counts oha; ignored with LOADGEN=%s\n' "$LOADGEN" >&2
+  CLIENT_COST=0
+fi
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
@@ -143,7 +148,7 @@ command -v pgrep >/dev/null || need_apt+=(procps)
 command -v getconf >/dev/null || need_apt+=(libc-bin)
 [[ "$MODE" == plain ]] || command -v openssl >/dev/null || need_apt+=(openssl)
 [[ "$LOADGEN" == wrk ]] && { command -v wrk >/dev/null || need_apt+=(wrk); }
-[[ "${CLIENT_COST:-0}" == 1 ]] && { command -v valgrind >/dev/null || need_apt+=(valgrind); }
+[[ "$CLIENT_COST" == 1 ]] && { command -v valgrind >/dev/null || need_apt+=(valgrind); }
 if ((${#need_apt[@]})); then
   [[ "${NO_INSTALL:-0}" == 1 ]] && die "missing: ${need_apt[*]} (NO_INSTALL=1)"
   SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
@@ -770,7 +775,7 @@ client_ir() { # TARGET PATH N -> instructions oha executed
   [[ "$(jq -r '.statusCodeDistribution["200"] // 0' "$TMP/cg.json")" == "$3" ]] || die "$1 /$2: not all $3 answers were 200 under callgrind"
   sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$TMP/cg.err"
 }
-if [[ "${CLIENT_COST:-0}" == 1 && "$LOADGEN" == oha ]]; then
+if [[ "$CLIENT_COST" == 1 ]]; then
   CLIENT_N=${CLIENT_N:-20000}; n0=$((CLIENT_N / 5))
   {
     printf '\nclient cost: instructions oha executes per request (callgrind, marginal over %d requests)\n' "$((CLIENT_N - n0))"

@@ -257,16 +257,26 @@ impl Gateway {
 }
 
 /// Stops a gateway process: SIGINT (pingora's fast shutdown), SIGKILL after
-/// 2.5 s. Nothing is sent to a process already reaped: its PID may belong to
-/// another process now.
+/// 2.5 s.
 pub fn stop_process(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
+    interrupt(child);
+    reap_within(child, Duration::from_millis(2500));
+}
+
+/// Sends SIGINT to a child still running. Nothing is sent to a process already
+/// exited (it is reaped here): its PID may belong to another process now.
+pub fn interrupt(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
     }
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    for _ in 0..50 {
+}
+
+/// Waits up to `limit` for a child to exit, then kills it; reaps it either way.
+pub fn reap_within(child: &mut Child, limit: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }

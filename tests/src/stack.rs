@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::gateway::{interrupt, reap_within};
 use crate::{binary, client, eventually, free_addr, workspace_root};
 
 pub struct Stack {
@@ -126,24 +127,12 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // All signalled first, so they shut down side by side.
         for (_, c) in self.children.iter_mut().rev() {
-            // A child that already exited is reaped here, never signalled: its
-            // PID may belong to another process by now.
-            if let Ok(None) = c.try_wait() {
-                let _ = Command::new("kill")
-                    .args(["-INT", &c.id().to_string()])
-                    .status();
-            }
+            interrupt(c);
         }
         for (_, c) in self.children.iter_mut() {
-            for _ in 0..40 {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            reap_within(c, Duration::from_secs(2));
         }
     }
 }
