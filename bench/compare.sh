@@ -35,7 +35,9 @@
 #   ROUNDS=3  DURATION=10s  CONNS=64  WARMUP=2s
 #   SCENARIOS="small 16k"             request paths /small (3-byte body) and /16k (16384 bytes)
 #                                     (default "small" with MODE=auth and MODE=https)
-#   PROXIES="nginx gateway bare"      subset/order of targets (gateway_log added by ACCESS_LOG=1);
+#   PROXIES="nginx gateway bare"      subset/order of targets (gateway_log added by ACCESS_LOG=1;
+#                                     gateway_plain: the gateway with its host's security headers off,
+#                                     answering with nginx's header lines plus X-Request-Id);
 #                                     MODE=auth: "pub jwt key"; MODE=https: "nginx_tls gateway_tls"
 #   ACCESS_LOG=0|1                    1: add "gateway_log", the gateway writing its access log to a file
 #   LOADGEN=oha|wrk                   default oha (latency percentiles); wrk costs less CPU on CPU 0
@@ -203,7 +205,7 @@ while read -r _ local _; do
 done < <(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null)
 read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
 NEXT_PORT=$(( 20000 + RANDOM % 5000 ))
-for var in P_ORIGIN P_NGINX P_NGINX_EQ P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
+for var in P_ORIGIN P_NGINX P_NGINX_EQ P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_GATEWAY_PLAIN P_GWP_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
            P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN; do
   # below the ephemeral range, not listening/connected now (no subshell: USED_PORT must grow)
   while [[ -n "${USED_PORT[$NEXT_PORT]:-}" ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
@@ -384,7 +386,7 @@ if [[ "$MODE" == auth ]]; then
   printf '%s\n' "$JWT_TOKEN" >"$RUN_DIR/jwt.txt"; cp "$TMP/jwks.json" "$RUN_DIR/"
 fi
 
-gateway_conf() { # PORT ADMIN_PORT NAME LOG(true|false)
+gateway_conf() { # PORT ADMIN_PORT NAME LOG(true|false) [HOST KEYS, one per line]
   local listen_key=http
   [[ "$MODE" == https ]] && listen_key=https
   cat <<EOF
@@ -449,12 +451,16 @@ EOF
     echo "      - { name: all, prefix: /, upstream: origin }"
   fi
   # Extra keys for the host (e.g. 'security_headers: { enabled: false }'), one per line.
-  if [[ -n "${GATEWAY_HOST_EXTRA:-}" ]]; then
-    while IFS= read -r l; do printf '    %s\n' "$l"; done <<<"$GATEWAY_HOST_EXTRA"
+  local extra=${5:-${GATEWAY_HOST_EXTRA:-}}
+  if [[ -n "$extra" ]]; then
+    while IFS= read -r l; do printf '    %s\n' "$l"; done <<<"$extra"
   fi
 }
 gateway_conf "$P_GATEWAY" "$P_GW_ADMIN" gateway false >"$TMP/gateway.yaml"
 gateway_conf "$P_GATEWAY_LOG" "$P_GWL_ADMIN" gateway_log true >"$TMP/gateway_log.yaml"
+# The plain proxy path: no response policy on the host, so the client parses what
+# nginx sends plus X-Request-Id (which the gateway always returns).
+gateway_conf "$P_GATEWAY_PLAIN" "$P_GWP_ADMIN" gateway_plain false 'security_headers: { enabled: false }' >"$TMP/gateway_plain.yaml"
 if [[ "$MODE" == https ]]; then
   gateway_conf "$P_GATEWAY_TLS" "$P_GWT_ADMIN" gateway_tls false >"$TMP/gateway_tls.yaml"
 fi
@@ -464,7 +470,7 @@ if [[ "$MODE" == cache ]]; then
   "$GATEWAY" check -c "$TMP/gateway_cache.yaml" >/dev/null || die "gateway_cache config rejected (above)"
 fi
 
-for f in origin.conf nginx.conf nginx_eq.conf nginx_tls.conf nginx_cache.conf gateway.yaml gateway_log.yaml gateway_tls.yaml gateway_cache.yaml; do
+for f in origin.conf nginx.conf nginx_eq.conf nginx_tls.conf nginx_cache.conf gateway.yaml gateway_log.yaml gateway_plain.yaml gateway_tls.yaml gateway_cache.yaml; do
   [[ -f "$TMP/$f" ]] && cp "$TMP/$f" "$RUN_DIR/"
 done
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/origin.conf" || die "origin config rejected"
@@ -482,19 +488,19 @@ fi
 # header or empty), PROC_OF (the process whose CPU is counted). MODE=auth: three
 # routes of one gateway process.
 declare -A URL_OF=() HDR_OF=() PROC_OF=()
-declare -A PORT_OF=([nginx]=$P_NGINX [nginx_eq]=$P_NGINX_EQ [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [bare]=$P_BARE
+declare -A PORT_OF=([nginx]=$P_NGINX [nginx_eq]=$P_NGINX_EQ [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [gateway_plain]=$P_GATEWAY_PLAIN [bare]=$P_BARE
                     [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS
                     [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE)
 for p in $PROXIES; do
   case $MODE:$p in
-    plain:nginx | plain:nginx_eq | plain:gateway | plain:gateway_log | plain:bare)
+    plain:nginx | plain:nginx_eq | plain:gateway | plain:gateway_log | plain:gateway_plain | plain:bare)
       URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     auth:pub) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/pub; PROC_OF[$p]=gateway ;;
     auth:jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]="Authorization: Bearer $JWT_TOKEN" ;;
     auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
     https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     cache:nginx_cache | cache:gateway_cache) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
-    *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log bare; auth: pub jwt key; https: nginx_tls gateway_tls)" ;;
+    *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log gateway_plain bare; auth: pub jwt key; https: nginx_tls gateway_tls)" ;;
   esac
 done
 PROCS=$(for p in $PROXIES; do echo "${PROC_OF[$p]}"; done | awk '!seen[$0]++' | tr '\n' ' ')
@@ -510,6 +516,7 @@ for p in $PROCS; do
     # Pingora: SIGINT is the fast shutdown (SIGTERM waits for the grace period).
     gateway) start gateway INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway.yaml" ;;
     gateway_log) start gateway_log INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_log.yaml" ;;
+    gateway_plain) start gateway_plain INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_plain.yaml" ;;
     gateway_tls) start gateway_tls INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_tls.yaml" ;;
     nginx_cache) start nginx_cache TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_cache.error.log" -c "$TMP/nginx_cache.conf" -g 'daemon off;' ;;
     gateway_cache) start gateway_cache INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_cache.yaml" ;;
@@ -538,11 +545,17 @@ done
 # the comparison is not like for like; both heads are kept with the results.
 # `Connection` aside: nginx always writes `keep-alive`, the gateway leaves
 # HTTP/1.1 persistence implicit.
+names_of() { curl -sS -D - -o /dev/null "${URL_OF[$1]}/small" | tr -d '\r' | tee "$RUN_DIR/head-$1.txt" |
+  awk -F': ' 'NR > 1 && NF > 1 && tolower($1) != "connection" {print tolower($1)}' | sort | tr '\n' ' '; }
 if [[ " $PROXIES " == *" nginx_eq "* && " $PROXIES " == *" gateway "* ]]; then
-  names_of() { curl -sS -D - -o /dev/null "${URL_OF[$1]}/small" | tr -d '\r' | tee "$RUN_DIR/head-$1.txt" |
-    awk -F': ' 'NR > 1 && NF > 1 && tolower($1) != "connection" {print tolower($1)}' | sort | tr '\n' ' '; }
   eq=$(names_of nginx_eq); gw=$(names_of gateway)
   [[ "$eq" == "$gw" ]] || die "nginx_eq answers with headers '$eq', the gateway with '$gw'"
+fi
+# Likewise gateway_plain must answer with nginx's header lines plus X-Request-Id only.
+if [[ " $PROXIES " == *" nginx "* && " $PROXIES " == *" gateway_plain "* ]]; then
+  ng=$( (names_of nginx | tr ' ' '\n'; echo x-request-id) | awk 'NF' | sort | tr '\n' ' ')
+  gp=$(names_of gateway_plain)
+  [[ "$ng" == "$gp" ]] || die "gateway_plain answers with headers '$gp', expected nginx's plus x-request-id: '$ng'"
 fi
 # MODE=auth: the protected routes must refuse a request without (or with a wrong) credential.
 if [[ "$MODE" == auth ]]; then
@@ -717,14 +730,21 @@ summarize() { # TSV
       rss[k] = rss[k] " " $14; errs[k] += $8; noisy += $17; lus[k] = lus[k] " " $18
       R[$1, $2, $3] = $4; C[$1, $2, $3] = $11; Q[$1, $2, $3] = $6; maxr = ($1 > maxr ? $1 : maxr)
     }
-    function ratio(s, a, b,   r, lr, lc, lq, have) {
-      have = 0; lr = ""; lc = ""; lq = ""
+    # The p99 ratio swings most from round to round on a shared machine: its
+    # lowest and highest per-round values are printed beside the median.
+    function ratio(s, a, b,   r, q, lr, lc, lq, lo, hi, have) {
+      have = 0; lr = ""; lc = ""; lq = ""; lo = ""; hi = ""
       for (r = 1; r <= maxr; r++)
         if ((r, s, a) in R && (r, s, b) in R && R[r, s, b] > 0 && C[r, s, b] > 0) {
           lr = lr " " R[r, s, a] / R[r, s, b]; lc = lc " " C[r, s, a] / C[r, s, b]; have = 1
-          if (Q[r, s, b] > 0) lq = lq " " Q[r, s, a] / Q[r, s, b]
+          if (Q[r, s, b] > 0) {
+            q = Q[r, s, a] / Q[r, s, b]; lq = lq " " q
+            if (lo == "" || q < lo) lo = q
+            if (hi == "" || q > hi) hi = q
+          }
         }
-      if (have) printf "  %-24s %8.2fx %10.2fx %8s\n", a " / " b, median(lr), median(lc), (lq == "" ? "-" : sprintf("%.2fx", median(lq)))
+      if (have) printf "  %-24s %8.2fx %10.2fx %8s %s\n", a " / " b, median(lr), median(lc), (lq == "" ? "-" : sprintf("%.2fx", median(lq))),
+        (lq == "" ? "" : sprintf("(%.2f-%.2f)", lo, hi))
     }
     END {
       np = split(proxies, P, " "); ns = split(scenarios, S, " ")
@@ -738,8 +758,9 @@ summarize() { # TSV
           printf "  %-12s %9.0f %8.2f %8.2f %11.0f %8.0f%% %8.0f%% %12.2f %7.1f%s\n", P[j], median(rps[k]), median(p50[k]), median(p99[k]),
             median(rpc[k]), median(pcpu[k]), median(lcpu[k]), median(lus[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
         }
-        printf "  %-24s %9s %11s %8s   (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s", "p99"
+        printf "  %-24s %9s %11s %8s %s  (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s", "p99", "(p99 range)"
         ratio(s, "gateway", "nginx"); ratio(s, "gateway", "nginx_eq"); ratio(s, "gateway", "bare"); ratio(s, "bare", "nginx")
+        ratio(s, "gateway_plain", "nginx"); ratio(s, "gateway_plain", "gateway")
         ratio(s, "gateway_log", "gateway"); ratio(s, "gateway_log", "nginx")
         ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")
         ratio(s, "gateway_tls", "nginx_tls")
