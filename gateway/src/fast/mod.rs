@@ -29,8 +29,9 @@
 //! and 0.99–1.14× the same day (`bench/README.md`).
 
 mod exchange;
-mod request;
-mod response;
+// Public for the fuzz targets (`fuzz/`), which feed them arbitrary bytes.
+pub mod request;
+pub mod response;
 mod rewind;
 mod upstream;
 

@@ -1,0 +1,91 @@
+//! Any bytes as a client's request head on the fast path (routing, client IP,
+//! request id, forwarding headers): it must be proxied, left to pingora or
+//! wait for more bytes — never a panic — and a prepared upstream head must
+//! carry no client-sent identity header.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use galion_gateway::cluster::Shield;
+use galion_gateway::fast::request::{prepare, Env, Prep};
+use galion_gateway::snapshot::Snapshot;
+use libfuzzer_sys::fuzz_target;
+
+const CONFIG: &str = r#"
+listen:
+  http: 127.0.0.1:0
+trusted_proxies: [127.0.0.1, 10.0.0.0/8]
+upstreams:
+  auth: { servers: [127.0.0.1:7001] }
+  users: { servers: [127.0.0.1:7002, { addr: 127.0.0.1:7012, weight: 3 }], balance: consistent_hash }
+hosts:
+  galion.app:
+    aliases: [localhost, "*.galion.app"]
+    default: true
+    routes:
+      - { name: login, exact: /api/v1/auth/login, methods: [POST, GET], upstream: auth, rewrite: /login }
+      - { name: users, prefix: /api/v1/users, strip_prefix: true, upstream: users }
+      - { name: items, regex: '^/items/([0-9]+)$', upstream: users, rewrite: '/item/$1' }
+      - name: tagged
+        prefix: /tagged
+        upstream: users
+        request_headers: { set: { x-env: fuzz }, add: { x-tag: a }, remove: [x-debug] }
+      - { name: root, prefix: /, upstream: auth }
+  "*.studio.galion.app":
+    routes:
+      - { name: studio, prefix: /, upstream: users }
+"#;
+
+struct Fixture {
+    snap: Arc<Snapshot>,
+    shield: Shield,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let loaded = match galion_gateway::config::load_str(CONFIG, Path::new("fuzz.yaml")) {
+            Ok(l) => l,
+            Err(e) => panic!("the fuzz fixture's config is invalid: {:?}", e.0),
+        };
+        Fixture {
+            snap: Arc::new(Snapshot::build(loaded.config, None)),
+            shield: Shield::new(1024),
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&first, head)) = data.split_first() else {
+        return;
+    };
+    let f = fixture();
+    // The first byte picks the peer (trusted proxy or not) and the scheme.
+    let peer = if first & 1 == 0 {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
+    };
+    let env = Env {
+        snap: &f.snap,
+        peer: Some(peer),
+        https: first & 2 != 0,
+        shield: &f.shield,
+    };
+    let mut out = Vec::new();
+    if let Prep::Ready(plan) = prepare(head, &env, &mut out) {
+        assert!(plan.head_len <= head.len());
+        assert!(out.ends_with(b"\r\n\r\n"), "upstream head not terminated");
+        for line in out.split(|&b| b == b'\n').skip(1) {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            for identity in ["x-user-id", "x-user-email", "x-user-role"] {
+                assert!(
+                    !name.eq_ignore_ascii_case(identity.as_bytes()),
+                    "client identity header forwarded: {identity}"
+                );
+            }
+        }
+    }
+});
