@@ -1,7 +1,8 @@
 //! Any bytes as a client's request head on the fast path (routing, client IP,
 //! request id, forwarding headers): it must be proxied, left to pingora or
-//! wait for more bytes — never a panic — and a prepared upstream head must
-//! carry no client-sent identity header.
+//! wait for more bytes — never a panic. A prepared upstream head must carry
+//! no client-sent identity header, and from an untrusted peer exactly one
+//! `X-Forwarded-For` and one `X-Real-IP`, both the peer's address.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,6 +39,9 @@ hosts:
       - { name: studio, prefix: /, upstream: users }
 "#;
 
+/// Not in `trusted_proxies`.
+const UNTRUSTED_PEER: &str = "203.0.113.7";
+
 struct Fixture {
     snap: Arc<Snapshot>,
     shield: Shield,
@@ -63,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let f = fixture();
     // The first byte picks the peer (trusted proxy or not) and the scheme.
-    let peer = if first & 1 == 0 {
+    let trusted = first & 1 == 0;
+    let peer = if trusted {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
         IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
@@ -78,14 +83,37 @@ fuzz_target!(|data: &[u8]| {
     if let Prep::Ready(plan) = prepare(head, &env, &mut out) {
         assert!(plan.head_len <= head.len());
         assert!(out.ends_with(b"\r\n\r\n"), "upstream head not terminated");
+        let mut client_ip_lines = 0;
         for line in out.split(|&b| b == b'\n').skip(1) {
-            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let (name, value) = match line.iter().position(|&b| b == b':') {
+                Some(i) => (&line[..i], line[i + 1..].trim_ascii()),
+                None => continue,
+            };
             for identity in ["x-user-id", "x-user-email", "x-user-role"] {
                 assert!(
                     !name.eq_ignore_ascii_case(identity.as_bytes()),
                     "client identity header forwarded: {identity}"
                 );
             }
+            // An untrusted peer cannot choose the client IP the upstream sees.
+            if !trusted
+                && (name.eq_ignore_ascii_case(b"x-forwarded-for")
+                    || name.eq_ignore_ascii_case(b"x-real-ip"))
+            {
+                assert_eq!(
+                    value,
+                    UNTRUSTED_PEER.as_bytes(),
+                    "spoofed client IP upstream"
+                );
+                client_ip_lines += 1;
+            }
+        }
+        if !trusted {
+            assert_eq!(
+                client_ip_lines, 2,
+                "X-Forwarded-For and X-Real-IP, once each"
+            );
         }
     }
 });

@@ -76,6 +76,14 @@ impl Reloader {
         self.apply(reason, true)
     }
 
+    /// Applies the file if it is no longer what is running. The file is read at
+    /// start, before the watch exists: an edit made in between (a deploy script
+    /// writing right after starting the gateway) raises no event, and would wait
+    /// for the next edit without this check once the watch is in place.
+    pub fn catch_up(&self) -> Result<Outcome, ConfigErrors> {
+        self.apply("file changed during start", false)
+    }
+
     fn apply(&self, reason: &str, force: bool) -> Result<Outcome, ConfigErrors> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let loaded = match config::load_file(&self.path) {
@@ -217,6 +225,8 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
+        let r = self.reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.catch_up()).await;
         loop {
             let hup_recv = async {
                 match hup.as_mut() {
@@ -239,5 +249,40 @@ impl BackgroundService for ReloadService {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use arc_swap::ArcSwap;
+
+    const CONF: &str =
+        "listen:\n  http: 127.0.0.1:0\nupstreams:\n  a: { servers: [127.0.0.1:1] }\n\
+        hosts:\n  h:\n    routes:\n      - { name: r, prefix: /, upstream: a }\n";
+
+    #[test]
+    fn catch_up_applies_an_edit_made_before_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.yaml");
+        std::fs::write(&path, CONF).unwrap();
+        let loaded = config::load_file(&path).unwrap();
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(loaded.config, None)));
+        let reloader = Reloader::new(path.clone(), snapshot.clone());
+        let started = snapshot.load().config.content_hash.clone();
+        assert!(matches!(reloader.catch_up(), Ok(Outcome::Unchanged)));
+        assert_eq!(snapshot.load().config.content_hash, started);
+
+        std::fs::write(&path, CONF.replace("prefix: /", "prefix: /v2")).unwrap();
+        assert!(matches!(reloader.catch_up(), Ok(Outcome::Applied)));
+        assert_ne!(snapshot.load().config.content_hash, started);
+        assert_eq!(snapshot.load().config.hosts[0].routes[0].name, "r");
+
+        // An invalid file is refused and the running config stays.
+        let applied = snapshot.load().config.content_hash.clone();
+        std::fs::write(&path, CONF.replace("upstream: a", "upstream: nowhere")).unwrap();
+        assert!(reloader.catch_up().is_err());
+        assert_eq!(snapshot.load().config.content_hash, applied);
     }
 }
