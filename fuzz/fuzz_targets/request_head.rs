@@ -40,7 +40,7 @@ hosts:
 "#;
 
 /// Not in `trusted_proxies`.
-const UNTRUSTED_PEER: &str = "203.0.113.7";
+const UNTRUSTED_PEER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
 struct Fixture {
     snap: Arc<Snapshot>,
@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     let peer = if trusted {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
+        IpAddr::V4(UNTRUSTED_PEER)
     };
     let env = Env {
         snap: &f.snap,
@@ -103,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
             {
                 assert_eq!(
                     value,
-                    UNTRUSTED_PEER.as_bytes(),
+                    UNTRUSTED_PEER.to_string().as_bytes(),
                     "spoofed client IP upstream"
                 );
                 client_ip_lines += 1;
