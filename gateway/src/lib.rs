@@ -29,6 +29,7 @@ pub mod request_id;
 pub mod routing;
 pub mod security_headers;
 pub mod server;
+pub mod signals;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -16,6 +16,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::config::{self, ConfigErrors, Listen, ServerSettings};
 use crate::metrics::metrics;
+use crate::signals::EarlySignals;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,11 +145,13 @@ impl Reloader {
 /// Watches the config directory and SIGHUP.
 pub struct ReloadService {
     reloader: Arc<Reloader>,
+    /// A SIGHUP that came while the gateway was starting.
+    early: EarlySignals,
 }
 
 impl ReloadService {
-    pub fn new(reloader: Arc<Reloader>) -> Self {
-        ReloadService { reloader }
+    pub fn new(reloader: Arc<Reloader>, early: EarlySignals) -> Self {
+        ReloadService { reloader, early }
     }
 }
 
@@ -225,8 +228,17 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
+        // Both listen now: what came before is applied once.
         let r = self.reloader.clone();
-        let _ = tokio::task::spawn_blocking(move || r.catch_up()).await;
+        let early_hangup = self.early.take_hangup();
+        let _ = tokio::task::spawn_blocking(move || {
+            if early_hangup {
+                r.reload("SIGHUP during start")
+            } else {
+                r.catch_up()
+            }
+        })
+        .await;
         loop {
             let hup_recv = async {
                 match hup.as_mut() {

@@ -58,6 +58,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load_file(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let access_log = crate::access_log::init(&loaded.config.access_log)
         .map_err(|e| anyhow::anyhow!("cannot open the access log: {e}"))?;
+    let early_signals = crate::signals::install(access_log.reopen_flag())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP/SIGUSR1: {e}"))?;
     for w in &loaded.warnings {
         tracing::warn!(
             "{}:{}: {}: {}",
@@ -171,7 +173,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     ));
     server.add_service(background_service(
         "config reload",
-        ReloadService::new(reloader),
+        ReloadService::new(reloader, early_signals),
     ));
     server.add_service(background_service(
         "auth keys and revocations",

@@ -37,6 +37,14 @@ pub async fn spawn_gateway_tls(config: &str) -> Gateway {
 }
 
 async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
+    let gw = launch_gateway(config, tls, server_keys);
+    gw.wait_ready().await;
+    gw
+}
+
+/// Starts a gateway like [`spawn_gateway`] without waiting for it to answer
+/// (for what happens while it starts); [`Gateway::wait_ready`] waits.
+pub fn launch_gateway(config: &str, tls: bool, server_keys: &str) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let http = free_addr();
     let admin = free_addr();
@@ -45,7 +53,7 @@ async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
     let text = listen_block(config, http, https, admin, server_keys);
     std::fs::write(&config_path, text).expect("write config");
     let child = launch(dir.path(), &config_path, Launch::Fresh);
-    let gw = Gateway {
+    Gateway {
         child,
         http,
         https,
@@ -53,9 +61,7 @@ async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
         config_path,
         dir,
         server_keys: server_keys.to_owned(),
-    };
-    gw.wait_ready().await;
-    gw
+    }
 }
 
 enum Launch {
@@ -92,7 +98,9 @@ fn launch(dir: &std::path::Path, config_path: &std::path::Path, how: Launch) -> 
 }
 
 impl Gateway {
-    async fn wait_ready(&self) {
+    /// Waits until the admin and proxy listeners answer; fails the test with the
+    /// gateway's log when they do not within 15 s.
+    pub async fn wait_ready(&self) {
         let (admin, http, https) = (self.admin, self.http, self.https);
         let gw = self;
         let url = format!("http://{admin}/health/live");

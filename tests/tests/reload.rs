@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use galion_tests::{client, eventually, fake_upstream, spawn_gateway, Gateway};
+use galion_tests::{client, eventually, fake_upstream, launch_gateway, spawn_gateway, Gateway};
 
 fn conf(upstream: std::net::SocketAddr, extra_route: &str) -> String {
     format!(
@@ -76,6 +76,40 @@ async fn file_edit_and_sighup_apply_new_routes() {
         404,
         "the old extra route is gone"
     );
+}
+
+/// `systemctl reload` (or logrotate's SIGUSR1) right after a start: before the
+/// reload service listens, SIGHUP's default action would end the process.
+#[tokio::test]
+async fn sighup_while_starting_is_a_reload() {
+    let a = fake_upstream("a").await;
+    let mut gw = launch_gateway(&conf(a.addr, ""), false, "");
+    // Logged just before pingora starts its services; the reload service
+    // listens only once they run.
+    let starting = eventually(15, || async {
+        gw.log().contains("galion-gateway starting").then_some(())
+    })
+    .await;
+    assert!(starting.is_some(), "gateway did not start:\n{}", gw.log());
+    gw.signal("HUP");
+    gw.signal("USR1");
+    gw.wait_ready().await;
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the gateway ended:\n{}",
+        gw.log()
+    );
+    // The file did not change: only the signal reloads it.
+    let reloaded = eventually(5, || async {
+        gw.log()
+            .lines()
+            .any(|l| l.contains("configuration reloaded") && l.contains("SIGHUP"))
+            .then_some(())
+    })
+    .await;
+    assert!(reloaded.is_some(), "SIGHUP not applied:\n{}", gw.log());
+    assert_eq!(status(&gw, "/base").await, 200);
+    gw.stop();
 }
 
 #[tokio::test]

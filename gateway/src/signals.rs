@@ -1,0 +1,65 @@
+//! Signals that arrive while the gateway is starting.
+//!
+//! `SIGHUP` (reload) and `SIGUSR1` (reopen the access log) end a process that
+//! has no handler for them. The services that listen for them are pingora
+//! background services, started only after the listeners are bound and the
+//! runtimes built: a `systemctl reload` or a logrotate `postrotate` in that
+//! window would kill the gateway. [`install`] runs first thing in `run` and
+//! records such a signal instead; each service acts on it once it listens.
+//!
+//! The handlers only store to an atomic (async-signal-safe) and stay installed
+//! for the life of the process, beside the services' own (signal-hook-registry
+//! runs every handler registered for a signal).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGHUP, SIGUSR1};
+
+/// What came before the services listened.
+#[derive(Clone, Default)]
+pub struct EarlySignals {
+    hangup: Arc<AtomicBool>,
+}
+
+impl EarlySignals {
+    /// Whether a `SIGHUP` came since [`install`] (or the last call); clears it.
+    /// Call it after the service's own listener is in place, so none is missed.
+    pub fn take_hangup(&self) -> bool {
+        self.hangup.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Installs the recording handlers. `SIGUSR1` and `SIGHUP` set `reopen`, the
+/// access log's reopen flag (read with its next line), when it logs to a file.
+pub fn install(reopen: Option<Arc<AtomicBool>>) -> io::Result<EarlySignals> {
+    let early = EarlySignals::default();
+    signal_hook::flag::register(SIGHUP, early.hangup.clone())?;
+    // Without a log file there is nothing to reopen, but SIGUSR1 must still
+    // not end the process.
+    let reopen = reopen.unwrap_or_default();
+    signal_hook::flag::register(SIGUSR1, reopen.clone())?;
+    signal_hook::flag::register(SIGHUP, reopen)?;
+    Ok(early)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_hangup_is_recorded_once_and_the_process_lives() {
+        let reopen = Arc::new(AtomicBool::new(false));
+        let early = install(Some(reopen.clone())).unwrap();
+        assert!(!early.take_hangup());
+        signal_hook::low_level::raise(SIGHUP).unwrap();
+        assert!(early.take_hangup());
+        assert!(!early.take_hangup());
+        assert!(reopen.swap(false, Ordering::AcqRel));
+        signal_hook::low_level::raise(SIGUSR1).unwrap();
+        assert!(reopen.load(Ordering::Acquire));
+        assert!(!early.take_hangup());
+    }
+}
