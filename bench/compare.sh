@@ -12,9 +12,14 @@
 #   MODE=https bench/compare.sh               # TLS termination: gateway vs nginx, same certificate
 #   MODE=cache bench/compare.sh               # cache hits: gateway cache vs nginx proxy_cache
 #
-# Layout (2 cores): the origin (a second nginx, one worker, `return 200` and a
-# 16 KiB file, keep-alive) and the load generator share CPU 0; every proxy runs
-# one worker pinned to CPU 1. All on 127.0.0.1, free ports picked at start.
+# Layout (2 cores): every proxy runs one worker pinned to CPU 1, beside the
+# origin (a second nginx, one worker, `return 200` and a 16 KiB file,
+# keep-alive), as galion's backends run beside the gateway; the load generator
+# has CPU 0 to itself, as remote clients would. So the proxy's core is the
+# busy one and the figures measure the proxy. (ORIGIN_CPU=0 puts the origin
+# with the load generator instead: there CPU 0 saturates first and req/s
+# measures what each answer costs the client and origin; bench/README.md.)
+# All on 127.0.0.1, free ports picked at start.
 # Runs are interleaved (round r: small then 16 KiB, each through every proxy,
 # proxy order rotated per round). Per run: req/s, p50, p99 (load generator),
 # requests per CPU-second of the proxy process tree (utime+stime from
@@ -41,13 +46,17 @@
 #                                     MODE=auth: "pub jwt key"; MODE=https: "nginx_tls gateway_tls"
 #   ACCESS_LOG=0|1                    1: add "gateway_log", the gateway writing its access log to a file
 #   LOADGEN=oha|wrk                   default oha (latency percentiles); wrk costs less CPU on CPU 0
-#   LOAD_CPU=0  PROXY_CPU=1           cores for origin+load generator and for the proxies
+#   LOAD_CPU=0  PROXY_CPU=1           cores for the load generator and for the proxies
+#   ORIGIN_CPU=$PROXY_CPU              core for the origin (0: with the load generator, the layout
+#                                     before 2026-12-03)
 #   SKIP_BUILD=1                      use the binaries already in target/release
 #   GATEWAY_BIN=path                  another galion-gateway binary (e.g. a copy of an older build)
 #   NO_INSTALL=1                      fail instead of installing missing tools
 #   RESULTS_DIR=bench/results         where the raw results go
 #   NOISE_PCT=15  RETRIES=2           a run during which a compiler ran, or other work took more
 #                                     than NOISE_PCT% of the proxy core, is repeated up to RETRIES times
+#   STEAL_PCT=3                       ... and so is a run in which the hypervisor took (steal) more than
+#                                     STEAL_PCT% of either core
 #   GATEWAY_SERVER_EXTRA='...'        YAML keys added to the gateway's server section, e.g.
 #                                     'fast_path: false' or 'work_stealing: false'
 #   GATEWAY_HOST_EXTRA='...'          YAML keys added to the gateway's host, e.g.
@@ -85,6 +94,7 @@ if [[ "$CLIENT_COST" == 1 && "$LOADGEN" != oha ]]; then
 fi
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
+ORIGIN_CPU=${ORIGIN_CPU:-$PROXY_CPU}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 if [[ "$ACCESS_LOG" == 1 && " $PROXIES " != *" gateway_log "* ]]; then
   PROXIES="$PROXIES gateway_log"
@@ -505,7 +515,7 @@ for p in $PROXIES; do
 done
 PROCS=$(for p in $PROXIES; do echo "${PROC_OF[$p]}"; done | awk '!seen[$0]++' | tr '\n' ' ')
 
-start origin TERM "$LOAD_CPU" "$NGINX" -p "$TMP" -e "$TMP/origin.error.log" -c "$TMP/origin.conf" -g 'daemon off;'
+start origin TERM "$ORIGIN_CPU" "$NGINX" -p "$TMP" -e "$TMP/origin.error.log" -c "$TMP/origin.conf" -g 'daemon off;'
 # shellcheck disable=SC2154 # set by start()
 wait_port "$P_ORIGIN" "$PID_origin" origin
 for p in $PROCS; do
@@ -614,8 +624,10 @@ rss_kb() { # PID: VmRSS of the process and its children
   done
   echo "$total"
 }
-cpu_busy() { # CPU: "busy total" jiffies from /proc/stat
-  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+cpu_busy() { # CPU: "busy total steal" jiffies from /proc/stat
+  # Steal (field 9: time the hypervisor ran something else) is not busy time of
+  # ours; it is returned apart so a run the host disturbed can be repeated.
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6 - $9, t, $9 }' /proc/stat
 }
 
 cat >"$TMP/wrk.lua" <<'EOF'
@@ -658,7 +670,7 @@ load() {
   echo "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //')"
   if [[ $LOADGEN == oha ]]; then echo "loadgen: $(oha --version) ${OHA_ARGS[*]}"
   else echo "loadgen: $( (wrk -v 2>&1 || true) | head -1) -t1"; fi
-  echo "mode=$MODE rounds=$ROUNDS duration=$DURATION conns=$CONNS proxies='$PROXIES' scenarios='$SCENARIOS' load_cpu=$LOAD_CPU proxy_cpu=$PROXY_CPU"
+  echo "mode=$MODE rounds=$ROUNDS duration=$DURATION conns=$CONNS proxies='$PROXIES' scenarios='$SCENARIOS' load_cpu=$LOAD_CPU proxy_cpu=$PROXY_CPU origin_cpu=$ORIGIN_CPU"
 } >"$RUN_DIR/meta.txt"
 cat "$RUN_DIR/meta.txt" >&2
 
@@ -671,7 +683,7 @@ for p in $PROXIES; do
 done
 
 TSV=$RUN_DIR/runs.tsv
-printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\twall_s\tproxy_cpu_s\treq_per_cpu_s\tproxy_cpu_pct\tload_cpu_pct\trss_mb\tloadavg\tproxy_core_other_pct\tnoisy\tload_us_per_req\n' >"$TSV"
+printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\twall_s\tproxy_cpu_s\treq_per_cpu_s\tproxy_cpu_pct\tload_cpu_pct\trss_mb\tloadavg\tproxy_core_other_pct\tnoisy\tload_us_per_req\tsteal_pct\n' >"$TSV"
 read -ra PLIST <<<"$PROXIES"
 NP=${#PLIST[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -683,12 +695,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
         kill -0 "$pid" 2>/dev/null || die "${PROC_OF[$p]} (pid $pid) died; see $RUN_DIR/${PROC_OF[$p]}.log"
         wait_quiet
         loadavg=$(cut -d' ' -f1 /proc/loadavg)
-        read -r b0 t0 < <(cpu_busy "$LOAD_CPU"); read -r q0 u0 < <(cpu_busy "$PROXY_CPU")
-        c0=$(cpu_ticks "$pid"); w0=$(date +%s.%N)
+        read -r b0 t0 s0 < <(cpu_busy "$LOAD_CPU"); read -r q0 u0 v0 < <(cpu_busy "$PROXY_CPU")
+        c0=$(cpu_ticks "$pid"); o0=$(cpu_ticks "$PID_origin"); w0=$(date +%s.%N)
         res=$(load "$p" "$s" "$DURATION" "$RUN_DIR/r$r-$s-$p.json")
         read -r rps p50 p99 n err <<<"$res"
-        w1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
-        read -r b1 t1 < <(cpu_busy "$LOAD_CPU"); read -r q1 u1 < <(cpu_busy "$PROXY_CPU")
+        w1=$(date +%s.%N); c1=$(cpu_ticks "$pid"); o1=$(cpu_ticks "$PID_origin")
+        read -r b1 t1 s1 < <(cpu_busy "$LOAD_CPU"); read -r q1 u1 v1 < <(cpu_busy "$PROXY_CPU")
         noisy=0; compiler_running && noisy=1
         rss=$(rss_kb "$pid")
         # proxy_core_other_pct: busy share of the proxy's core not used by the proxy
@@ -696,16 +708,23 @@ for ((r = 1; r <= ROUNDS; r++)); do
         line=$(awk -v r="$r" -v s="$s" -v p="$p" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$n" -v err="$err" \
           -v w0="$w0" -v w1="$w1" -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v b0="$b0" -v b1="$b1" -v t0="$t0" -v t1="$t1" \
           -v q0="$q0" -v q1="$q1" -v u0="$u0" -v u1="$u1" -v rss="$rss" -v la="$loadavg" -v noisy="$noisy" \
-          -v noise_pct="${NOISE_PCT:-15}" 'BEGIN {
+          -v noise_pct="${NOISE_PCT:-15}" -v o0="$o0" -v o1="$o1" -v shared="$([[ $ORIGIN_CPU == "$PROXY_CPU" ]] && echo 1 || echo 0)" \
+          -v s0="$s0" -v s1="$s1" -v v0="$v0" -v v1="$v1" -v steal_pct="${STEAL_PCT:-3}" 'BEGIN {
             wall = w1 - w0; cpu = (c1 - c0) / hz
-            other = (u1 > u0 ? 100 * (q1 - q0) / (u1 - u0) : 0) - 100 * cpu / wall
+            # With ORIGIN_CPU=PROXY_CPU the origin is expected work on the proxy core.
+            other = (u1 > u0 ? 100 * (q1 - q0) / (u1 - u0) : 0) - 100 * cpu / wall - (shared ? 100 * (o1 - o0) / hz / wall : 0)
             if (other > noise_pct) noisy = 1
-            printf "%d\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%.0f\t%d\t%.2f\n",
+            # steal_pct: the larger share of either core the hypervisor took.
+            sl = (t1 > t0 ? 100 * (s1 - s0) / (t1 - t0) : 0); sp = (u1 > u0 ? 100 * (v1 - v0) / (u1 - u0) : 0)
+            steal = (sl > sp ? sl : sp)
+            if (steal > steal_pct) noisy = 1
+            printf "%d\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%.0f\t%d\t%.2f\t%.1f\n",
               r, s, p, rps, p50, p99, n, err, wall, cpu, (cpu > 0 ? n / cpu : 0), 100 * cpu / wall,
-              (t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0), rss / 1024, la, other, noisy, (n > 0 ? 1e6 * (b1 - b0) / hz / n : 0) }')
+              (t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0), rss / 1024, la, other, noisy, (n > 0 ? 1e6 * (b1 - b0) / hz / n : 0), steal }')
         awk -F'\t' '{ printf "[compare] round %s %-5s %-12s %7s req/s  p50 %6.2f ms  p99 %6.2f ms  %7s req/CPU-s  proxy CPU %3s%%  load core %3s%%%s%s\n",
-          $1, $2, $3, $4, $5, $6, $11, $12, $13, ($8 > 0 ? "  ERRORS " $8 : ""), ($17 ? "  NOISY (other work on proxy core " $16 "%)" : "") }' <<<"$line" >&2
-        # A run disturbed by a build or by other work on the proxy's core is repeated.
+          $1, $2, $3, $4, $5, $6, $11, $12, $13, ($8 > 0 ? "  ERRORS " $8 : ""), ($17 ? "  NOISY (other work on proxy core " $16 "%, steal " $19 "%)" : "") }' <<<"$line" >&2
+        # A run disturbed by a build, by other work on the proxy's core or by the
+        # hypervisor (steal) is repeated.
         if [[ "$(cut -f17 <<<"$line")" == 0 ]] || ((try >= ${RETRIES:-2})); then break; fi
         log "repeating that run"
       done
