@@ -25,6 +25,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::signals::EarlySignals;
+
 /// Bytes gathered before a write when the queue holds more than one batch.
 const BATCH: usize = 64 * 1024;
 
@@ -152,11 +154,20 @@ impl<'a> MakeWriter<'a> for LazyWriter {
 /// Runs with a stdout log too: `SIGUSR1` would otherwise end the process.
 pub struct ReopenService {
     flag: Option<Arc<AtomicBool>>,
+    /// A signal that came while the gateway was starting.
+    early: EarlySignals,
 }
 
 impl ReopenService {
-    pub fn new(flag: Option<Arc<AtomicBool>>) -> Self {
-        ReopenService { flag }
+    pub fn new(flag: Option<Arc<AtomicBool>>, early: EarlySignals) -> Self {
+        ReopenService { flag, early }
+    }
+
+    fn request_reopen(&self) {
+        if let Some(flag) = &self.flag {
+            flag.store(true, Ordering::Release);
+            tracing::info!("access log will be reopened with its next line");
+        }
     }
 }
 
@@ -173,16 +184,17 @@ impl BackgroundService for ReopenService {
                 return;
             }
         };
+        // Both listen now: what came before is applied once.
+        if self.early.take_reopen() {
+            self.request_reopen();
+        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = usr1.recv() => {}
                 _ = hup.recv() => {}
             }
-            if let Some(flag) = &self.flag {
-                flag.store(true, Ordering::Release);
-                tracing::info!("access log will be reopened with its next line");
-            }
+            self.request_reopen();
         }
     }
 }

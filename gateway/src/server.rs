@@ -58,7 +58,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load_file(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let access_log = crate::access_log::init(&loaded.config.access_log)
         .map_err(|e| anyhow::anyhow!("cannot open the access log: {e}"))?;
-    let early_signals = crate::signals::install(access_log.reopen_flag())
+    let early_signals = crate::signals::install()
         .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP/SIGUSR1: {e}"))?;
     for w in &loaded.warnings {
         tracing::warn!(
@@ -173,7 +173,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     ));
     server.add_service(background_service(
         "config reload",
-        ReloadService::new(reloader, early_signals),
+        ReloadService::new(reloader, early_signals.clone()),
     ));
     server.add_service(background_service(
         "auth keys and revocations",
@@ -185,7 +185,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     ));
     server.add_service(background_service(
         "access log reopen",
-        ReopenService::new(access_log.reopen_flag()),
+        ReopenService::new(access_log.reopen_flag(), early_signals),
     ));
     tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "galion-gateway starting");
     // `run`, not `run_forever` (which exits the process): the lines still queued

@@ -20,7 +20,10 @@ use signal_hook::consts::{SIGHUP, SIGUSR1};
 /// What came before the services listened.
 #[derive(Clone, Default)]
 pub struct EarlySignals {
+    /// `SIGHUP`: reload the configuration.
     hangup: Arc<AtomicBool>,
+    /// `SIGUSR1` or `SIGHUP`: reopen the access log.
+    reopen: Arc<AtomicBool>,
 }
 
 impl EarlySignals {
@@ -29,18 +32,20 @@ impl EarlySignals {
     pub fn take_hangup(&self) -> bool {
         self.hangup.swap(false, Ordering::AcqRel)
     }
+
+    /// Whether a `SIGUSR1` or `SIGHUP` came since [`install`] (or the last
+    /// call); clears it. Same rule as [`EarlySignals::take_hangup`].
+    pub fn take_reopen(&self) -> bool {
+        self.reopen.swap(false, Ordering::AcqRel)
+    }
 }
 
-/// Installs the recording handlers. `SIGUSR1` and `SIGHUP` set `reopen`, the
-/// access log's reopen flag (read with its next line), when it logs to a file.
-pub fn install(reopen: Option<Arc<AtomicBool>>) -> io::Result<EarlySignals> {
+/// Installs the recording handlers.
+pub fn install() -> io::Result<EarlySignals> {
     let early = EarlySignals::default();
     signal_hook::flag::register(SIGHUP, early.hangup.clone())?;
-    // Without a log file there is nothing to reopen, but SIGUSR1 must still
-    // not end the process.
-    let reopen = reopen.unwrap_or_default();
-    signal_hook::flag::register(SIGUSR1, reopen.clone())?;
-    signal_hook::flag::register(SIGHUP, reopen)?;
+    signal_hook::flag::register(SIGHUP, early.reopen.clone())?;
+    signal_hook::flag::register(SIGUSR1, early.reopen.clone())?;
     Ok(early)
 }
 
@@ -51,15 +56,14 @@ mod tests {
 
     #[test]
     fn a_hangup_is_recorded_once_and_the_process_lives() {
-        let reopen = Arc::new(AtomicBool::new(false));
-        let early = install(Some(reopen.clone())).unwrap();
+        let early = install().unwrap();
         assert!(!early.take_hangup());
         signal_hook::low_level::raise(SIGHUP).unwrap();
         assert!(early.take_hangup());
         assert!(!early.take_hangup());
-        assert!(reopen.swap(false, Ordering::AcqRel));
+        assert!(early.take_reopen());
         signal_hook::low_level::raise(SIGUSR1).unwrap();
-        assert!(reopen.load(Ordering::Acquire));
+        assert!(early.take_reopen());
         assert!(!early.take_hangup());
     }
 }

@@ -36,15 +36,19 @@ pub async fn spawn_gateway_tls(config: &str) -> Gateway {
     start(config, true, "").await
 }
 
+/// Starts a gateway like [`spawn_gateway`] without waiting for it to answer
+/// (for what happens while it starts); [`Gateway::wait_ready`] waits.
+pub fn launch_gateway(config: &str) -> Gateway {
+    launch_fresh(config, false, "")
+}
+
 async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
-    let gw = launch_gateway(config, tls, server_keys);
+    let gw = launch_fresh(config, tls, server_keys);
     gw.wait_ready().await;
     gw
 }
 
-/// Starts a gateway like [`spawn_gateway`] without waiting for it to answer
-/// (for what happens while it starts); [`Gateway::wait_ready`] waits.
-pub fn launch_gateway(config: &str, tls: bool, server_keys: &str) -> Gateway {
+fn launch_fresh(config: &str, tls: bool, server_keys: &str) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let http = free_addr();
     let admin = free_addr();

@@ -83,7 +83,7 @@ async fn file_edit_and_sighup_apply_new_routes() {
 #[tokio::test]
 async fn sighup_while_starting_is_a_reload() {
     let a = fake_upstream("a").await;
-    let mut gw = launch_gateway(&conf(a.addr, ""), false, "");
+    let mut gw = launch_gateway(&conf(a.addr, ""));
     // Logged just before pingora starts its services; the reload service
     // listens only once they run.
     let starting = eventually(15, || async {
