@@ -92,7 +92,10 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
     let host = line.host;
     let route = ctx.route.as_ref().map_or("", |r| &r.name);
     let upstream = match (&ctx.route, ctx.last_server()) {
-        (Some(r), Some(i)) => r.pool.servers.get(i).map_or("", |s| s.label.as_str()),
+        (Some(r), Some(i)) => r
+            .pool()
+            .and_then(|p| p.servers.get(i))
+            .map_or("", |s| s.label.as_str()),
         _ => "",
     };
     let local = match ctx.local {
@@ -110,6 +113,8 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
         Some(LocalReply::RateLimited) => "rate_limited",
         Some(LocalReply::Banned) => "banned",
         Some(LocalReply::Dropped) => "banned_drop",
+        Some(LocalReply::BadForwarding) => "bad_forwarding",
+        Some(LocalReply::RouteAction) => "route_action",
         None => "",
     };
     let auth = match (&ctx.identity, ctx.auth_reject) {

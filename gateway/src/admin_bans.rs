@@ -99,6 +99,19 @@ pub async fn handle(
                     "target must be an IP address or a CIDR network",
                 );
             };
+            if let Some(p) = snap
+                .trusted_proxies
+                .all()
+                .find(|p| p.contains(&target.network()) || target.contains(&p.network()))
+            {
+                // Banning a proxy bans every client behind it (the attack this
+                // refuses is a client getting its CDN edge banned).
+                return error(
+                    StatusCode::CONFLICT,
+                    "trusted_proxy",
+                    &format!("{target} overlaps the trusted proxies {p}: ban clients, not proxies"),
+                );
+            }
             let lasts = match req.duration.as_deref().map(humantime::parse_duration) {
                 None => Duration::from_secs(3600),
                 Some(Ok(d)) if !d.is_zero() && d <= Duration::from_secs(10 * 365 * 86_400) => d,

@@ -65,6 +65,11 @@ pub fn check(path: &Path) -> i32 {
                     w.message
                 );
             }
+            // The compiled router answers what a request would reach.
+            let snapshot = crate::snapshot::Snapshot::build(l.config.clone(), None);
+            for e in crate::routing::exposures(&snapshot.router) {
+                eprintln!("warning: {}: {e}", path.display());
+            }
             let mut o = String::new();
             // Written in one go, ignoring a closed pipe (`check | head`).
             macro_rules! out { ($($t:tt)*) => {{ o.push_str(&format!($($t)*)); o.push('\n'); }} }
@@ -112,7 +117,7 @@ pub fn check(path: &Path) -> i32 {
                         r.name,
                         r.matcher.describe(),
                         methods,
-                        r.upstream
+                        r.action.describe()
                     );
                 }
             }

@@ -4,8 +4,8 @@
 //! request; this wrapper keeps that loop inside itself so it knows when a
 //! connection opens and closes: for `gateway_open_connections` and for
 //! `limits.max_connections_per_ip` (counted on the TCP peer address — IPv6 by its
-//! `limits.ipv6_prefix` group — since no
-//! request has been read yet).
+//! `limits.ipv6_prefix` group — since no request has been read yet; trusted
+//! proxies are not counted, their clients are limited per request).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -108,20 +108,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let snap = self.snapshot.load_full();
         let (max, v6) = {
-            let snap = self.snapshot.load();
             let l = &snap.config.limits;
             (l.max_connections_per_ip, l.ipv6_prefix)
         };
         let mut slot = None;
         if let Some(max) = max {
+            let peer = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+                .map(crate::client_ip::canonical);
+            // A trusted proxy carries many clients on its connections: capping
+            // its address would let one client behind it lock out the rest.
+            // Its clients' own limits apply per request (rate limits, bans).
+            let counted = peer.filter(|ip| !snap.trusted_proxies.is_trusted(*ip));
             // Counted per client group: an IPv6 client owns a whole /64 (by default).
-            let peer = stream.get_socket_digest().and_then(|d| {
-                d.peer_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| crate::client_ip::group(a.ip(), v6).network())
-            });
-            if let Some(ip) = peer {
+            if let Some(ip) = counted.map(|ip| crate::client_ip::group(ip, v6).network()) {
                 if !self.per_ip.acquire(ip, max) {
                     tracing::debug!(%ip, max, "connection refused: too many from this IP");
                     return None;
@@ -129,6 +132,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
                 slot = Some((self.per_ip.clone(), ip));
             }
         }
+        drop(snap);
         metrics().open_connections.inc();
         let _open = OpenGuard { per_ip: slot };
         let mut next = self.inner.process_new(stream, shutdown).await;

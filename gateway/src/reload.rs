@@ -134,6 +134,9 @@ impl Reloader {
         // Certificates first: by the time routes change, handshakes use the new ones.
         crate::tls::apply(&loaded.config.tls);
         let next = Snapshot::build(loaded.config, Some(&current));
+        for e in crate::routing::exposures(&next.router) {
+            tracing::warn!("{}: {e}", self.path.display());
+        }
         let generation = next.generation;
         self.snapshot.store(Arc::new(next));
         mark_success();

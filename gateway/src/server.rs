@@ -94,7 +94,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     {
         crate::cache::init(&config.cache);
     }
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)));
+    let first = Snapshot::build(config, None);
+    for e in crate::routing::exposures(&first.router) {
+        tracing::warn!("{}: {e}", opts.config.display());
+    }
+    let snapshot = Arc::new(ArcSwap::from_pointee(first));
     reload::mark_success();
     let reloader = Arc::new(Reloader::new(opts.config.clone(), snapshot.clone()));
 

@@ -10,13 +10,12 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use indexmap::IndexMap;
-use ipnet::IpNet;
 
 use crate::auth::Authenticator;
 use crate::cluster::RedisLink;
-use crate::config::Config;
+use crate::config::{Config, RouteAction};
 use crate::metrics::RouteMetrics;
-use crate::routing::{HostRoutes, Route, Router};
+use crate::routing::{Action, HostRoutes, Route, Router};
 use crate::upstream::{health::http_check, Pool};
 
 pub struct Snapshot {
@@ -27,7 +26,7 @@ pub struct Snapshot {
     pub redis: Option<Arc<RedisLink>>,
     pub router: Router,
     pub pools: IndexMap<String, Arc<Pool>>,
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: crate::config::TrustedProxies,
     pub generation: u64,
     pub loaded_at: SystemTime,
 }
@@ -78,14 +77,19 @@ impl Snapshot {
                 .routes
                 .iter()
                 .filter_map(|r| {
-                    // Validation guarantees the upstream exists.
-                    let pool = pools.get(&r.upstream)?.clone();
+                    let action = match &r.action {
+                        // Validation guarantees the upstream exists.
+                        RouteAction::Upstream(u) => Action::Upstream(pools.get(u)?.clone()),
+                        RouteAction::Deny { status } => Action::Deny { status: *status },
+                        RouteAction::Respond(f) => Action::Respond(f.clone()),
+                        RouteAction::Redirect(rd) => Action::Redirect(rd.clone()),
+                    };
                     Some(Arc::new(Route {
                         name: r.name.as_str().into(),
                         host: host.clone(),
                         matcher: r.matcher.clone(),
                         methods: r.methods.clone(),
-                        pool,
+                        action,
                         rewrite: r.rewrite.clone(),
                         request_headers: r.request_headers.clone(),
                         response_headers: r.response_headers.clone(),
@@ -140,7 +144,8 @@ pub fn summary_of(c: &Config) -> serde_json::Value {
                     "name": r.name,
                     "match": r.matcher.describe(),
                     "methods": r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str().to_owned()).collect::<Vec<_>>()),
-                    "upstream": r.upstream,
+                    "action": r.action.describe(),
+                    "upstream": r.action.upstream(),
                     "rate_limit": r.rate_limit.as_ref().map(|p| format!(
                         "{}/{}s burst {} by {:?}{}",
                         p.count,

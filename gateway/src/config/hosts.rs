@@ -6,7 +6,7 @@ use indexmap::IndexMap;
 
 use super::error::KeyPath;
 use super::policy::{access_rule, cors_of, parse_size, security_headers_of};
-use super::raw::{Lenient, RawHost, RawRoute};
+use super::raw::{Lenient, RawDeny, RawHost, RawRoute};
 use super::types::*;
 use super::validate::{duplicates, header_ops, method, regex, Checker};
 
@@ -142,6 +142,8 @@ fn route_of(
     auth: &AuthConfig,
 ) -> Option<RouteConfig> {
     let before = c.errors.len();
+    let action = action_of(c, at, &r, upstreams);
+    let rewrites = r.rewrite.is_some() || r.strip_prefix;
     let access = access_rule(c, at, r.auth.as_ref(), r.roles.as_ref(), &defaults.access);
     let needs_jwt = matches!(access.mode, AuthMode::Jwt | AuthMode::Any);
     let needs_keys = matches!(access.mode, AuthMode::ApiKey | AuthMode::Any);
@@ -199,12 +201,6 @@ fn route_of(
             .filter_map(|(i, m)| method(c, &at.key("methods").index(i), m))
             .collect::<Vec<_>>()
     });
-    if !upstreams.contains(&r.upstream) {
-        c.err(
-            &at.key("upstream"),
-            format!("unknown upstream {:?}", r.upstream),
-        );
-    }
     let rewrite = match (r.strip_prefix, r.rewrite) {
         (true, Some(_)) => {
             c.err(
@@ -251,6 +247,25 @@ fn route_of(
         .compress
         .as_ref()
         .map(|rc| std::sync::Arc::new(super::shaping::compression_of(c, &at.key("compress"), rc)));
+    if !matches!(action, Some(RouteAction::Upstream(_)) | None) {
+        // These only mean something on the way to and from a backend.
+        let given = [
+            (rewrites, "rewrite/strip_prefix"),
+            (
+                !r.request_headers.set.is_empty()
+                    || !r.request_headers.add.is_empty()
+                    || !r.request_headers.remove.is_empty(),
+                "request_headers",
+            ),
+            (r.cache.is_some(), "cache"),
+        ];
+        for (_, key) in given.iter().filter(|(g, _)| *g) {
+            c.err(
+                &at.key(key.split('/').next().unwrap_or(key)),
+                format!("{key} needs `upstream:` (this route answers at the gateway)"),
+            );
+        }
+    }
     let request_headers = header_ops(c, &at.key("request_headers"), r.request_headers);
     let response_headers = header_ops(c, &at.key("response_headers"), r.response_headers);
     if c.errors.len() > before {
@@ -260,7 +275,7 @@ fn route_of(
         name: r.name,
         matcher: matcher?,
         methods,
-        upstream: r.upstream,
+        action: action?,
         rewrite,
         request_headers,
         response_headers,
@@ -273,6 +288,112 @@ fn route_of(
         compress,
     })
 }
+
+/// Exactly one of `upstream`, `deny`, `respond`, `redirect`.
+fn action_of(
+    c: &mut Checker,
+    at: &KeyPath,
+    r: &RawRoute,
+    upstreams: &HashSet<String>,
+) -> Option<RouteAction> {
+    let given = [
+        r.upstream.is_some(),
+        r.deny.is_some(),
+        r.respond.is_some(),
+        r.redirect.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        c.err(
+            at,
+            "a route needs exactly one of upstream, deny, respond or redirect",
+        );
+        return None;
+    }
+    if let Some(u) = &r.upstream {
+        if !upstreams.contains(u) {
+            c.err(&at.key("upstream"), format!("unknown upstream {u:?}"));
+            return None;
+        }
+        return Some(RouteAction::Upstream(u.clone()));
+    }
+    if let Some(d) = &r.deny {
+        let status = match d {
+            RawDeny::Flag(true) => 404,
+            RawDeny::Status(s @ (403 | 404 | 410)) => *s,
+            RawDeny::Flag(false) | RawDeny::Status(_) => {
+                c.err(&at.key("deny"), "deny takes 403, 404, 410 or true (404)");
+                return None;
+            }
+        };
+        return Some(RouteAction::Deny { status });
+    }
+    if let Some(f) = &r.respond {
+        let at = at.key("respond");
+        let status = f.status.unwrap_or(200);
+        if !(200..=599).contains(&status) || (300..400).contains(&status) {
+            c.err(
+                &at.key("status"),
+                "respond.status must be 200-299 or 400-599 (use redirect: for 3xx)",
+            );
+            return None;
+        }
+        if f.body.len() > MAX_RESPOND_BODY {
+            c.err(
+                &at.key("body"),
+                format!("respond.body is limited to {MAX_RESPOND_BODY} bytes"),
+            );
+            return None;
+        }
+        let ct = f
+            .content_type
+            .as_deref()
+            .unwrap_or("text/plain; charset=utf-8");
+        let Ok(content_type) = http::HeaderValue::from_str(ct) else {
+            c.err(&at.key("content_type"), "not a valid header value");
+            return None;
+        };
+        return Some(RouteAction::Respond(std::sync::Arc::new(FixedResponse {
+            status,
+            body: bytes::Bytes::from(f.body.clone()),
+            content_type,
+        })));
+    }
+    let rd = r.redirect.as_ref()?;
+    let at = at.key("redirect");
+    let status = rd.status.unwrap_or(308);
+    if ![301, 302, 303, 307, 308].contains(&status) {
+        c.err(
+            &at.key("status"),
+            "redirect.status must be 301, 302, 303, 307 or 308",
+        );
+        return None;
+    }
+    let to = rd.to.trim();
+    let absolute = to
+        .strip_prefix("https://")
+        .or_else(|| to.strip_prefix("http://"))
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    let valid = (absolute || (to.starts_with('/') && !to.starts_with("//")))
+        && http::HeaderValue::from_str(to).is_ok()
+        && !to.contains(char::is_whitespace);
+    if !valid {
+        c.err(
+            &at.key("to"),
+            "redirect.to must be an absolute http(s) URL or a path starting with /",
+        );
+        return None;
+    }
+    Some(RouteAction::Redirect(std::sync::Arc::new(RedirectConfig {
+        status,
+        to: to
+            .trim_end_matches(|ch| ch == '/' && rd.preserve_path)
+            .to_owned(),
+        preserve_path: rd.preserve_path,
+    })))
+}
+
+/// A fixed answer is a page, not a file server.
+const MAX_RESPOND_BODY: usize = 64 * 1024;
 
 fn check_path(c: &mut Checker, at: &KeyPath, p: &str) {
     if !p.starts_with('/') {

@@ -13,6 +13,7 @@ pub mod raw;
 mod raw_protect;
 pub mod shaping;
 pub(crate) mod tls;
+pub mod trust;
 pub mod types;
 mod upstream;
 pub mod validate;

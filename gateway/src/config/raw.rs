@@ -74,7 +74,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub server: Lenient<RawServer>,
     #[serde(default)]
-    pub trusted_proxies: Lenient<Vec<String>>,
+    pub trusted_proxies: Lenient<super::trust::RawTrustedProxies>,
     #[serde(default)]
     pub admin: Lenient<RawAdmin>,
     #[serde(default)]
@@ -248,7 +248,12 @@ pub struct RawRoute {
     pub prefix: Option<String>,
     pub regex: Option<String>,
     pub methods: Option<Vec<String>>,
-    pub upstream: String,
+    /// What the route does: exactly one of `upstream`, `deny`, `respond`, `redirect`.
+    pub upstream: Option<String>,
+    /// Answer at the gateway without a backend: `403`, `404` (or `true`: 404).
+    pub deny: Option<RawDeny>,
+    pub respond: Option<RawRespond>,
+    pub redirect: Option<RawRedirect>,
     #[serde(default)]
     pub strip_prefix: bool,
     pub rewrite: Option<String>,
@@ -268,6 +273,33 @@ pub struct RawRoute {
     pub rate_limit: Option<serde_norway::Value>,
     pub cache: Option<super::shaping::RawRouteCache>,
     pub compress: Option<super::shaping::RawCompress>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawDeny {
+    Flag(bool),
+    Status(u16),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub body: String,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    /// An absolute URL or a path.
+    pub to: String,
+    pub status: Option<u16>,
+    /// Append the request's path and query to `to` (host moves: `www.` → apex).
+    #[serde(default)]
+    pub preserve_path: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use indexmap::IndexMap;
-use ipnet::IpNet;
 use regex::Regex;
 
 pub use super::policy::{
@@ -21,12 +20,13 @@ pub use super::protect::{
     RedisConfig, StoreConfig,
 };
 pub use super::shaping::{CacheStoreConfig, Compression, KeyQuery, RouteCache};
+pub use super::trust::TrustedProxies;
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Listen,
     pub server: ServerSettings,
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: TrustedProxies,
     pub admin: AdminSettings,
     pub access_log: AccessLogSettings,
     pub tls: TlsConfig,
@@ -186,6 +186,53 @@ impl PathMatch {
     }
 }
 
+/// What a route does with a request that passed its policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Proxy to the named upstream pool.
+    Upstream(String),
+    /// Refuse at the gateway (403 or 404), before any policy: the path is
+    /// treated as if nothing were there.
+    Deny {
+        status: u16,
+    },
+    /// A fixed answer (`/robots.txt`, a maintenance page).
+    Respond(std::sync::Arc<FixedResponse>),
+    Redirect(std::sync::Arc<RedirectConfig>),
+}
+
+impl RouteAction {
+    pub fn upstream(&self) -> Option<&str> {
+        match self {
+            RouteAction::Upstream(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            RouteAction::Upstream(u) => format!("upstream {u}"),
+            RouteAction::Deny { status } => format!("deny {status}"),
+            RouteAction::Respond(r) => format!("respond {}", r.status),
+            RouteAction::Redirect(r) => format!("redirect {} {}", r.status, r.to),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedResponse {
+    pub status: u16,
+    pub body: bytes::Bytes,
+    pub content_type: HeaderValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    pub status: u16,
+    pub to: String,
+    pub preserve_path: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rewrite {
     None,
@@ -214,7 +261,7 @@ pub struct RouteConfig {
     pub matcher: PathMatch,
     /// `None` accepts every method.
     pub methods: Option<Vec<Method>>,
-    pub upstream: String,
+    pub action: RouteAction,
     pub rewrite: Rewrite,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,

@@ -86,7 +86,7 @@ pub fn validate(
         .unwrap_or_else(|| server_of(&mut c, RawServer::default()));
     let trusted_proxies = c
         .take(&root.key("trusted_proxies"), raw.trusted_proxies)
-        .map(|t| cidrs(&mut c, &root.key("trusted_proxies"), &t))
+        .map(|t| super::trust::trusted_of(&mut c, &root.key("trusted_proxies"), t))
         .unwrap_or_default();
     let admin = c
         .take(&root.key("admin"), raw.admin)
@@ -148,7 +148,11 @@ pub fn validate(
         .iter()
         .flat_map(|h| h.routes.iter().map(|r| r.name.clone()))
         .collect();
-    let jails = super::protect::jails_of(&mut c, raw.jails, &route_names);
+    let mut jails = super::protect::jails_of(&mut c, raw.jails, &route_names);
+    // A trusted proxy is never jailed for its clients: every jail ignores it.
+    for j in &mut jails {
+        j.ignoreip.extend(trusted_proxies.all().copied());
+    }
 
     let listen_errors = c
         .errors

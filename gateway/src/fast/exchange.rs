@@ -324,6 +324,7 @@ impl GatewayApp {
     pub(super) async fn serve(&self, stream: &mut Stream, c: &mut Conn, plan: Box<Plan>) -> bool {
         let Plan {
             route,
+            pool,
             head_len,
             method,
             host,
@@ -344,7 +345,7 @@ impl GatewayApp {
         } = c;
         let path_str = std::str::from_utf8(&buf[path]).unwrap_or("/");
         let host_str = std::str::from_utf8(&buf[host]).unwrap_or("");
-        let pool = &route.pool;
+        let pool = &pool;
         let rid = ctx.request_id.clone();
         let security = ctx.security.clone();
         let deco = Decorations {
@@ -442,7 +443,7 @@ impl GatewayApp {
         }
         if r.complete && r.reusable {
             *held = Some(Held {
-                pool: route.pool.clone(),
+                pool: pool.clone(),
                 server: i,
                 stream: up,
             });

@@ -12,9 +12,9 @@ use http::{HeaderValue, Method};
 
 use crate::cluster::Shield;
 use crate::proxy::RequestCtx;
+use crate::request_id;
 use crate::routing::{needs_normalizing, path_is_safe, Route, RouteMatch};
 use crate::snapshot::Snapshot;
-use crate::{client_ip, request_id};
 
 /// Headers per request the fast path parses; a request with more goes to pingora.
 pub const MAX_HEADERS: usize = 64;
@@ -31,6 +31,8 @@ pub struct Env<'a> {
 /// A request the fast path proxies.
 pub struct Plan {
     pub route: Arc<Route>,
+    /// The route's pool (fast-path routes always proxy).
+    pub pool: Arc<crate::upstream::Pool>,
     pub head_len: usize,
     pub method: Method,
     /// Where the `Host` value and the path (without query) are in the read buffer.
@@ -82,6 +84,10 @@ fn target_byte_ok(b: u8) -> bool {
 
 /// Route settings the fast path does not implement: those routes stay on pingora.
 fn route_qualifies(route: &Route) -> bool {
+    let Some(pool) = route.pool() else {
+        // Answered at the gateway: pingora's path renders those.
+        return false;
+    };
     route.access.mode == crate::config::AuthMode::Public
         && route.rate_limit.is_none()
         && route.cors.is_none()
@@ -89,9 +95,9 @@ fn route_qualifies(route: &Route) -> bool {
         && route.compress.is_none()
         && route.request_headers.is_empty()
         && route.response_headers.is_empty()
-        && !route.pool.is_tls()
+        && !pool.is_tls()
         && !matches!(
-            route.pool.config.balance,
+            pool.config.balance,
             crate::config::Balance::ConsistentHash(crate::config::HashKey::Header(_))
         )
 }
@@ -118,6 +124,7 @@ struct Seen<'b> {
     hosts: usize,
     request_id: Option<&'b [u8]>,
     cf_ip: Option<&'b [u8]>,
+    true_client_ip: Option<&'b [u8]>,
     xff: usize,
     size: usize,
 }
@@ -148,6 +155,9 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Seen<'b>> {
             15 if name.eq_ignore_ascii_case("x-forwarded-for") => s.xff += 1,
             16 if name.eq_ignore_ascii_case("cf-connecting-ip") => {
                 s.cf_ip.get_or_insert(h.value);
+            }
+            14 if name.eq_ignore_ascii_case("true-client-ip") => {
+                s.true_client_ip.get_or_insert(h.value);
             }
             17 if name.eq_ignore_ascii_case("transfer-encoding") => return None,
             _ => {}
@@ -216,22 +226,26 @@ fn prepare_parsed(
     }
 
     let mut ctx = RequestCtx::new();
-    let peer = env.peer.map(client_ip::canonical);
-    if let Some(peer) = peer {
-        let trusted = client_ip::is_trusted(peer, &snap.trusted_proxies);
+    if let Some(peer) = env.peer {
         let xff = req
             .headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
             .map(|h| h.value);
-        let ip = client_ip::resolve(peer, &snap.trusted_proxies, xff, seen.cf_ip);
+        // An unreadable chain is answered (400) by pingora's path.
+        ctx.identify(
+            peer,
+            &snap.trusted_proxies,
+            xff,
+            seen.cf_ip.or(seen.true_client_ip),
+        )
+        .ok()?;
         // A banned client gets pingora's path, which answers or drops it.
-        if env.shield.bans.check(ip, limits.ipv6_prefix).is_some() {
-            return None;
+        if let Some(ip) = ctx.chargeable_ip() {
+            if env.shield.bans.check(ip, limits.ipv6_prefix).is_some() {
+                return None;
+            }
         }
-        ctx.client_ip = Some(ip);
-        ctx.peer_ip = Some(peer);
-        ctx.peer_trusted = trusted;
     }
     ctx.request_id = Some(match seen.request_id {
         Some(v) if request_id::is_sane(v) => HeaderValue::from_bytes(v).ok()?,
@@ -250,6 +264,7 @@ fn prepare_parsed(
     let path_at = offset(path);
     Some(Plan {
         route: route.clone(),
+        pool: route.pool()?.clone(),
         head_len,
         method,
         host: host_at..host_at + host.len(),
@@ -292,7 +307,7 @@ fn write_request_headers(
     route: &Route,
     https: bool,
 ) {
-    let host_header = route.pool.host_header.as_ref();
+    let host_header = route.pool().and_then(|p| p.host_header.as_ref());
     let trusted = ctx.peer_trusted;
     let mut kept_proto = false;
     let mut kept_host = false;

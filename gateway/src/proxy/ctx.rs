@@ -7,7 +7,8 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use crate::auth::{Identity, Reject};
-use crate::config::{RatePolicy, SecurityHeaders};
+use crate::client_ip;
+use crate::config::{RatePolicy, SecurityHeaders, TrustedProxies};
 use crate::limits::Outcome;
 use crate::routing::Route;
 use crate::snapshot::Snapshot;
@@ -29,6 +30,11 @@ pub enum LocalReply {
     Acme,
     /// Refused by a rate limit (429).
     RateLimited,
+    /// A trusted proxy sent a forwarding chain that cannot be read (400,
+    /// charged to nobody).
+    BadForwarding,
+    /// The route's own answer (`deny`, `respond`, `redirect`).
+    RouteAction,
     /// The client is banned (403).
     Banned,
     /// The client is banned with `action: drop`: the connection is closed unanswered.
@@ -43,7 +49,11 @@ pub struct RequestCtx {
     /// The path routed on, when the client's differs from it (`routing::normalize_path`);
     /// it is what the upstream gets.
     pub normalized_path: Option<String>,
+    /// Who the request is charged to (`client_ip::resolve`); `None` when the
+    /// peer is unknown or a trusted proxy sent an unreadable chain.
     pub client_ip: Option<IpAddr>,
+    /// `client_ip` is a trusted proxy's own address: never limited or jailed.
+    pub client_is_proxy: bool,
     pub peer_ip: Option<IpAddr>,
     pub peer_trusted: bool,
     pub request_id: Option<HeaderValue>,
@@ -79,6 +89,7 @@ impl RequestCtx {
             route: None,
             normalized_path: None,
             client_ip: None,
+            client_is_proxy: false,
             peer_ip: None,
             peer_trusted: false,
             request_id: None,
@@ -98,6 +109,31 @@ impl RequestCtx {
         }
     }
 
+    /// Records the peer and resolves the client (the same for every
+    /// transport); `Err` when the forwarding chain cannot be read (answer 400,
+    /// charge nobody).
+    pub fn identify<'a>(
+        &mut self,
+        peer: IpAddr,
+        trusted: &TrustedProxies,
+        xff: impl DoubleEndedIterator<Item = &'a [u8]>,
+        cdn: Option<&[u8]>,
+    ) -> Result<(), client_ip::BadChain> {
+        let peer = client_ip::canonical(peer);
+        self.peer_ip = Some(peer);
+        self.peer_trusted = trusted.is_trusted(peer);
+        let c = client_ip::resolve(peer, trusted, xff, cdn)?;
+        self.client_ip = Some(c.ip);
+        self.client_is_proxy = c.is_proxy;
+        Ok(())
+    }
+
+    /// The client whose limits, jails and bans apply: `None` for a trusted
+    /// proxy's own requests and for unknown clients.
+    pub fn chargeable_ip(&self) -> Option<IpAddr> {
+        self.client_ip.filter(|_| !self.client_is_proxy)
+    }
+
     pub fn last_server(&self) -> Option<usize> {
         self.last
     }
@@ -105,7 +141,7 @@ impl RequestCtx {
     /// Ends the in-flight count of the current attempt (least-connections).
     pub fn release_server(&mut self) {
         if let (Some(i), Some(route)) = (self.server.take(), self.route.as_ref()) {
-            if let Some(s) = route.pool.servers.get(i) {
+            if let Some(s) = route.pool().and_then(|p| p.servers.get(i)) {
                 s.inflight
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }

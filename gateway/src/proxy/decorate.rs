@@ -60,7 +60,7 @@ pub fn upstream_request(
         forward::forwarded_headers(h, authority.as_deref(), ctx, https)?;
         forward::identity_headers(h, ctx.identity.as_deref(), ctx.peer_trusted)?;
         if let Some(route) = route {
-            if let Some(v) = &route.pool.host_header {
+            if let Some(v) = route.pool().and_then(|p| p.host_header.as_ref()) {
                 head::set(h, &http::header::HOST, v.clone())?;
             }
             if !route.request_headers.is_empty() {

@@ -15,6 +15,7 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
+pub static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 
 /// An IP address as a header value. IPv4 (the common case) is written digit by
 /// digit: `Display` through `fmt` cost more than the rest of this module.

@@ -28,13 +28,12 @@ use std::sync::Arc;
 
 use crate::access_log;
 use crate::bans::Event;
-use crate::client_ip;
 use crate::cluster::Shield;
 use crate::config::Balance;
 use crate::config::BanAction;
 use crate::config::HashKey;
 use crate::request_id;
-use crate::routing::{path_is_safe, RouteMatch};
+use crate::routing::{path_is_safe, Action, RouteMatch};
 use crate::snapshot::SnapshotHandle;
 
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -90,23 +89,26 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let peer = client_ip::canonical(peer);
-            let trusted = client_ip::is_trusted(peer, &snap.trusted_proxies);
             let req = session.req_header();
             let xff = req.headers.get_all(&forward::X_FORWARDED_FOR);
-            ctx.client_ip = Some(client_ip::resolve(
+            let cdn = req
+                .headers
+                .get(&forward::CF_CONNECTING_IP)
+                .or_else(|| req.headers.get(&forward::TRUE_CLIENT_IP))
+                .map(|v| v.as_bytes());
+            let identified = ctx.identify(
                 peer,
                 &snap.trusted_proxies,
                 xff.iter().map(|v| v.as_bytes()),
-                req.headers
-                    .get(&forward::CF_CONNECTING_IP)
-                    .map(|v| v.as_bytes()),
-            ));
-            ctx.peer_ip = Some(peer);
-            ctx.peer_trusted = trusted;
+                cdn,
+            );
+            if identified.is_err() {
+                ctx.snapshot = Some(snap.clone());
+                return Self::reply(session, ctx, LocalReply::BadForwarding).await;
+            }
         }
         ctx.snapshot = Some(snap.clone());
-        if let Some(ip) = ctx.client_ip {
+        if let Some(ip) = ctx.chargeable_ip() {
             if let Some(ban) = self.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {
                 if ban.action == BanAction::Drop && !ctx.peer_trusted {
                     // Close without an answer (the connection filter refuses new
@@ -154,6 +156,10 @@ impl ProxyHttp for GatewayProxy {
             RouteMatch::Found(route) => {
                 let route = route.clone();
                 ctx.route = Some(route.clone());
+                if let Action::Deny { status } = route.action {
+                    // As if nothing were there: before any policy or redirect.
+                    return Self::deny(session, ctx, status).await;
+                }
                 if !self.https && !route.allow_plain && snap.config.tls.redirect_http {
                     if let Some(https) = snap.config.listen.https {
                         let host = host.map(|h| crate::routing::normalize_host(h).into_owned());
@@ -166,16 +172,46 @@ impl ProxyHttp for GatewayProxy {
                         .await;
                     }
                 }
+                if req.method == http::Method::OPTIONS
+                    && !route.lists_method(&req.method)
+                    && !crate::cors::is_preflight(&req.method, &req.headers)
+                {
+                    // A CORS route takes OPTIONS for its preflights only.
+                    let allow = host_routes.allow_of(&route).cloned();
+                    return Self::method_not_allowed(session, ctx, allow).await;
+                }
                 if self.route_policies(session, ctx, &snap, &route).await? {
                     return Ok(true);
+                }
+                match &route.action {
+                    Action::Upstream(_) => {}
+                    Action::Respond(f) => {
+                        ctx.local = Some(LocalReply::RouteAction);
+                        respond::fixed(session, f, ctx.request_id.as_ref()).await?;
+                        return Ok(true);
+                    }
+                    Action::Redirect(rd) => {
+                        let pq = session
+                            .req_header()
+                            .uri
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str());
+                        let location = crate::routing::redirect_location(rd, pq);
+                        ctx.local = Some(LocalReply::RouteAction);
+                        respond::redirect(session, rd.status, &location, ctx.request_id.as_ref())
+                            .await?;
+                        return Ok(true);
+                    }
+                    Action::Deny { status } => return Self::deny(session, ctx, *status).await,
                 }
                 if route.cache.is_some() {
                     return cache_phases::fast_hit(session, ctx, self.https).await;
                 }
                 Ok(false)
             }
-            RouteMatch::MethodNotAllowed => {
-                Self::reply(session, ctx, LocalReply::MethodNotAllowed).await
+            RouteMatch::MethodNotAllowed(allow) => {
+                let allow = allow.clone();
+                Self::method_not_allowed(session, ctx, Some(allow)).await
             }
             RouteMatch::NotFound => Self::reply(session, ctx, LocalReply::NoRoute).await,
         }
@@ -216,7 +252,10 @@ impl ProxyHttp for GatewayProxy {
                 "every server of the pool is down",
             );
         };
-        Ok(route.pool.peer(i))
+        match route.pool() {
+            Some(pool) => Ok(pool.peer(i)),
+            None => Error::e_explain(ErrorType::InternalError, "route has no upstream"),
+        }
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -280,9 +319,9 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.response_started = true;
-        if let (Some(route), Some(i)) = (&ctx.route, ctx.server) {
-            route.pool.report_success(i);
-            route.pool.metrics.ok.inc();
+        if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
+            pool.report_success(i);
+            pool.metrics.ok.inc();
         }
         Ok(())
     }
@@ -316,8 +355,7 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(i)) = (&ctx.route, ctx.server) {
-            let pool = &route.pool;
+        if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
             pool.report_failure(i);
             if matches!(e.etype(), ErrorType::ConnectTimedout) {
                 pool.metrics.timeout.inc();
@@ -340,8 +378,7 @@ impl ProxyHttp for GatewayProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         let upstream_fault = e.esource() == &ErrorSource::Upstream;
-        if let (Some(route), Some(i)) = (&ctx.route, ctx.server) {
-            let pool = &route.pool;
+        if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
             if upstream_fault {
                 pool.report_failure(i);
                 if matches!(
@@ -433,7 +470,7 @@ pub(crate) fn pick_server<'a>(
     header: impl Fn(&http::HeaderName) -> Option<&'a [u8]>,
 ) -> Option<usize> {
     ctx.release_server();
-    let pool = &route.pool;
+    let pool = route.pool()?;
     if ctx.attempts > 0 {
         pool.metrics.retries.inc();
     }
@@ -490,7 +527,7 @@ pub(crate) async fn finish(
     {
         access_log::write(line, ctx, status, elapsed);
     }
-    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.client_ip) {
+    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.chargeable_ip()) {
         if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
             let ev = Event {
                 route: ctx.route.as_ref().map(|r| r.name.as_ref()),

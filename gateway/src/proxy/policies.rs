@@ -23,7 +23,9 @@ impl GatewayProxy {
         snap: &crate::snapshot::Snapshot,
         policy: &Arc<RatePolicy>,
     ) -> Result<bool> {
-        let Some(ip) = ctx.client_ip else {
+        // A trusted proxy's own requests (and unknown clients) are never
+        // counted: everyone behind the proxy would share its budget.
+        let Some(ip) = ctx.chargeable_ip() else {
             return Ok(false);
         };
         let ip_key =
@@ -127,6 +129,44 @@ impl GatewayProxy {
         Ok(false)
     }
 
+    /// 405 with the path's `Allow`.
+    pub(super) async fn method_not_allowed(
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        allow: Option<http::HeaderValue>,
+    ) -> Result<bool> {
+        ctx.local = Some(LocalReply::MethodNotAllowed);
+        let extra = allow
+            .map(|v| vec![(http::header::ALLOW.as_str(), v)])
+            .unwrap_or_default();
+        respond::json_error_with(
+            session,
+            405,
+            "method_not_allowed",
+            "this method is not allowed here",
+            ctx.request_id.as_ref(),
+            extra,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// A `deny` route: the same answer as no route (404) or a refusal.
+    pub(super) async fn deny(
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+    ) -> Result<bool> {
+        let (code, msg) = match status {
+            403 => ("forbidden", "you are not allowed to do this"),
+            410 => ("gone", "this resource is gone"),
+            _ => ("not_found", "no route matches this path"),
+        };
+        ctx.local = Some(LocalReply::RouteAction);
+        respond::json_error(session, status, code, msg, ctx.request_id.as_ref()).await?;
+        Ok(true)
+    }
+
     pub(super) async fn reply(
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -144,12 +184,18 @@ impl GatewayProxy {
             }
             LocalReply::BodyTooLarge => (413, "payload_too_large", "the request body is too large"),
             LocalReply::Banned => (403, "forbidden", "access from this address is blocked"),
+            LocalReply::BadForwarding => (
+                400,
+                "bad_request",
+                "the forwarding chain of this request cannot be read",
+            ),
             LocalReply::Unauthorized
             | LocalReply::Forbidden
             | LocalReply::Preflight
             | LocalReply::Redirect
             | LocalReply::Acme
             | LocalReply::RateLimited
+            | LocalReply::RouteAction
             | LocalReply::Dropped => (400, "bad_request", "malformed request"),
         };
         ctx.local = Some(why);

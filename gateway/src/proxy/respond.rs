@@ -19,6 +19,60 @@ pub async fn json_error(
     write_error(session, status, code, message, request_id, Vec::new()).await
 }
 
+/// [`json_error`] with extra header fields (`Allow` of a 405).
+pub async fn json_error_with(
+    session: &mut Session,
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+    extra: Vec<(&'static str, HeaderValue)>,
+) -> Result<()> {
+    session.set_keepalive(None);
+    write_error(session, status, code, message, request_id, extra).await
+}
+
+/// A `respond` route's fixed answer (no body for HEAD). The connection stays
+/// open: nothing went wrong.
+pub async fn fixed(
+    session: &mut Session,
+    f: &crate::config::FixedResponse,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(f.status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, f.content_type.clone())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, f.body.len())?;
+    if let Some(v) = request_id {
+        resp.insert_header("x-request-id", v.clone())?;
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head || f.body.is_empty())
+        .await?;
+    if !head && !f.body.is_empty() {
+        session
+            .write_response_body(Some(f.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A `redirect` route's answer.
+pub async fn redirect(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    if let Some(v) = request_id {
+        resp.insert_header("x-request-id", v.clone())?;
+    }
+    session.write_response_header(Box::new(resp), true).await
+}
+
 /// 429 with `Retry-After` and the rate-limit header fields. The connection stays
 /// open: a throttled client is not a broken one.
 pub async fn rate_limited(

@@ -2,23 +2,32 @@
 //!
 //! Hosts: exact names and aliases in a hash map, then wildcards (`*.galion.app`,
 //! longest suffix first), then the default host. Paths, like nginx: an exact match
-//! wins; otherwise regexes in declared order; otherwise the longest prefix. A route
-//! whose path matches but whose methods do not is skipped; if only such routes
-//! match, the answer is 405.
+//! wins; otherwise regexes in declared order; otherwise the longest prefix.
+//!
+//! Methods choose among routes with the same path rule only (`exact: /x,
+//! methods: [GET]` beside `exact: /x, methods: [POST]`). When none of them takes
+//! the method the answer is 405 with `Allow`: the request never falls through
+//! to a broader route, whose policies are usually looser (a `HEAD` that skipped
+//! a JWT route for a public prefix was the way around its check). `HEAD` is
+//! taken wherever `GET` is; a route with CORS also takes `OPTIONS`, for its
+//! preflights.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use crate::config::{
-    AccessRule, CorsConfig, HeaderOps, HostConfig, PathMatch, Rewrite, SecurityHeaders,
+    AccessRule, CorsConfig, FixedResponse, HeaderOps, HostConfig, PathMatch, RedirectConfig,
+    Rewrite, SecurityHeaders,
 };
 use crate::metrics::RouteMetrics;
 use crate::upstream::Pool;
 
+pub mod exposure;
 mod path;
+pub use exposure::{exposures, Exposure};
 pub use path::{needs_normalizing, normalize_path};
 
 pub struct Route {
@@ -26,7 +35,7 @@ pub struct Route {
     pub host: Arc<str>,
     pub matcher: PathMatch,
     pub methods: Option<Vec<Method>>,
-    pub pool: Arc<Pool>,
+    pub action: Action,
     pub rewrite: Rewrite,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -40,9 +49,38 @@ pub struct Route {
     pub compress: Option<Arc<crate::config::Compression>>,
 }
 
+/// What a matched route does once its policies passed.
+pub enum Action {
+    Upstream(Arc<Pool>),
+    Deny { status: u16 },
+    Respond(Arc<FixedResponse>),
+    Redirect(Arc<RedirectConfig>),
+}
+
 impl Route {
     fn accepts(&self, m: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|ms| ms.contains(m))
+        let Some(ms) = &self.methods else {
+            return true;
+        };
+        ms.contains(m)
+            || (*m == Method::HEAD && ms.contains(&Method::GET))
+            || (*m == Method::OPTIONS && self.cors.is_some())
+    }
+
+    /// Whether `methods` names this method itself (not through the HEAD/OPTIONS
+    /// siblings above).
+    pub fn lists_method(&self, m: &Method) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|ms| ms.contains(m) || (*m == Method::HEAD && ms.contains(&Method::GET)))
+    }
+
+    /// The pool of an `upstream` route.
+    pub fn pool(&self) -> Option<&Arc<Pool>> {
+        match &self.action {
+            Action::Upstream(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// The path to send upstream, or `None` when it is unchanged.
@@ -83,11 +121,14 @@ pub struct HostRoutes {
     /// Indices of prefix routes, longest prefix first (declared order on ties).
     prefixes: Vec<usize>,
     regexes: Vec<usize>,
+    /// `Allow` of each route's path rule, by route index.
+    allow: Vec<HeaderValue>,
 }
 
 pub enum RouteMatch<'a> {
     Found(&'a Arc<Route>),
-    MethodNotAllowed,
+    /// The path's routes take other methods: 405 with this `Allow`.
+    MethodNotAllowed(&'a HeaderValue),
     NotFound,
 }
 
@@ -108,6 +149,10 @@ impl HostRoutes {
             _ => 0,
         };
         prefixes.sort_by_key(|i| std::cmp::Reverse(plen(i)));
+        let allow = routes
+            .iter()
+            .map(|r| allow_of(routes.iter().filter(|o| same_rule(&o.matcher, &r.matcher))))
+            .collect();
         HostRoutes {
             name: name.into(),
             security,
@@ -115,47 +160,101 @@ impl HostRoutes {
             exact,
             prefixes,
             regexes,
+            allow,
         }
     }
 
+    /// The route for a path and method. The first path rule that matches
+    /// decides (exact, then regexes in order, then the longest prefix); among
+    /// the routes with that same rule, the first taking the method wins.
     pub fn find(&self, path: &str, method: &Method) -> RouteMatch<'_> {
-        let mut path_matched = false;
-        if let Some(ids) = self.exact.get(path) {
-            for &i in ids {
-                if self.routes[i].accepts(method) {
-                    return RouteMatch::Found(&self.routes[i]);
-                }
-                path_matched = true;
-            }
-        }
-        for &i in &self.regexes {
-            let r = &self.routes[i];
-            if let PathMatch::Regex(re) = &r.matcher {
-                if re.is_match(path) {
-                    if r.accepts(method) {
-                        return RouteMatch::Found(r);
-                    }
-                    path_matched = true;
-                }
-            }
-        }
-        for &i in &self.prefixes {
-            let r = &self.routes[i];
-            if let PathMatch::Prefix(p) = &r.matcher {
-                if prefix_matches(p, path) {
-                    if r.accepts(method) {
-                        return RouteMatch::Found(r);
-                    }
-                    path_matched = true;
-                }
-            }
-        }
-        if path_matched {
-            RouteMatch::MethodNotAllowed
-        } else {
-            RouteMatch::NotFound
+        let first = self
+            .exact
+            .get(path)
+            .and_then(|ids| ids.first().copied())
+            .or_else(|| {
+                self.regexes.iter().copied().find(|&i| {
+                    matches!(&self.routes[i].matcher, PathMatch::Regex(re) if re.is_match(path))
+                })
+            })
+            .or_else(|| {
+                self.prefixes.iter().copied().find(|&i| {
+                    matches!(&self.routes[i].matcher, PathMatch::Prefix(p) if prefix_matches(p, path))
+                })
+            });
+        let Some(first) = first else {
+            return RouteMatch::NotFound;
+        };
+        let rule = &self.routes[first].matcher;
+        let taken = match rule {
+            PathMatch::Exact(_) => self.exact.get(path).and_then(|ids| {
+                ids.iter()
+                    .map(|&i| &self.routes[i])
+                    .find(|r| r.accepts(method))
+            }),
+            _ => self.routes[first..]
+                .iter()
+                .filter(|r| same_rule(&r.matcher, rule))
+                .find(|r| r.accepts(method)),
+        };
+        match taken {
+            Some(r) => RouteMatch::Found(r),
+            None => RouteMatch::MethodNotAllowed(&self.allow[first]),
         }
     }
+}
+
+impl HostRoutes {
+    /// `Allow` of `route`'s path rule.
+    pub fn allow_of(&self, route: &Arc<Route>) -> Option<&HeaderValue> {
+        let i = self.routes.iter().position(|r| Arc::ptr_eq(r, route))?;
+        self.allow.get(i)
+    }
+}
+
+/// Where a `redirect` route sends a request whose path and query are `pq`.
+pub fn redirect_location(rd: &RedirectConfig, pq: &str) -> String {
+    if rd.preserve_path {
+        format!("{}{pq}", rd.to)
+    } else {
+        rd.to.clone()
+    }
+}
+
+/// Whether two routes have the same path rule (so methods choose between them).
+fn same_rule(a: &PathMatch, b: &PathMatch) -> bool {
+    match (a, b) {
+        (PathMatch::Exact(a), PathMatch::Exact(b))
+        | (PathMatch::Prefix(a), PathMatch::Prefix(b)) => a == b,
+        (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+        _ => false,
+    }
+}
+
+/// `Allow` of a path rule: every method its routes take.
+fn allow_of<'a>(routes: impl Iterator<Item = &'a Arc<Route>>) -> HeaderValue {
+    let mut all: Vec<&str> = Vec::new();
+    for r in routes {
+        let Some(ms) = &r.methods else {
+            return HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+        };
+        for m in ms {
+            all.push(m.as_str());
+            if *m == Method::GET {
+                all.push("HEAD");
+            }
+        }
+        if r.cors.is_some() {
+            all.push("OPTIONS");
+        }
+    }
+    let mut seen = Vec::new();
+    for m in all {
+        if !seen.contains(&m) {
+            seen.push(m);
+        }
+    }
+    HeaderValue::from_str(&seen.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `/api` matches `/api`, `/api/x` and `/api?..` but not `/apix`; a prefix ending in

@@ -27,6 +27,11 @@ hosts:
       - { name: user-re2, regex: '^/api/v1/users/', upstream: a }
       - { name: only-get, exact: /g, methods: [GET], upstream: a }
       - { name: strip, prefix: /s/, strip_prefix: true, upstream: a }
+      - { name: m-get, exact: /m, methods: [GET], upstream: a }
+      - { name: m-post, exact: /m, methods: [POST], upstream: a }
+      - { name: p-get, prefix: /p/, methods: [GET], upstream: a }
+      - { name: p-del, prefix: /p/, methods: [DELETE], upstream: a }
+      - { name: c, exact: /c, methods: [POST], upstream: a, cors: { allow_origins: ["https://galion.app"] } }
   "*.galion.app":
     routes:
       - { name: wild, prefix: /, upstream: a }
@@ -44,7 +49,7 @@ fn route(s: &Snapshot, host: &str, path: &str, m: Method) -> String {
     let h = s.router.host(Some(host)).unwrap();
     match h.find(path, &m) {
         RouteMatch::Found(r) => r.name.to_string(),
-        RouteMatch::MethodNotAllowed => "405".into(),
+        RouteMatch::MethodNotAllowed(allow) => format!("405 {}", allow.to_str().unwrap()),
         RouteMatch::NotFound => "404".into(),
     }
 }
@@ -60,13 +65,37 @@ fn path_precedence() {
     assert_eq!(g("/api/v1/x"), "api-v1");
     assert_eq!(g("/api/v1/users/42"), "user-re");
     assert_eq!(g("/api/v1/users/abc"), "user-re2");
-    // exact route with a POST-only method list: GET falls through to the prefix
-    assert_eq!(g("/api/v1/login"), "api-v1");
+    // An exact route with a POST-only method list: GET does not fall through
+    // to the broader prefix (whose policies may be looser), it is a 405.
+    assert_eq!(g("/api/v1/login"), "405 POST");
     assert_eq!(
         route(&s, "galion.app", "/api/v1/login", Method::POST),
         "login"
     );
-    assert_eq!(route(&s, "galion.app", "/g", Method::POST), "root");
+    assert_eq!(route(&s, "galion.app", "/g", Method::POST), "405 GET, HEAD");
+}
+
+#[test]
+fn methods_choose_among_routes_of_one_path_rule() {
+    let s = snap();
+    let r = |p: &str, m: Method| route(&s, "galion.app", p, m);
+    assert_eq!(r("/m", Method::GET), "m-get");
+    assert_eq!(r("/m", Method::POST), "m-post");
+    assert_eq!(r("/m", Method::PUT), "405 GET, HEAD, POST");
+    assert_eq!(r("/p/x", Method::GET), "p-get");
+    assert_eq!(r("/p/x", Method::DELETE), "p-del");
+    assert_eq!(r("/p/x", Method::PATCH), "405 GET, HEAD, DELETE");
+}
+
+#[test]
+fn head_is_gets_sibling_and_cors_routes_take_preflights() {
+    let s = snap();
+    let r = |p: &str, m: Method| route(&s, "galion.app", p, m);
+    assert_eq!(r("/g", Method::HEAD), "only-get");
+    assert_eq!(r("/m", Method::HEAD), "m-get");
+    assert_eq!(r("/c", Method::OPTIONS), "c");
+    assert_eq!(r("/c", Method::GET), "405 POST, OPTIONS");
+    assert_eq!(r("/api/v1/login", Method::HEAD), "405 POST");
 }
 
 #[test]
