@@ -113,9 +113,14 @@ pub async fn build(
     )?;
     let registrations = metrics.counter("auth_registrations_total", "Accounts registered")?;
     password::warm_up();
-    revocations::spawn_cleanup(db.clone(), shutdown.clone());
+    revocations::spawn_cleanup(db.clone(), settings.revocation_retention, shutdown.clone());
     if let Some(url) = &settings.redis_url {
-        publish::spawn(db.clone(), url, settings.access_ttl, shutdown.clone())?;
+        publish::spawn(
+            db.clone(),
+            url,
+            publish::Options::new(settings.revocation_retention),
+            shutdown.clone(),
+        )?;
         tracing::info!("mirroring revocations to redis");
     }
     tracing::info!(database = db.engine(), kid = %keys.current_kid().unwrap_or_default(), "galion-auth ready");

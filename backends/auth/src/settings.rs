@@ -31,7 +31,16 @@ pub struct AuthSettings {
     pub public_url: String,
     /// Cluster mode: mirror revocations into Redis (see `publish`).
     pub redis_url: Option<String>,
+    /// How long a revocation is kept (in the table, the feed and Redis)
+    /// after the token's `exp`. Verifiers accept a token until `exp` +
+    /// their leeway, so this must exceed every verifier's leeway (gateway,
+    /// users, analytics); it is checked against this service's own.
+    pub revocation_retention: Duration,
 }
+
+/// Default of [`AuthSettings::revocation_retention`]: ten times the default
+/// JWT leeway, so a verifier configured a little looser is still covered.
+pub const DEFAULT_REVOCATION_RETENTION: Duration = Duration::from_secs(5 * 60);
 
 /// Decodes a 32-byte key given as 64 hex digits or base64 (url or standard).
 pub fn decode_key(raw: &str) -> Option<[u8; 32]> {
@@ -109,6 +118,19 @@ impl AuthSettings {
         })?;
         let public_url = env("GALION_PUBLIC_URL").unwrap_or_else(|| "https://galion.app".into());
         let redis_url = env("GALION_REDIS_URL").or_else(|| file.redis_url.clone());
+        let revocation_retention =
+            env_duration("GALION_REVOCATION_RETENTION")?.unwrap_or(DEFAULT_REVOCATION_RETENTION);
+        if revocation_retention <= common.jwt.leeway
+            || revocation_retention > Duration::from_secs(30 * 86400)
+        {
+            return Err(ConfigError::Env {
+                name: "GALION_REVOCATION_RETENTION".into(),
+                message: format!(
+                    "must exceed the JWT leeway ({:?}) and be at most 30 days: a revoked token is accepted again once its revocation is forgotten",
+                    common.jwt.leeway
+                ),
+            });
+        }
         Ok(AuthSettings {
             common,
             access_ttl,
@@ -118,6 +140,7 @@ impl AuthSettings {
             key_reload_interval,
             public_url,
             redis_url,
+            revocation_retention,
         })
     }
 
@@ -132,6 +155,7 @@ impl AuthSettings {
             key_reload_interval: Duration::from_millis(200),
             public_url: "https://galion.test".into(),
             redis_url: None,
+            revocation_retention: DEFAULT_REVOCATION_RETENTION,
         }
     }
 }

@@ -5,6 +5,12 @@
 //! shared secret (and refused when none is configured). `alg: none` and
 //! everything else is refused. An unknown `kid` triggers at most one JWKS
 //! refetch per interval, so garbage tokens cannot hammer auth.
+//!
+//! A service without access to galion-auth's database (analytics) can also
+//! refuse revoked tokens: [`JwtVerifier::watch_revocations`] polls auth's
+//! `/revocations` feed by sequence number in the background, like the
+//! gateway does, and keeps each revoked jti until `exp` + leeway, the last
+//! instant the token would otherwise verify.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::auth::ServiceToken;
 use crate::config::JwtSettings;
 
 /// Claims of a Galion access token.
@@ -85,6 +93,8 @@ pub enum JwtError {
     Algorithm,
     #[error("unknown key id")]
     UnknownKid,
+    #[error("token revoked")]
+    Revoked,
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
 }
@@ -100,6 +110,7 @@ pub struct JwtVerifier {
     last_fetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
     refetch_interval: Duration,
     hs256: Option<DecodingKey>,
+    revocations: Option<Arc<RevokedJtis>>,
 }
 
 impl JwtVerifier {
@@ -138,7 +149,47 @@ impl JwtVerifier {
                 .hs256_secret
                 .as_ref()
                 .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            revocations: None,
         }
+    }
+
+    /// Also refuse tokens revoked at galion-auth: a background task polls
+    /// `{auth_url}/revocations` with the service token every `interval`
+    /// until `shutdown`. While the feed is unreachable the revocations
+    /// already learned keep being enforced.
+    pub fn watch_revocations(
+        &mut self,
+        auth_url: &str,
+        token: ServiceToken,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let set = Arc::new(RevokedJtis::new(self.settings.leeway));
+        self.revocations = Some(set.clone());
+        let url = format!("{}/revocations", auth_url.trim_end_matches('/'));
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                match set.poll(&http, &url, &token).await {
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!(url = %url, "revocation feed reachable again");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(url = %url, error = %e, "revocation feed unreachable; known revocations still enforced");
+                        }
+                        failing = true;
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
     }
 
     pub fn set_keys(&self, keys: HashMap<String, DecodingKey>) {
@@ -195,8 +246,22 @@ impl JwtVerifier {
             .await
     }
 
-    /// Verifies signature, algorithm, `exp`/`nbf` (with leeway), `iss` and `aud`.
+    /// Verifies signature, algorithm, `exp`/`nbf` (with leeway), `iss` and
+    /// `aud`, and (with [`JwtVerifier::watch_revocations`]) that the token
+    /// was not revoked.
     pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        let claims = self.verify_signed(token).await?;
+        if self
+            .revocations
+            .as_ref()
+            .is_some_and(|r| r.contains(&claims.jti))
+        {
+            return Err(JwtError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<Claims, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         match header.alg {
             Algorithm::HS256 => {
@@ -228,5 +293,123 @@ impl JwtVerifier {
         v.set_audience(&[&self.settings.audience]);
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         Ok(jsonwebtoken::decode::<Claims>(token, key, &v)?.claims)
+    }
+}
+
+/// Pages read in one poll at most (the feed pages by 1000).
+const MAX_FEED_PAGES: usize = 50;
+
+#[derive(Deserialize)]
+struct Feed {
+    revocations: Vec<FeedEntry>,
+    cursor: i64,
+    #[serde(default)]
+    more: bool,
+}
+
+#[derive(Deserialize)]
+struct FeedEntry {
+    jti: String,
+    exp: i64,
+}
+
+/// Revoked jtis by `exp`, and the feed's cursor.
+struct RevokedJtis {
+    leeway: i64,
+    state: RwLock<(HashMap<String, i64>, i64)>,
+}
+
+impl RevokedJtis {
+    fn new(leeway: Duration) -> Self {
+        RevokedJtis {
+            leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
+            state: RwLock::new((HashMap::new(), 0)),
+        }
+    }
+
+    fn contains(&self, jti: &str) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .contains_key(jti)
+    }
+
+    /// A token expiring at `exp` still verifies at `now` (with the leeway),
+    /// so its revocation must be kept.
+    fn in_force(&self, exp: i64, now: i64) -> bool {
+        exp.saturating_add(self.leeway) > now
+    }
+
+    /// Reads the feed from the cursor until it says nothing more is waiting;
+    /// every page is applied as it comes, so an error loses nothing.
+    async fn poll(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        token: &ServiceToken,
+    ) -> Result<(), reqwest::Error> {
+        for _ in 0..MAX_FEED_PAGES {
+            let after = self.state.read().unwrap_or_else(|e| e.into_inner()).1;
+            let feed: Feed = http
+                .get(url)
+                .query(&[("after_seq", after)])
+                .bearer_auth(token.as_str())
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let more = feed.more;
+            self.apply(feed, chrono::Utc::now().timestamp());
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, feed: Feed, now: i64) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.0.retain(|_, exp| self.in_force(*exp, now));
+        for e in feed.revocations {
+            if self.in_force(e.exp, now) {
+                state.0.insert(e.jti, e.exp);
+            }
+        }
+        state.1 = feed.cursor;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(entries: &[(&str, i64)], cursor: i64) -> Feed {
+        Feed {
+            revocations: entries
+                .iter()
+                .map(|(j, e)| FeedEntry {
+                    jti: (*j).to_owned(),
+                    exp: *e,
+                })
+                .collect(),
+            cursor,
+            more: false,
+        }
+    }
+
+    #[test]
+    fn revoked_jtis_are_kept_until_exp_plus_leeway() {
+        let set = RevokedJtis::new(Duration::from_secs(30));
+        let exp = 1_000_000;
+        set.apply(feed(&[("a", exp)], 7), exp + 5);
+        assert!(set.contains("a"));
+        set.apply(feed(&[], 7), exp + 29);
+        assert!(set.contains("a"), "still verifiable within the leeway");
+        set.apply(feed(&[("b", exp)], 8), exp + 30);
+        assert!(!set.contains("a"));
+        assert!(!set.contains("b"), "no longer verifiable: nothing to keep");
+        assert_eq!(set.state.read().map(|s| s.1).unwrap_or(0), 8);
     }
 }

@@ -57,7 +57,11 @@ impl Authenticator {
         let m = &crate::metrics::metrics().auth_rejected;
         Authenticator {
             jwt: config.jwt.clone().map(jwt::JwtVerifier::new),
-            revocations: config.revocation.clone().map(revocation::Revocations::new),
+            // Revocations are kept for the verifier's leeway after `exp` (issue 21).
+            revocations: config.revocation.clone().map(|r| {
+                let leeway = config.jwt.as_ref().map_or(Duration::ZERO, |j| j.leeway);
+                revocation::Revocations::new(r, leeway)
+            }),
             api_keys,
             rejected: Reject::ALL
                 .iter()
