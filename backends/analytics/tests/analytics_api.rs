@@ -17,6 +17,19 @@ use uuid::Uuid;
 
 const SERVICE_TOKEN: &str = "test-service-token";
 
+/// `/metrics` of the service at `base`, which requires the service token
+/// when no metrics token is configured.
+async fn scrape(base: &str) -> String {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(SERVICE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.text().await.unwrap()
+}
+
 async fn start_auth(env: &TestEnv, analytics: Option<String>) -> TestServer {
     let mut settings = AuthSettings::for_tests(&env.database_url, &env.dir);
     settings.common.analytics_url = analytics;
@@ -169,12 +182,9 @@ async fn ingestion(env: TestEnv) {
     let (s, r) = send(&an.url, Some(SERVICE_TOKEN), &json!({"events": max})).await;
     assert_eq!((s, r["stored"].as_u64()), (StatusCode::OK, Some(1000)));
 
-    let text = reqwest::get(format!("{}/metrics", an.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let anonymous = reqwest::get(format!("{}/metrics", an.url)).await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let text = scrape(&an.url).await;
     for line in [
         "analytics_events_received_total{service=\"analytics\"} 1012",
         "analytics_events_stored_total{service=\"analytics\"} 1004",
@@ -326,12 +336,7 @@ async fn outbox_survives_analytics_outage(env: TestEnv) {
         "outbox_events_pending = 50 on auth",
         Duration::from_secs(10),
         || async {
-            let text = reqwest::get(format!("{}/metrics", auth.url))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = scrape(&auth.url).await;
             text.contains("outbox_events_pending{service=\"auth\"} 50")
                 .then_some(())
         },
@@ -383,12 +388,7 @@ async fn outbox_survives_analytics_outage(env: TestEnv) {
     )
     .await;
     assert_eq!(count_registered(&db).await, (50, 50));
-    let text = reqwest::get(format!("{}/metrics", an.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&an.url).await;
     assert!(
         text.contains("analytics_events_stored_total{service=\"analytics\"} 50"),
         "{text}"

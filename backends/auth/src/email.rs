@@ -1,8 +1,16 @@
 //! Email verification and password reset: single-use tokens (random, stored
 //! as SHA-256, expiring) "sent" by writing to `mail_outbox` in the same
 //! transaction, and logged. A separate mailer drains `mail_outbox`.
+//!
+//! Mail on request is limited per account: at most [`MAIL_LIMIT`] mails of
+//! one purpose per [`MAIL_WINDOW`] (issue 21: 40 reset requests from 40
+//! addresses queued 40 mails for one victim; a per-IP limit at the gateway
+//! cannot see that). The count comes from the database, so it holds across
+//! auth instances and restarts. Over the limit the endpoint answers exactly
+//! as when it queues, so it reveals neither that the address has an account
+//! nor that it is being throttled.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,6 +21,7 @@ use chrono::{DateTime, Utc};
 use galion_common::accounts::{self, UserRow};
 use galion_common::config::RunMode;
 use galion_common::db::Tx;
+use galion_common::metrics::Metrics;
 use galion_common::{with_db, with_tx, ApiError, ApiJson};
 use serde::Deserialize;
 use serde_json::json;
@@ -24,6 +33,54 @@ use crate::AppState;
 
 const VERIFY_TTL: Duration = Duration::from_secs(24 * 3600);
 const RESET_TTL: Duration = Duration::from_secs(3600);
+
+/// Mails of one purpose (reset, verification) one account may be sent per
+/// [`MAIL_WINDOW`]; enough for a lost mail or two, too few to flood an
+/// inbox. The verification mail sent at registration counts. Constants
+/// rather than settings: `AuthSettings` belongs to other work in progress;
+/// make them settings when there is a reason to tune them.
+pub const MAIL_LIMIT: i64 = 3;
+pub const MAIL_WINDOW: Duration = Duration::from_secs(3600);
+
+// The limit counts `one_time_tokens` rows, which the cleanup task deletes
+// once expired: a token must outlive the window or sent mails would stop
+// counting before the window ends.
+const _: () = assert!(MAIL_WINDOW.as_secs() <= RESET_TTL.as_secs());
+const _: () = assert!(MAIL_WINDOW.as_secs() <= VERIFY_TTL.as_secs());
+
+/// `auth_mail_throttled_total{purpose}` of each live service registry.
+///
+/// `AppState` (lib.rs) has no field for it, so the counter is registered on
+/// the service's registry the first time it is needed and found again here
+/// by the `Metrics` it belongs to; tests run several services per process,
+/// hence a list rather than one global.
+static THROTTLED: Mutex<Vec<(Weak<Metrics>, prometheus::IntCounterVec)>> = Mutex::new(Vec::new());
+
+fn throttled_counter(metrics: &Arc<Metrics>) -> Option<prometheus::IntCounterVec> {
+    // A panic elsewhere while holding the lock leaves the list intact.
+    let mut list = THROTTLED.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|(owner, _)| owner.strong_count() > 0);
+    if let Some((_, c)) = list
+        .iter()
+        .find(|(owner, _)| std::ptr::eq(owner.as_ptr(), Arc::as_ptr(metrics)))
+    {
+        return Some(c.clone());
+    }
+    match metrics.counter_vec(
+        "auth_mail_throttled_total",
+        "Mails not queued because the account reached its per-window limit",
+        &["purpose"],
+    ) {
+        Ok(c) => {
+            list.push((Arc::downgrade(metrics), c.clone()));
+            Some(c)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register auth_mail_throttled_total");
+            None
+        }
+    }
+}
 
 /// A mail written in a transaction, logged once that transaction commits.
 pub struct QueuedMail {
@@ -93,6 +150,62 @@ async fn queue(
         subject,
         link,
     })
+}
+
+/// Queues a mail of `purpose` for `user` in its own transaction unless the
+/// account already had [`MAIL_LIMIT`] of them in the last [`MAIL_WINDOW`];
+/// `None` when throttled.
+async fn queue_limited(
+    state: &AppState,
+    user: &UserRow,
+    purpose: &'static str,
+    ttl: Duration,
+) -> Result<Option<QueuedMail>, ApiError> {
+    let now = galion_common::time::now();
+    let since = now - chrono::Duration::from_std(MAIL_WINDOW).map_err(ApiError::internal)?;
+    let mut tx = state.db.begin().await?;
+    // Count and insert under a lock on the account, or concurrent requests
+    // (on any instance) would all count below the limit and all queue. The
+    // no-op UPDATE as first statement is that lock on both engines: a row
+    // lock on PostgreSQL, and on SQLite the write lock taken up front (a
+    // transaction that reads first cannot upgrade once another writer has
+    // committed, and would fail with SQLITE_BUSY).
+    with_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE users SET updated_at = updated_at WHERE id = $1"
+    )
+    .bind(user.id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    let (sent,): (i64,) = with_tx!(&mut tx, |c| {
+        sqlx::query_as(
+        "SELECT COUNT(*) FROM one_time_tokens WHERE user_id = $1 AND purpose = $2 AND created_at > $3"
+    )
+    .bind(user.id)
+    .bind(purpose)
+    .bind(since)
+    .fetch_one(c)
+    .await
+    })?;
+    if sent >= MAIL_LIMIT {
+        tx.commit().await?;
+        // The user id, never the address: logs are read more widely than
+        // the users table.
+        tracing::info!(
+            user_id = %user.id,
+            purpose,
+            limit = MAIL_LIMIT,
+            window = %humantime::format_duration(MAIL_WINDOW),
+            "mail not queued: per-account limit reached"
+        );
+        if let Some(c) = throttled_counter(&state.metrics) {
+            c.with_label_values(&[purpose]).inc();
+        }
+        return Ok(None);
+    }
+    let mail = queue(state, &mut tx, user, purpose, ttl, now).await?;
+    tx.commit().await?;
+    Ok(Some(mail))
 }
 
 /// Queues a verification mail for `user` inside `tx`.
@@ -169,11 +282,11 @@ pub async fn verify_request(
     if user.email_verified {
         return Ok((StatusCode::OK, Json(json!({"status": "already_verified"}))));
     }
-    let now = galion_common::time::now();
-    let mut tx = state.db.begin().await?;
-    let mail = queue_verification(&state, &mut tx, &user, now).await?;
-    tx.commit().await?;
-    mail.log(&state);
+    // Throttled or not, the same answer: the client cannot tell (and a
+    // script retrying on anything else gains nothing).
+    if let Some(mail) = queue_limited(&state, &user, "verify_email", VERIFY_TTL).await? {
+        mail.log(&state);
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued"}))))
 }
 
@@ -197,7 +310,8 @@ pub async fn verify_confirm(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /password-reset/request {"email"}` → always 202 (no enumeration).
+/// `POST /password-reset/request {"email"}` → always 202 (no enumeration),
+/// whether the account exists, gets a mail, or is over its mail limit.
 pub async fn reset_request(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<ResetRequestBody>,
@@ -207,11 +321,9 @@ pub async fn reset_request(
         .await?
         .filter(UserRow::is_usable)
     {
-        let now = galion_common::time::now();
-        let mut tx = state.db.begin().await?;
-        let mail = queue(&state, &mut tx, &user, "password_reset", RESET_TTL, now).await?;
-        tx.commit().await?;
-        mail.log(&state);
+        if let Some(mail) = queue_limited(&state, &user, "password_reset", RESET_TTL).await? {
+            mail.log(&state);
+        }
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued"}))))
 }

@@ -76,6 +76,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let router = api.merge(galion_common::health::routes(
         state.db.clone(),
         metrics.clone(),
+        &state.settings.common,
     ));
     galion_common::server::finish(router, metrics)
 }

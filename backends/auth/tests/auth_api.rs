@@ -387,8 +387,15 @@ async fn health_and_metrics(env: TestEnv) {
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let r = http()
+        .get(format!("{}/metrics", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let text = http()
         .get(format!("{}/metrics", srv.url))
+        .bearer_auth(SERVICE_TOKEN)
         .send()
         .await
         .unwrap()

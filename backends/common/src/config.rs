@@ -96,6 +96,9 @@ pub struct FileConfig {
     pub auth_url: Option<String>,
     pub analytics_url: Option<String>,
     pub service_token_file: Option<PathBuf>,
+    /// Bearer token Prometheus presents on `/metrics` (mode 0600); the
+    /// service token when unset.
+    pub metrics_token_file: Option<PathBuf>,
     #[serde(default)]
     pub relay: RelayFile,
     /// auth only: cluster mode, mirror token revocations into Redis.
@@ -178,6 +181,10 @@ pub struct CommonSettings {
     /// Base URL of galion-analytics; `None` disables the outbox relay.
     pub analytics_url: Option<String>,
     pub service_token: ServiceToken,
+    /// A token only for scraping `/metrics`, so Prometheus does not hold
+    /// the service token (which lets its holder write analytics events and
+    /// read revocations). `None` falls back to the service token.
+    pub metrics_token: Option<ServiceToken>,
     pub relay: RelaySettings,
 }
 
@@ -213,7 +220,28 @@ pub fn env_duration(name: &str) -> Result<Option<Duration>, ConfigError> {
         .transpose()
 }
 
+/// The metrics token from `GALION_METRICS_TOKEN` (`value`), else the file
+/// named by `GALION_METRICS_TOKEN_FILE` (`env_file`), else `metrics_token_file`
+/// of the YAML file. Unlike the service token it is never generated: without
+/// one, `/metrics` takes the service token.
+pub fn resolve_metrics_token(
+    value: Option<String>,
+    env_file: Option<PathBuf>,
+    file: &FileConfig,
+) -> Result<Option<ServiceToken>, ConfigError> {
+    let path = env_file.or_else(|| file.metrics_token_file.clone());
+    Ok(secrets::resolve(value, path.as_deref())?.map(ServiceToken::new))
+}
+
 impl CommonSettings {
+    /// The token `/metrics` requires: the metrics token, or the service
+    /// token when none is configured.
+    pub fn metrics_scrape_token(&self) -> ServiceToken {
+        self.metrics_token
+            .clone()
+            .unwrap_or_else(|| self.service_token.clone())
+    }
+
     /// Resolves settings for `service` (`auth`, `users`, `analytics`):
     /// environment first, then the file, then defaults.
     pub fn load(
@@ -310,6 +338,12 @@ impl CommonSettings {
             }
         };
 
+        let metrics_token = resolve_metrics_token(
+            env("GALION_METRICS_TOKEN"),
+            env("GALION_METRICS_TOKEN_FILE").map(PathBuf::from),
+            file,
+        )?;
+
         let d = RelaySettings::default();
         let relay = RelaySettings {
             batch_size: env_parse("GALION_RELAY_BATCH_SIZE")?
@@ -337,6 +371,7 @@ impl CommonSettings {
             auth_url,
             analytics_url,
             service_token: ServiceToken::new(service_token),
+            metrics_token,
             relay,
         })
     }
@@ -356,6 +391,7 @@ impl CommonSettings {
             auth_url: "http://127.0.0.1:9".into(),
             analytics_url: None,
             service_token: ServiceToken::new("test-service-token".into()),
+            metrics_token: None,
             relay: RelaySettings {
                 poll_interval: Duration::from_millis(100),
                 max_backoff: Duration::from_millis(500),
@@ -390,6 +426,53 @@ mod tests {
             let f = FileConfig::load(Some(&conf.join(name))).unwrap();
             assert!(f.listen.is_some() && f.database.url.is_some(), "{name}");
         }
+    }
+
+    #[test]
+    fn metrics_token_from_env_then_file_else_service_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "galion-metrics-token-{}",
+            crate::secrets::random_token()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml_path = dir.join("from-yaml");
+        let env_path = dir.join("from-env");
+        for (path, value) in [(&yaml_path, "yaml-token\n"), (&env_path, "env-file-token")] {
+            std::fs::write(path, value).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let file: FileConfig =
+            serde_norway::from_str(&format!("metrics_token_file: {}\n", yaml_path.display()))
+                .unwrap();
+        let none = FileConfig::default();
+        let got = |value: Option<&str>, env_file: Option<&Path>, file: &FileConfig| {
+            resolve_metrics_token(value.map(String::from), env_file.map(PathBuf::from), file)
+                .unwrap()
+                .map(|t| t.as_str().to_string())
+        };
+        assert_eq!(got(None, None, &none), None);
+        assert_eq!(got(None, None, &file).as_deref(), Some("yaml-token"));
+        assert_eq!(
+            got(None, Some(&env_path), &file).as_deref(),
+            Some("env-file-token")
+        );
+        assert_eq!(
+            got(Some("env-token"), Some(&env_path), &file).as_deref(),
+            Some("env-token")
+        );
+        // A file others can read is refused, as for the service token.
+        std::fs::set_permissions(&yaml_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(resolve_metrics_token(None, None, &file).is_err());
+
+        let mut settings = CommonSettings::for_tests("sqlite::memory:", &dir);
+        assert!(settings
+            .metrics_scrape_token()
+            .matches("test-service-token"));
+        settings.metrics_token = Some(ServiceToken::new("scrape".into()));
+        let scrape = settings.metrics_scrape_token();
+        assert!(scrape.matches("scrape") && !scrape.matches("test-service-token"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -453,18 +453,27 @@ async fn search_pagination_and_injection(env: TestEnv) {
 
 async fn health_and_metrics(env: TestEnv) {
     let st = stack(&env).await;
-    for path in ["/health", "/health/ready", "/metrics"] {
+    for path in ["/health", "/health/live", "/health/ready"] {
         let r = reqwest::get(format!("{}{path}", st.users.url))
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
-    let text = reqwest::get(format!("{}/metrics", st.users.url))
-        .await
-        .unwrap()
-        .text()
+    // /metrics takes the service token (no metrics token is configured).
+    let metrics = format!("{}/metrics", st.users.url);
+    let r = reqwest::get(&metrics).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_token");
+    let r = reqwest::Client::new()
+        .get(&metrics)
+        .bearer_auth("test-service-token")
+        .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
     assert!(text.contains("http_requests_total"), "{text}");
     st.stop().await;
 }
