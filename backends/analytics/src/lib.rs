@@ -1,10 +1,14 @@
 //! galion-analytics: stores events (`POST /events`, idempotent by id) and
 //! answers admin queries (`GET /events`, `GET /stats`).
 //!
-//! Writers authenticate with the service token (the outbox relays of auth
-//! and users) or an admin JWT; readers need an admin JWT, verified against
-//! auth's JWKS.
+//! Writers are the services (the outbox relays of auth and users, with the
+//! service token), signed-in users (their JWT, verified here against auth's
+//! JWKS) and holders of an ingestion API key (`X-API-Key`). Only the
+//! services are trusted with what an event says about itself; the events of
+//! users and API keys are stamped with who sent them ([`ingest`]). Readers
+//! need an admin JWT. See [`callers`].
 
+pub mod callers;
 pub mod ingest;
 pub mod query;
 pub mod settings;
@@ -12,13 +16,11 @@ pub mod settings;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::Router;
 use galion_common::db::{Db, DbError};
 use galion_common::jwt::JwtVerifier;
 use galion_common::metrics::Metrics;
-use galion_common::ApiError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,38 +44,6 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// Who is calling.
-pub enum Caller {
-    Service,
-    Admin,
-}
-
-/// Accepts the service token or a valid admin JWT; anything else is 401
-/// (no/invalid credentials) or 403 (valid non-admin token).
-pub async fn caller(
-    state: &AppState,
-    headers: &HeaderMap,
-    allow_service: bool,
-) -> Result<Caller, ApiError> {
-    let token = galion_common::auth::bearer(headers).ok_or_else(ApiError::invalid_token)?;
-    if state.settings.common.service_token.matches(token) {
-        return if allow_service {
-            Ok(Caller::Service)
-        } else {
-            Err(ApiError::Forbidden)
-        };
-    }
-    let claims = state.verifier.verify(token).await.map_err(|e| {
-        tracing::debug!(error = %e, "token rejected");
-        ApiError::invalid_token()
-    })?;
-    if claims.is_admin() {
-        Ok(Caller::Admin)
-    } else {
-        Err(ApiError::Forbidden)
-    }
 }
 
 pub fn app(state: Arc<AppState>) -> Router {

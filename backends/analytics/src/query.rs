@@ -61,7 +61,7 @@ pub async fn list(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    crate::caller(&state, &headers, false).await?;
+    crate::callers::admin(&state, &headers).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0).max(0);
     let user_id = match q.user_id.as_deref() {
@@ -148,7 +148,7 @@ pub async fn stats(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StatsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    crate::caller(&state, &headers, false).await?;
+    crate::callers::admin(&state, &headers).await?;
     let (hourly, name) = match q.bucket.as_deref().unwrap_or("hour") {
         "hour" => (true, "hour"),
         "day" => (false, "day"),

@@ -105,6 +105,8 @@ pub struct FileConfig {
     pub redis_url: Option<String>,
     /// analytics only: largest accepted `POST /events` batch.
     pub max_batch: Option<usize>,
+    /// analytics only: ingestion keys (`X-API-Key`), by SHA-256.
+    pub api_keys: Option<Vec<crate::api_keys::ApiKeyFile>>,
 }
 
 impl FileConfig {

@@ -7,6 +7,7 @@
 //! binaries behave the same way at startup, in their errors and in their logs.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod auth;
 pub mod config;
 pub mod db;
