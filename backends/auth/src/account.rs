@@ -1,13 +1,14 @@
 //! Account endpoints: register, login, refresh, logout, me.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use galion_common::accounts::{self, UserRow, USER_COLUMNS};
 use galion_common::db::is_unique_violation;
 use galion_common::outbox::enqueue;
@@ -102,12 +103,138 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(user.view())))
 }
 
-/// `POST /login` → tokens; one 401 for every failure.
+/// Failed logins for one email within [`LOGIN_WINDOW`] after which that
+/// email is throttled: guessing one account's password from many addresses
+/// (which per-IP limits and jails at the gateway do not see) gets this many
+/// tries, then one per [`LOGIN_COOLDOWN`].
+pub const LOGIN_FAILURE_LIMIT: i64 = 10;
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// How long a throttled email waits after its latest failure. Short, because
+/// anyone can throttle anyone's email: this is how long an attacker can keep
+/// the owner out with one wrong password per cool-down.
+pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(5 * 60);
+
+/// The throttle key of a normalised email: a hash, so the table lists no
+/// addresses, and computed for unknown emails too, so being throttled says
+/// nothing about whether an account exists.
+fn throttle_key(email: &str) -> String {
+    token_hash(&format!("login-throttle:{email}"))
+}
+
+/// Failures of `key` in the window before `now` (other than row `except`)
+/// and the newest of them.
+async fn recent_failures(
+    state: &AppState,
+    key: &str,
+    now: DateTime<Utc>,
+    except: Option<Uuid>,
+) -> Result<(i64, Option<DateTime<Utc>>), ApiError> {
+    let since = now - chrono::Duration::from_std(LOGIN_WINDOW).map_err(ApiError::internal)?;
+    let except = except.unwrap_or_else(Uuid::nil);
+    Ok(with_db!(&state.db, |p| {
+        sqlx::query_as(
+        "SELECT COUNT(*), MAX(failed_at) FROM login_failures WHERE key_hash = $1 AND failed_at > $2 AND id <> $3"
+    )
+    .bind(key)
+    .bind(since)
+    .bind(except)
+    .fetch_one(p)
+    .await
+    })?)
+}
+
+/// How long `key` must wait, if it is throttled.
+fn throttled_for(
+    (failures, newest): (i64, Option<DateTime<Utc>>),
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let newest = newest.filter(|_| failures >= LOGIN_FAILURE_LIMIT)?;
+    let until = newest + chrono::Duration::from_std(LOGIN_COOLDOWN).ok()?;
+    (until - now).to_std().ok().filter(|d| !d.is_zero())
+}
+
+/// The 429 of a throttled email. Built here rather than as an `ApiError`
+/// because it carries `Retry-After` (whole seconds, rounded up); same JSON
+/// shape and code as the gateway's own rate limiting.
+fn throttled_response(state: &AppState, wait: Duration) -> Response {
+    state.logins.with_label_values(&["throttled"]).inc();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(json!({"error": {
+            "code": "rate_limited",
+            "message": "too many failed logins for this email: retry later",
+        }})),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, secs.max(1).into());
+    resp
+}
+
+/// Records a failed login of `key` and says whether it came over the limit
+/// (then the caller answers 429, not 401, and the row is removed again so
+/// throttled attempts do not prolong the cool-down). Insert first, count
+/// after: of concurrent failures, each counts every one committed before
+/// it, so at most [`LOGIN_FAILURE_LIMIT`] of a burst are answered 401.
+async fn record_failure(
+    state: &AppState,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Duration>, ApiError> {
+    let id = Uuid::new_v4();
+    let expired = now - chrono::Duration::from_std(LOGIN_WINDOW).map_err(ApiError::internal)?;
+    // Old rows of every key go as new ones come: no cleanup task needed.
+    with_db!(&state.db, |p| sqlx::query(
+        "DELETE FROM login_failures WHERE failed_at < $1"
+    )
+    .bind(expired)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    with_db!(&state.db, |p| sqlx::query(
+        "INSERT INTO login_failures (id, key_hash, failed_at) VALUES ($1, $2, $3)"
+    )
+    .bind(id)
+    .bind(key)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    let wait = throttled_for(recent_failures(state, key, now, Some(id)).await?, now);
+    if wait.is_some() {
+        with_db!(&state.db, |p| sqlx::query(
+            "DELETE FROM login_failures WHERE id = $1"
+        )
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+    }
+    Ok(wait)
+}
+
+/// `POST /login` → tokens; one 401 for every failure, 429 with
+/// `Retry-After` while the email is throttled (see [`LOGIN_FAILURE_LIMIT`]).
+///
+/// The throttle lives in the database (`login_failures`), not in process
+/// memory: it then holds across auth instances and restarts, which an
+/// attacker spreading guesses over time or a cluster would otherwise get
+/// around, at the price of a query per login and two writes per failure
+/// (a failure already writes an outbox event).
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<LoginBody>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let email = accounts::normalize_email(&body.email);
+    let key = throttle_key(&email);
+    let now = galion_common::time::now();
+    // Before the password is looked at: a throttled guess learns nothing,
+    // and costs no argon2 work.
+    let before = recent_failures(&state, &key, now, None).await?;
+    if let Some(wait) = throttled_for(before, now) {
+        return Ok(throttled_response(&state, wait));
+    }
     let user = accounts::find_by_email(&state.db, &email).await?;
     // Verify even for unknown emails (against a dummy) so timing does not
     // reveal which addresses have accounts.
@@ -118,10 +245,23 @@ pub async fn login(
             user.as_ref().map(|u| u.password_hash.as_str()),
         )
         .await?;
+    // After the (slow) verification: the failure's time starts its cool-down.
     let now = galion_common::time::now();
     let user = match user {
-        Some(u) if ok && u.is_usable() => u,
+        Some(u) if ok && u.is_usable() => {
+            // A correct password that other requests' failures put over the
+            // limit while it was being checked is refused too, or a burst of
+            // guesses would learn which one was right.
+            if let Some(wait) = throttled_for(recent_failures(&state, &key, now, None).await?, now)
+            {
+                return Ok(throttled_response(&state, wait));
+            }
+            u
+        }
         other => {
+            if let Some(wait) = record_failure(&state, &key, now).await? {
+                return Ok(throttled_response(&state, wait));
+            }
             let mut tx = state.db.begin().await?;
             enqueue(
                 &mut tx,
@@ -149,9 +289,19 @@ pub async fn login(
     let tokens = issue_session(&state, &mut tx, &user, None, now).await?;
     enqueue(&mut tx, SERVICE, "user.logged_in", Some(user.id), json!({})).await?;
     tx.commit().await?;
+    // The owner is in: earlier typos no longer count towards the limit.
+    if before.0 > 0 {
+        with_db!(&state.db, |p| sqlx::query(
+            "DELETE FROM login_failures WHERE key_hash = $1"
+        )
+        .bind(&key)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+    }
     state.relay.wake();
     state.logins.with_label_values(&["success"]).inc();
-    Ok(Json(tokens))
+    Ok(Json(tokens).into_response())
 }
 
 #[derive(sqlx::FromRow)]
