@@ -62,7 +62,10 @@ elif [ -n "${GALION_SERVICE_TOKEN_FILE:-}" ]; then
     export GALION_SERVICE_TOKEN
 fi
 start users "$BIN/galion-users"
-start analytics "$BIN/galion-analytics"
+# The dev ingestion key of conf/dev.yaml (`X-API-Key: dev-ingest-key`): the gateway
+# checks it, and galion-analytics checks it again and stamps events with its name.
+GALION_ANALYTICS_API_KEYS="${GALION_ANALYTICS_API_KEYS:-dev-ingest:21dd9e3b3f1633b88d69b73906f1a9e594beebd9b616bf89448c0a50a8b4ad10}" \
+    start analytics "$BIN/galion-analytics"
 start gateway "$BIN/galion-gateway" -c conf/dev.yaml
 wait_port 127.0.0.1 8080 || { echo "galion-gateway did not start" >&2; exit 1; }
 

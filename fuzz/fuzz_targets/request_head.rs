@@ -83,6 +83,13 @@ fuzz_target!(|data: &[u8]| {
     if let Prep::Ready(plan) = prepare(head, &env, &mut out) {
         assert!(plan.head_len <= head.len());
         assert!(out.ends_with(b"\r\n\r\n"), "upstream head not terminated");
+        // What the fast path routes on is a plain authority (no userinfo, no
+        // bad port), as pingora's path demands.
+        let host = std::str::from_utf8(&head[plan.host.clone()]).unwrap_or("");
+        assert!(
+            galion_gateway::routing::valid_authority(host),
+            "fast path took Host {host:?}"
+        );
         let mut client_ip_lines = 0;
         for line in out.split(|&b| b == b'\n').skip(1) {
             let line = line.strip_suffix(b"\r").unwrap_or(line);

@@ -115,6 +115,7 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
         Some(LocalReply::Dropped) => "banned_drop",
         Some(LocalReply::BadForwarding) => "bad_forwarding",
         Some(LocalReply::RouteAction) => "route_action",
+        Some(LocalReply::TooSlow) => "too_slow",
         None => "",
     };
     let auth = match (&ctx.identity, ctx.auth_reject) {

@@ -57,7 +57,18 @@ impl Snapshot {
         let auth = previous
             .map(|p| p.auth.clone())
             .filter(|a| a.config == config.auth)
-            .unwrap_or_else(|| Arc::new(Authenticator::new(config.auth.clone())));
+            .unwrap_or_else(|| {
+                let fresh = Authenticator::new(config.auth.clone());
+                // A changed `auth:` section must not forget who logged out: the
+                // new set would be empty until its first poll.
+                if let (Some(new), Some(old)) = (
+                    &fresh.revocations,
+                    previous.and_then(|p| p.auth.revocations.as_ref()),
+                ) {
+                    new.carry_over(old);
+                }
+                Arc::new(fresh)
+            });
         let redis = config.store.redis.as_ref().and_then(|rc| {
             let same = previous
                 .and_then(|p| p.redis.clone())

@@ -8,6 +8,10 @@ use std::time::Duration;
 use crate::gateway::{interrupt, reap_within};
 use crate::{binary, client, eventually, free_addr, workspace_root};
 
+/// `dev-ingest:sha256("dev-ingest-key")`, the dev API key of conf/dev.yaml.
+pub const DEV_INGEST_KEY: &str =
+    "dev-ingest:21dd9e3b3f1633b88d69b73906f1a9e594beebd9b616bf89448c0a50a8b4ad10";
+
 pub struct Stack {
     pub gateway: SocketAddr,
     pub admin: SocketAddr,
@@ -49,6 +53,12 @@ async fn wait_http(url: String, what: &str) {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Self::start_with(true).await
+    }
+
+    /// The stack with the gateway's `server.fast_path` set as given (every
+    /// end-to-end test of a policy runs on both transports).
+    pub async fn start_with(fast_path: bool) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = Command::new(binary("galion-gateway"))
             .arg("dev-certs")
@@ -66,6 +76,8 @@ impl Stack {
             ("GALION_ANALYTICS_LISTEN", analytics.to_string()),
             ("GALION_AUTH_URL", format!("http://{auth}")),
             ("GALION_ANALYTICS_URL", format!("http://{analytics}")),
+            // conf/dev.yaml's ingestion key, as dev.sh gives it to galion-analytics.
+            ("GALION_ANALYTICS_API_KEYS", DEV_INGEST_KEY.to_owned()),
         ];
         let mut children = Vec::new();
         children.push((
@@ -92,7 +104,12 @@ impl Stack {
             .replace("127.0.0.1:9901", &admin.to_string())
             .replace("127.0.0.1:7001", &auth.to_string())
             .replace("127.0.0.1:7002", &users.to_string())
-            .replace("127.0.0.1:7003", &analytics.to_string());
+            .replace("127.0.0.1:7003", &analytics.to_string())
+            .replacen(
+                "server:\n",
+                &format!("server:\n  fast_path: {fast_path}\n"),
+                1,
+            );
         let conf = dir.path().join("gateway.yaml");
         std::fs::write(&conf, text).expect("write config");
         let conf_arg = conf.to_string_lossy().to_string();

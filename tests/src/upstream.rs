@@ -87,19 +87,23 @@ async fn serve(
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
+        // Bytes, not `read_line`: a header may carry obs-text (a forwarded
+        // chain with a client's garbage in it), which a real server accepts.
+        let mut raw = Vec::new();
+        if reader.read_until(b'\n', &mut raw).await? == 0 {
             return Ok(());
         }
+        let line = String::from_utf8_lossy(&raw).into_owned();
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_owned();
         let uri = parts.next().unwrap_or("").to_owned();
         let mut headers: BTreeMap<String, String> = BTreeMap::new();
         loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).await? == 0 {
+            let mut raw = Vec::new();
+            if reader.read_until(b'\n', &mut raw).await? == 0 {
                 return Ok(());
             }
+            let h = String::from_utf8_lossy(&raw);
             let h = h.trim_end();
             if h.is_empty() {
                 break;

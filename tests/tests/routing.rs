@@ -77,22 +77,38 @@ hosts:
         (v["server"].as_str(), v["uri"].as_str()),
         (Some("a"), Some("/api/v1/login"))
     );
-    // GET on the POST-only exact route falls through to the prefix route.
-    let (_, v) = get(&gw.url("/api/v1/login"), "galion.app").await;
-    assert_eq!(v["server"], "b");
+    // GET on the POST-only exact route is a 405: it never falls through to the
+    // broader prefix route (whose policy may be looser).
+    let r = client()
+        .get(gw.url("/api/v1/login"))
+        .header("host", "galion.app")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
 
     // strip_prefix keeps the query.
     let (_, v) = get(&gw.url("/svc/deep/path?q=1"), "galion.app").await;
     assert_eq!(v["uri"], "/deep/path?q=1");
 
-    // Methods: a method no route accepts at that path falls to the next match;
+    // Methods: a method the path's route does not take is a 405 with Allow,
+    // not a fall-back to the / prefix route; HEAD goes where GET goes.
     let r = client()
         .delete(gw.url("/only-get"))
         .header("host", "galion.app")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "falls back to the / prefix route");
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    let r = client()
+        .head(gw.url("/only-get"))
+        .header("host", "galion.app")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // Dot segments are refused before routing.
     // (raw bytes: URL libraries resolve them before sending)

@@ -113,6 +113,157 @@ async fn register_login_me_logout_through_the_gateway() {
     let _ = s.auth;
 }
 
+async fn register_and_login(s: &Stack, email: &str) -> (String, String) {
+    let c = client();
+    let password = "correct horse battery staple";
+    let r = c
+        .post(s.url("/api/v1/auth/register"))
+        .header("x-forwarded-for", format!("198.51.100.{}", email.len()))
+        .json(&json!({"email": email, "password": password, "name": "T"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", s.log("galion-auth"));
+    let user: Value = r.json().await.unwrap();
+    let r = c
+        .post(s.url("/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tokens: Value = r.json().await.unwrap();
+    (
+        user["id"].as_str().unwrap().to_owned(),
+        tokens["access_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Issue 21 through the shipped dev config and the real services, on both
+/// transports: a user cannot write analytics as the service or as someone
+/// else (case 3), the backends' internal endpoints are not on the public site
+/// (case 4), and a method never falls through to a looser route (case 5).
+#[tokio::test]
+async fn trust_boundaries_through_the_real_services() {
+    for fast_path in [true, false] {
+        let s = Stack::start_with(fast_path).await;
+        let c = client();
+        let (alice_id, alice) = register_and_login(&s, "alice@example.com").await;
+        let (bob_id, _) = register_and_login(&s, "bob.b@example.com").await;
+        assert_ne!(alice_id, bob_id);
+
+        // Case 3: forged events are refused one by one; the gateway no longer
+        // lends its service token, so analytics sees Alice's own JWT.
+        let forged = json!({"events": [
+            {"id": uuid(1), "event_type": "user.deleted", "user_id": bob_id,
+             "service": "auth", "timestamp": "2020-01-01T00:00:00Z", "data": {}},
+            {"id": uuid(2), "event_type": "page.viewed", "user_id": bob_id, "data": {}},
+            {"id": uuid(3), "event_type": "page.viewed", "service": "users", "data": {}},
+        ]});
+        let r = c
+            .post(s.url("/api/v1/analytics/events"))
+            .bearer_auth(&alice)
+            .json(&forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            422,
+            "fast_path {fast_path}: {}",
+            s.log("galion-analytics")
+        );
+        let own = json!({"events": [
+            {"id": uuid(4), "event_type": "page.viewed", "timestamp": "2020-01-01T00:00:00Z", "data": {"p": "/"}},
+        ]});
+        let r = c
+            .post(s.url("/api/v1/analytics/events"))
+            .bearer_auth(&alice)
+            .json(&own)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "fast_path {fast_path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["stored"], 1, "{v}");
+        // The dev API key writes as itself, not as a service of ours.
+        let r = c
+            .post(s.url("/api/v1/analytics/events"))
+            .header("x-api-key", "dev-ingest-key")
+            .json(&json!([{"id": uuid(5), "event_type": "user.logged_in", "service": "auth", "data": {}}]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "fast_path {fast_path}");
+        let r = c
+            .post(s.url("/api/v1/analytics/events"))
+            .header("x-api-key", "dev-ingest-key")
+            .json(&json!([{"id": uuid(6), "event_type": "build.finished", "data": {}}]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "fast_path {fast_path}: {}",
+            s.log("galion-analytics")
+        );
+        // A user cannot read them back either.
+        let r = c
+            .get(s.url("/api/v1/analytics/events"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+
+        // Case 4: no internal endpoint of any backend is public.
+        for p in [
+            "/api/v1/auth/metrics",
+            "/api/v1/auth/health/ready",
+            "/api/v1/auth/revocations",
+            "/api/v1/analytics/metrics",
+            "/api/v1/analytics/health",
+            "/api/v1/users/metrics",
+        ] {
+            let r = c.get(s.url(p)).bearer_auth(&alice).send().await.unwrap();
+            assert_eq!(r.status(), 404, "fast_path {fast_path}: {p}");
+            let body = r.text().await.unwrap();
+            assert!(!body.contains("# TYPE"), "{p}: {body}");
+        }
+        let r = c.get(s.url("/robots.txt")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains("Disallow: /api/"));
+
+        // Case 5: HEAD and other methods stay on their route's policy.
+        let r = c.head(s.url("/api/v1/auth/me")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "fast_path {fast_path}");
+        let r = c
+            .head(s.url("/api/v1/users"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "fast_path {fast_path}");
+        let r = c
+            .delete(s.url("/api/v1/auth/me"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+        assert_eq!(
+            r.headers()["allow"],
+            "GET, HEAD, OPTIONS",
+            "CORS preflights too"
+        );
+    }
+}
+
+fn uuid(n: u8) -> String {
+    format!("0190a0a0-0000-7000-8000-0000000000{n:02x}")
+}
+
 /// Ctrl-C in `./dev.sh` stops its `tee` with the services: their last log
 /// lines meet a closed pipe. That must not crash them (tracing-subscriber's
 /// fallback report went to the same dead stderr and panicked, an abort in

@@ -62,7 +62,10 @@ pub fn app(state: Arc<AppState>) -> Router {
     galion_common::server::finish(router, metrics)
 }
 
-pub async fn build(settings: AnalyticsSettings) -> Result<Arc<AppState>, StartupError> {
+pub async fn build(
+    settings: AnalyticsSettings,
+    shutdown: &CancellationToken,
+) -> Result<Arc<AppState>, StartupError> {
     let db = Db::connect(&settings.common.database_url, &settings.common.db).await?;
     let metrics = Metrics::new("analytics")?;
     let received = metrics.counter(
@@ -77,10 +80,19 @@ pub async fn build(settings: AnalyticsSettings) -> Result<Arc<AppState>, Startup
         "analytics_events_rejected_total",
         "Events rejected by validation",
     )?;
-    let verifier = JwtVerifier::remote(
+    let mut verifier = JwtVerifier::remote(
         &settings.common.jwt,
         &settings.common.auth_url,
         Duration::from_secs(10),
+    );
+    // A logged-out user's token must not keep writing (or, for an admin,
+    // reading) until it expires: revocations are polled from galion-auth
+    // like the gateway does, and kept until exp + leeway.
+    verifier.watch_revocations(
+        &settings.common.auth_url,
+        settings.common.service_token.clone(),
+        Duration::from_millis(500),
+        shutdown.clone(),
     );
     tracing::info!(database = db.engine(), "galion-analytics ready");
     Ok(Arc::new(AppState {
@@ -99,7 +111,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
-    let state = build(settings).await?;
+    let state = build(settings, &shutdown).await?;
     tracing::info!(addr = %listener.local_addr()?, "galion-analytics listening");
     galion_common::server::serve(listener, app(state.clone()), shutdown).await?;
     state.db.close().await;

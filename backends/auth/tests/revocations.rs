@@ -374,16 +374,15 @@ async fn concurrent_revocations_commit_in_seq_order(env: TestEnv) {
         || {
             let db = db.clone();
             async move {
-                let waiting: (i64,) =
-                    with_db!(&db, |p| {
-                        sqlx::query_as(
+                let waiting: (i64,) = with_db!(&db, |p| {
+                    sqlx::query_as(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
             .fetch_one(p)
             .await
-                    })
-                    .unwrap();
+                })
+                .unwrap();
                 (waiting.0 == 1).then_some(())
             }
         },

@@ -126,6 +126,13 @@ pub struct RawServer {
     pub write_buffer: Option<RawSize>,
     /// Serve plain HTTP/1.1 GET/HEAD requests of simple routes on the fast path.
     pub fast_path: Option<bool>,
+    /// The whole request head must arrive within this (nginx's
+    /// `client_header_timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    /// A request body slower than this (bytes per second, averaged once it has
+    /// taken longer than `header_timeout`) is cut off with 408; `0` turns it off.
+    pub min_body_rate: Option<RawSize>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }

@@ -67,6 +67,12 @@ pub struct ServerSettings {
     /// HTTP/1.1 GET/HEAD requests to routes without per-request policies are
     /// proxied by the gateway's own HTTP/1 path instead of pingora-proxy's.
     pub fast_path: bool,
+    /// Deadline for a whole HTTP/1 request head, from its first byte: a client
+    /// trickling header lines never holds a connection longer.
+    pub header_timeout: Duration,
+    /// Bytes per second a request body must average once it has taken longer
+    /// than `header_timeout`; 0: no minimum.
+    pub min_body_rate: u64,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }

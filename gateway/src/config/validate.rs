@@ -234,6 +234,11 @@ fn listen_of(c: &mut Checker, l: RawListen) -> Listen {
 const DEFAULT_WRITE_BUFFER: usize = 32 * 1024;
 /// nginx's `send_timeout` default.
 const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `client_header_timeout` is 60 s; a browser sends its head in one
+/// packet, so half of that is generous and halves what a slow client holds.
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Apache's `mod_reqtimeout` default (`MinRate=500`).
+const DEFAULT_MIN_BODY_RATE: u64 = 500;
 
 fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
     let at = KeyPath::root().key("server");
@@ -266,6 +271,18 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
         Some(d) => d,
         None => DEFAULT_SEND_TIMEOUT,
     };
+    let header_timeout = match s.header_timeout {
+        Some(d) if d.is_zero() || d > Duration::from_secs(3600) => {
+            c.err(&at.key("header_timeout"), "must be between 1ms and 1h");
+            DEFAULT_HEADER_TIMEOUT
+        }
+        Some(d) => d,
+        None => DEFAULT_HEADER_TIMEOUT,
+    };
+    let min_body_rate = match &s.min_body_rate {
+        Some(v) => super::policy::parse_size(c, &at.key("min_body_rate"), v).unwrap_or(0),
+        None => DEFAULT_MIN_BODY_RATE,
+    };
     ServerSettings {
         threads: threads.max(1),
         work_stealing: s.work_stealing.unwrap_or(true),
@@ -278,6 +295,8 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
         send_timeout,
         write_buffer,
         fast_path: s.fast_path.unwrap_or(true),
+        header_timeout,
+        min_body_rate,
         pid_file: s.pid_file,
         upgrade_sock: s.upgrade_sock,
     }

@@ -305,6 +305,21 @@ async fn relay(
 }
 
 impl GatewayApp {
+    /// Refuses a head that cannot be read: 408 (not whole within
+    /// `server.header_timeout`) or 431 (larger than the limit). Nothing of it
+    /// is known, so nothing is routed, logged per route or charged.
+    pub(super) async fn refuse_head(&self, stream: &mut Stream, resp: &mut Vec<u8>, status: u16) {
+        let (code, message) = match status {
+            408 => ("request_timeout", "the request took too long to arrive"),
+            _ => ("headers_too_large", "request headers are too large"),
+        };
+        tracing::debug!(status, "request head refused");
+        local_error(resp, status, code, message, None);
+        let limit = self.send_timeout;
+        let _ = send(stream, resp, limit).await && flush(stream, limit).await;
+        let _ = pingora_timeout::tokio_timeout(Duration::from_secs(1), stream.shutdown()).await;
+    }
+
     /// Answers with an error of the gateway's own and ends the request.
     async fn answer(
         &self,

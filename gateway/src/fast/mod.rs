@@ -19,7 +19,9 @@
 //! the same `GatewayProxy`: the bytes read are put back in front of the
 //! connection (`rewind`) and pingora reads the request as if it came first. The
 //! connection then returns here for its next request. `server.fast_path: false`
-//! turns the path off.
+//! turns the path off: heads are still read here first, so that every
+//! HTTP/1 head meets `server.header_timeout` (pingora times each read, not the
+//! whole head), then each request goes to pingora.
 //!
 //! Timeouts here are tokio's (`pingora_timeout::tokio_timeout`: armed only when
 //! the I/O waits, kept in the runtime's own timer wheel), not pingora's fast
@@ -37,7 +39,7 @@ mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -48,6 +50,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::Shield;
+use crate::limits::HeadDeadline;
 use crate::proxy::GatewayProxy;
 use crate::snapshot::SnapshotHandle;
 
@@ -59,10 +62,10 @@ const HOLD: Duration = Duration::from_secs(1);
 /// Request heads larger than this are left to pingora.
 const HEAD_BUF: usize = 8 * 1024;
 const BODY_BUF: usize = 32 * 1024;
-/// A connection whose last requests all went to pingora (a client fetching
-/// cached or authenticated routes, say) stays with pingora without being read
-/// here first.
-const PINGORA_AFTER: u32 = 8;
+/// Room beyond `limits.max_header_bytes` for the request line and separators:
+/// a head that does not fit is refused (431) here rather than handed to a
+/// reader without a deadline.
+const HEAD_SLACK: usize = 8 * 1024;
 /// How long closing a connection may wait for the client (TLS close_notify).
 const SHUTDOWN: Duration = Duration::from_secs(1);
 
@@ -117,9 +120,11 @@ struct Conn {
     served: u32,
     /// The server is shutting down: this response is the connection's last.
     closing: bool,
-    /// Requests handed to pingora in a row; see [`PINGORA_AFTER`].
-    delegated: u32,
     peer: Option<IpAddr>,
+    /// The head being read must be whole by then (`server.header_timeout`).
+    head: HeadDeadline,
+    /// Largest head accepted (`limits.max_header_bytes` and the request line).
+    max_head: usize,
 }
 
 impl Conn {
@@ -136,9 +141,35 @@ impl Conn {
         self.len -= n;
     }
 
+    /// Makes room for more of a head that filled the buffer; `false` when
+    /// the head is over `max_head`.
+    fn grow(&mut self) -> bool {
+        if self.buf.len() >= self.max_head {
+            return false;
+        }
+        let to = (self.buf.len() * 2).min(self.max_head);
+        self.buf.resize(to, 0);
+        true
+    }
+
     /// Reads more of the client's next request. `false`: closed, timed out,
     /// failed or shutting down.
     async fn read_more(&mut self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
+        if let Some(left) = self.head.remaining(Instant::now()) {
+            // Part of a head is here: the rest comes within its deadline
+            // (a slowloris trickling header lines gets no more).
+            let free = &mut self.buf[self.len..];
+            if free.is_empty() || left.is_zero() {
+                return false;
+            }
+            return match pingora_timeout::tokio_timeout(left, stream.read(free)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    self.len += n;
+                    true
+                }
+                _ => false,
+            };
+        }
         let free = &mut self.buf[self.len..];
         if free.is_empty() {
             return false;
@@ -192,12 +223,22 @@ impl ServerApp for GatewayApp {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if !self.enabled || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.proxy.process_new(stream, shutdown).await;
         }
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let (header_timeout, max_head) = {
+            let snap = self.snapshot.load();
+            let max = snap.config.limits.max_header_bytes;
+            (
+                snap.config.server.header_timeout,
+                usize::try_from(max)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(HEAD_SLACK),
+            )
+        };
         let mut c = Conn {
             buf: vec![0; HEAD_BUF],
             len: 0,
@@ -207,8 +248,9 @@ impl ServerApp for GatewayApp {
             upstream: None,
             served: 0,
             closing: false,
-            delegated: 0,
             peer,
+            head: HeadDeadline::new(header_timeout),
+            max_head: max_head.max(HEAD_BUF),
         };
         loop {
             // No return on shutdown here: the last answer may have promised
@@ -217,33 +259,43 @@ impl ServerApp for GatewayApp {
             // (`read_more` waits up to HOLD) and answered with `Connection:
             // close`; an idle connection is closed by `idle_read`. Closing here
             // instead failed that next request during graceful upgrades.
-            if c.delegated >= PINGORA_AFTER && c.len == 0 {
-                stream = self.delegate(stream, &mut c, shutdown).await?;
-                continue;
-            }
+            // Every HTTP/1 head is read here, with or without the fast path:
+            // pingora's reader times each read, not the whole head.
             let plan = loop {
                 if c.len > 0 {
-                    let snap = self.snapshot.load_full();
-                    let env = request::Env {
-                        snap: &snap,
-                        peer: c.peer,
-                        https: self.https,
-                        shield: &self.shield,
+                    c.head.start(Instant::now());
+                    let prep = if self.enabled {
+                        let snap = self.snapshot.load_full();
+                        let env = request::Env {
+                            snap: &snap,
+                            peer: c.peer,
+                            https: self.https,
+                            shield: &self.shield,
+                        };
+                        request::prepare(&c.buf[..c.len], &env, &mut c.out)
+                    } else {
+                        request::framed(&c.buf[..c.len])
                     };
-                    match request::prepare(&c.buf[..c.len], &env, &mut c.out) {
+                    match prep {
                         request::Prep::Ready(p) => break Some(p),
                         request::Prep::Delegate => break None,
-                        request::Prep::Partial if c.len == c.buf.len() => break None,
+                        request::Prep::Partial if c.len == c.buf.len() && !c.grow() => {
+                            self.refuse_head(&mut stream, &mut c.resp, 431).await;
+                            return None;
+                        }
                         request::Prep::Partial => {}
                     }
                 }
                 if !c.read_more(&mut stream, shutdown).await {
+                    if c.head.expired(Instant::now()) {
+                        self.refuse_head(&mut stream, &mut c.resp, 408).await;
+                    }
                     return None;
                 }
             };
+            c.head.reset();
             match plan {
                 Some(plan) => {
-                    c.delegated = 0;
                     c.closing = *shutdown.borrow();
                     if !self.serve(&mut stream, &mut c, plan).await {
                         // As pingora ends a connection: over TLS a close_notify,
@@ -288,7 +340,6 @@ impl GatewayApp {
             self.keepalive_requests.map(|n| n.saturating_sub(c.served)),
         );
         c.served = c.served.saturating_add(1);
-        c.delegated = c.delegated.saturating_add(1);
         let (stream, _) = self
             .proxy
             .process_new_http(session, shutdown)

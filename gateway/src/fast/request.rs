@@ -117,6 +117,17 @@ pub fn prepare(buf: &[u8], env: &Env<'_>, out: &mut Vec<u8>) -> Prep {
     }
 }
 
+/// With the fast path off: only whether the head is whole (pingora takes
+/// every request, read here first for the head's deadline).
+pub fn framed(buf: &[u8]) -> Prep {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Ok(httparse::Status::Partial) => Prep::Partial,
+        // Complete, or something pingora will refuse in its own words.
+        _ => Prep::Delegate,
+    }
+}
+
 /// What one pass over the client's headers found.
 #[derive(Default)]
 struct Seen<'b> {
@@ -188,7 +199,8 @@ fn prepare_parsed(
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let seen = scan(req.headers)?;
     let host = std::str::from_utf8(seen.host?).ok()?;
-    if !host.bytes().all(|b| b.is_ascii_graphic()) {
+    // Userinfo, a bad port…: pingora's path refuses those (400).
+    if !crate::routing::valid_authority(host) {
         return None;
     }
     let snap = env.snap;

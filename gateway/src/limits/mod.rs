@@ -8,6 +8,7 @@
 pub mod gcra;
 pub mod headers;
 pub mod local;
+pub mod pace;
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -19,6 +20,7 @@ use crate::cluster::RedisLink;
 use crate::config::RatePolicy;
 pub use gcra::Outcome;
 use local::LocalLimiter;
+pub use pace::{body_too_slow, HeadDeadline};
 
 /// What a limit counts: a (grouped) client IP or an identity/header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,8 @@ pub enum LocalReply {
     /// A trusted proxy sent a forwarding chain that cannot be read (400,
     /// charged to nobody).
     BadForwarding,
+    /// The request head or body came too slowly (408).
+    TooSlow,
     /// The route's own answer (`deny`, `respond`, `redirect`).
     RouteAction,
     /// The client is banned (403).

@@ -134,6 +134,9 @@ impl ProxyHttp for GatewayProxy {
             // RFC 9112 §3.2: an HTTP/1.1 request without Host is invalid (as nginx).
             return Self::reply(session, ctx, LocalReply::BadRequest).await;
         }
+        if host.is_some_and(|h| !crate::routing::valid_authority(h)) {
+            return Self::reply(session, ctx, LocalReply::BadRequest).await;
+        }
         let Some(host_routes) = snap.router.host(host) else {
             return Self::reply(session, ctx, LocalReply::UnknownHost).await;
         };
@@ -219,17 +222,36 @@ impl ProxyHttp for GatewayProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(b), Some(max)) = (body.as_ref(), ctx.route.as_ref().and_then(|r| r.max_body)) {
+        if let Some(b) = body.as_ref() {
             ctx.body_bytes += b.len() as u64;
+        }
+        if let Some(max) = ctx.route.as_ref().and_then(|r| r.max_body) {
             if ctx.body_bytes > max {
                 // Stops the upload before the upstream gets the whole body.
                 ctx.local = Some(LocalReply::BodyTooLarge);
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_body");
+            }
+        }
+        // A body trickled in to hold the connection and its upstream (slow
+        // POST): once it has taken longer than a head may, it must keep up an
+        // average rate. Not for upgraded connections: an idle WebSocket is fine.
+        if !end_of_stream && !session.was_upgraded() && !session.is_upgrade_req() {
+            if let Some(s) = ctx.snapshot.as_ref() {
+                let server = &s.config.server;
+                if crate::limits::body_too_slow(
+                    ctx.body_bytes,
+                    ctx.start.elapsed(),
+                    server.header_timeout,
+                    server.min_body_rate,
+                ) {
+                    ctx.local = Some(LocalReply::TooSlow);
+                    return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
+                }
             }
         }
         Ok(())

@@ -196,6 +196,7 @@ impl GatewayProxy {
             | LocalReply::Acme
             | LocalReply::RateLimited
             | LocalReply::RouteAction
+            | LocalReply::TooSlow
             | LocalReply::Dropped => (400, "bad_request", "malformed request"),
         };
         ctx.local = Some(why);

@@ -318,6 +318,48 @@ impl Router {
     }
 }
 
+/// Whether a `Host` value is a plain authority: a name (letters, digits, `-`,
+/// `_`, `.`; no `..`), an IPv4 address or a bracketed IPv6 literal, then an
+/// optional port. Userinfo (`galion.studio:1@evil.example`), paths, spaces and
+/// empty names are refused on both paths, as nginx refuses them: an upstream
+/// that parses the value differently must not be handed it.
+pub fn valid_authority(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(port) => ("v6", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    name_ok && port_ok
+}
+
 /// Lower-cases and strips the port and a trailing dot; borrows when nothing changes.
 pub fn normalize_host(raw: &str) -> Cow<'_, str> {
     let no_port = if raw.starts_with('[') {

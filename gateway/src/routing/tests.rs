@@ -200,3 +200,38 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn authorities() {
+    for ok in [
+        "galion.app",
+        "galion.app:8443",
+        "GALION.app.",
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "[::1]",
+        "[2001:db8::1]:443",
+        "a_b.internal",
+    ] {
+        assert!(valid_authority(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "galion.studio:1@evil.example",
+        "user@galion.app",
+        "galion.app:",
+        "galion.app:99999",
+        "galion.app:80:80",
+        "galion.app/x",
+        "galion .app",
+        "..",
+        ".galion.app",
+        "galion..app",
+        "[::1",
+        "[nothex]",
+        "[::1]x",
+        "galion.app:8a",
+    ] {
+        assert!(!valid_authority(bad), "{bad:?}");
+    }
+}
