@@ -88,6 +88,10 @@ fn shipped_configs_are_valid() {
         );
         let summary = String::from_utf8_lossy(&out.stdout);
         assert!(summary.contains("configuration OK") && summary.contains("hosts:"));
+        // No route of a shipped config reaches a backend's /metrics, /health/*
+        // or /revocations, and nothing else is warned about either.
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(!warnings.contains("warning"), "{}: {warnings}", p.display());
         checked += 1;
     }
     assert!(checked >= 2, "expected conf/dev.yaml and conf/gateway.yaml");

@@ -247,3 +247,114 @@ fn rate_limit_and_jail_errors_name_their_place() {
     assert!(has("gw.yaml:18: jails.login.action:"), "{errs:#?}");
     assert_eq!(errs.len(), 5, "{errs:#?}");
 }
+
+#[test]
+fn trusted_proxies_forms_and_warnings() {
+    let list = GOOD.replace("listen:", "trusted_proxies: [10.0.0.0/8]\nlisten:");
+    let l = load_str(&list, Path::new("gw.yaml")).unwrap();
+    assert_eq!(l.config.trusted_proxies.networks.len(), 1);
+    assert!(l.config.trusted_proxies.cdn.is_empty());
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+
+    let full = GOOD.replace(
+        "listen:",
+        "trusted_proxies: { networks: [10.0.0.0/8], cloudflare: builtin }\nlisten:",
+    );
+    let l = load_str(&full, Path::new("gw.yaml")).unwrap();
+    assert_eq!(
+        l.config.trusted_proxies.cdn.len(),
+        crate::config::trust::CLOUDFLARE.len()
+    );
+    assert!(l
+        .config
+        .trusted_proxies
+        .is_cdn("104.16.0.1".parse().unwrap()));
+    assert!(!l.config.trusted_proxies.is_cdn("10.0.0.1".parse().unwrap()));
+
+    // Trusting the internet lets every client choose its own address.
+    let wide = GOOD.replace("listen:", "trusted_proxies: [0.0.0.0/0, \"::/0\"]\nlisten:");
+    let l = load_str(&wide, Path::new("gw.yaml")).unwrap();
+    assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    assert!(l.warnings[0]
+        .message
+        .contains("0.0.0.0/0 is trusted as a proxy"));
+
+    let bad = GOOD.replace(
+        "listen:",
+        "trusted_proxies: { cloudflare: sometimes }\nlisten:",
+    );
+    let errs = errors_of(&bad);
+    assert!(
+        errs[0].ends_with(
+            r#"trusted_proxies.cloudflare: "sometimes": use `builtin` or a list of CIDRs"#
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn route_actions_are_exactly_one_and_checked() {
+    let route = |extra: &str| {
+        GOOD.replace(
+            "        upstream: users\n",
+            &format!("        upstream: users\n      - {{ name: x, exact: /x, {extra} }}\n"),
+        )
+    };
+    let l = load_str(&route("deny: 403"), Path::new("gw.yaml")).unwrap();
+    let x = l.config.hosts[0]
+        .routes
+        .iter()
+        .find(|r| r.name == "x")
+        .unwrap();
+    assert_eq!(x.action, crate::config::RouteAction::Deny { status: 403 });
+    for (extra, msg) in [
+        ("deny: 500", "deny takes 403, 404, 410 or true (404)"),
+        (
+            "upstream: users, deny: 404",
+            "a route needs exactly one of upstream, deny, respond or redirect",
+        ),
+        (
+            "methods: [GET]",
+            "a route needs exactly one of upstream, deny, respond or redirect",
+        ),
+        (
+            "redirect: { to: '//evil.example' }",
+            "redirect.to must be an absolute http(s) URL or a path starting with /",
+        ),
+        (
+            "redirect: { to: /x, status: 200 }",
+            "redirect.status must be 301, 302, 303, 307 or 308",
+        ),
+        (
+            "respond: { status: 302 }",
+            "respond.status must be 200-299 or 400-599 (use redirect: for 3xx)",
+        ),
+        (
+            "respond: { body: x }, rewrite: /y",
+            "rewrite/strip_prefix needs `upstream:` (this route answers at the gateway)",
+        ),
+    ] {
+        let errs = errors_of(&route(extra));
+        assert!(errs.iter().any(|e| e.ends_with(msg)), "{extra}: {errs:?}");
+    }
+}
+
+#[test]
+fn slow_client_limits() {
+    let l = load_str(GOOD, Path::new("gw.yaml")).unwrap();
+    assert_eq!(l.config.server.header_timeout, Duration::from_secs(30));
+    assert_eq!(l.config.server.min_body_rate, 500);
+    let text = GOOD.replace(
+        "listen:",
+        "server: { header_timeout: 5s, min_body_rate: 1KiB }\nlisten:",
+    );
+    let l = load_str(&text, Path::new("gw.yaml")).unwrap();
+    assert_eq!(l.config.server.header_timeout, Duration::from_secs(5));
+    assert_eq!(l.config.server.min_body_rate, 1024);
+    let text = GOOD.replace("listen:", "server:\n  header_timeout: 0s\nlisten:");
+    let errs = errors_of(&text);
+    assert!(
+        errs[0].ends_with("server.header_timeout: must be between 1ms and 1h"),
+        "{errs:?}"
+    );
+}

@@ -155,7 +155,12 @@ impl Conn {
     /// Reads more of the client's next request. `false`: closed, timed out,
     /// failed or shutting down.
     async fn read_more(&mut self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
-        if let Some(left) = self.head.remaining(Instant::now()) {
+        if let Some(left) = self
+            .head
+            .is_started()
+            .then(|| self.head.remaining(Instant::now()))
+            .flatten()
+        {
             // Part of a head is here: the rest comes within its deadline
             // (a slowloris trickling header lines gets no more).
             let free = &mut self.buf[self.len..];
@@ -263,7 +268,6 @@ impl ServerApp for GatewayApp {
             // pingora's reader times each read, not the whole head.
             let plan = loop {
                 if c.len > 0 {
-                    c.head.start(Instant::now());
                     let prep = if self.enabled {
                         let snap = self.snapshot.load_full();
                         let env = request::Env {
@@ -283,7 +287,9 @@ impl ServerApp for GatewayApp {
                             self.refuse_head(&mut stream, &mut c.resp, 431).await;
                             return None;
                         }
-                        request::Prep::Partial => {}
+                        // The clock is read only for heads that did not come
+                        // whole (nearly every head arrives in one read).
+                        request::Prep::Partial => c.head.start(Instant::now()),
                     }
                 }
                 if !c.read_more(&mut stream, shutdown).await {

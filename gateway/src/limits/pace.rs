@@ -41,6 +41,10 @@ impl HeadDeadline {
         self.started = None;
     }
 
+    pub fn is_started(&self) -> bool {
+        self.started.is_some()
+    }
+
     /// How long the head may still take, or `None` when no head is under way.
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
         self.started
