@@ -726,3 +726,37 @@ upstreams:
         }
     }
 }
+
+/// The exemption is for addresses: a proxy's own requests are not limited by
+/// IP, but a limit keyed by the caller's identity still counts the caller.
+#[tokio::test]
+async fn identity_keyed_limits_still_apply_behind_a_proxy() {
+    for keys in PATHS {
+        let up = fake_upstream("up").await;
+        let conf = format!(
+            r#"
+trusted_proxies: [127.0.0.1/32]
+auth:
+  api_keys:
+    - {{ name: bot, sha256: "{digest}", roles: [service] }}
+hosts:
+  galion.app:
+    default: true
+    routes:
+      - {{ name: key, prefix: /key, upstream: up, auth: api_key, rate_limit: {{ rate: 3/min, burst: 3, key: api_key }} }}
+upstreams:
+  up: {{ servers: ["{up}"] }}
+"#,
+            // sha256("k")
+            digest = "8254c329a92850f6d539dd376f4816ee2764517da5e0235514af433164480d7a",
+            up = up.addr
+        );
+        let gw = spawn_gateway_with(&conf, keys).await;
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            let r = get(&client(), &gw, "/key", &[("x-api-key", b"k")]).await;
+            codes.push(r.status().as_u16());
+        }
+        assert_eq!(codes, [200, 200, 200, 429, 429], "{keys}");
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -153,23 +153,13 @@ fn throttled_for(
     (until - now).to_std().ok().filter(|d| !d.is_zero())
 }
 
-/// The 429 of a throttled email. Built here rather than as an `ApiError`
-/// because it carries `Retry-After` (whole seconds, rounded up); same JSON
-/// shape and code as the gateway's own rate limiting.
-fn throttled_response(state: &AppState, wait: Duration) -> Response {
+/// The 429 of a throttled email (same code as the gateway's own limits).
+fn throttled(state: &AppState, wait: Duration) -> ApiError {
     state.logins.with_label_values(&["throttled"]).inc();
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut resp = (
-        StatusCode::TOO_MANY_REQUESTS,
-        Json(json!({"error": {
-            "code": "rate_limited",
-            "message": "too many failed logins for this email: retry later",
-        }})),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, secs.max(1).into());
-    resp
+    ApiError::RateLimited {
+        retry_after: wait,
+        message: "too many failed logins for this email: retry later",
+    }
 }
 
 /// Records a failed login of `key` and says whether it came over the limit
@@ -233,7 +223,7 @@ pub async fn login(
     // and costs no argon2 work.
     let before = recent_failures(&state, &key, now, None).await?;
     if let Some(wait) = throttled_for(before, now) {
-        return Ok(throttled_response(&state, wait));
+        return Err(throttled(&state, wait));
     }
     let user = accounts::find_by_email(&state.db, &email).await?;
     // Verify even for unknown emails (against a dummy) so timing does not
@@ -254,13 +244,13 @@ pub async fn login(
             // guesses would learn which one was right.
             if let Some(wait) = throttled_for(recent_failures(&state, &key, now, None).await?, now)
             {
-                return Ok(throttled_response(&state, wait));
+                return Err(throttled(&state, wait));
             }
             u
         }
         other => {
             if let Some(wait) = record_failure(&state, &key, now).await? {
-                return Ok(throttled_response(&state, wait));
+                return Err(throttled(&state, wait));
             }
             let mut tx = state.db.begin().await?;
             enqueue(

@@ -10,7 +10,7 @@
 //! as when it queues, so it reveals neither that the address has an account
 //! nor that it is being throttled.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -21,7 +21,6 @@ use chrono::{DateTime, Utc};
 use galion_common::accounts::{self, UserRow};
 use galion_common::config::RunMode;
 use galion_common::db::Tx;
-use galion_common::metrics::Metrics;
 use galion_common::{with_db, with_tx, ApiError, ApiJson};
 use serde::Deserialize;
 use serde_json::json;
@@ -47,40 +46,6 @@ pub const MAIL_WINDOW: Duration = Duration::from_secs(3600);
 // counting before the window ends.
 const _: () = assert!(MAIL_WINDOW.as_secs() <= RESET_TTL.as_secs());
 const _: () = assert!(MAIL_WINDOW.as_secs() <= VERIFY_TTL.as_secs());
-
-/// `auth_mail_throttled_total{purpose}` of each live service registry.
-///
-/// `AppState` (lib.rs) has no field for it, so the counter is registered on
-/// the service's registry the first time it is needed and found again here
-/// by the `Metrics` it belongs to; tests run several services per process,
-/// hence a list rather than one global.
-static THROTTLED: Mutex<Vec<(Weak<Metrics>, prometheus::IntCounterVec)>> = Mutex::new(Vec::new());
-
-fn throttled_counter(metrics: &Arc<Metrics>) -> Option<prometheus::IntCounterVec> {
-    // A panic elsewhere while holding the lock leaves the list intact.
-    let mut list = THROTTLED.lock().unwrap_or_else(|e| e.into_inner());
-    list.retain(|(owner, _)| owner.strong_count() > 0);
-    if let Some((_, c)) = list
-        .iter()
-        .find(|(owner, _)| std::ptr::eq(owner.as_ptr(), Arc::as_ptr(metrics)))
-    {
-        return Some(c.clone());
-    }
-    match metrics.counter_vec(
-        "auth_mail_throttled_total",
-        "Mails not queued because the account reached its per-window limit",
-        &["purpose"],
-    ) {
-        Ok(c) => {
-            list.push((Arc::downgrade(metrics), c.clone()));
-            Some(c)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot register auth_mail_throttled_total");
-            None
-        }
-    }
-}
 
 /// A mail written in a transaction, logged once that transaction commits.
 pub struct QueuedMail {
@@ -198,9 +163,7 @@ async fn queue_limited(
             window = %humantime::format_duration(MAIL_WINDOW),
             "mail not queued: per-account limit reached"
         );
-        if let Some(c) = throttled_counter(&state.metrics) {
-            c.with_label_values(&[purpose]).inc();
-        }
+        state.mail_throttled.with_label_values(&[purpose]).inc();
         return Ok(None);
     }
     let mail = queue(state, &mut tx, user, purpose, ttl, now).await?;

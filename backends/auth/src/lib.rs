@@ -39,6 +39,8 @@ pub struct AppState {
     pub relay: RelayHandle,
     pub logins: prometheus::IntCounterVec,
     pub registrations: prometheus::IntCounter,
+    /// Mails not queued because the account reached its per-window limit.
+    pub mail_throttled: prometheus::IntCounterVec,
 }
 
 /// Why the service could not start.
@@ -113,6 +115,11 @@ pub async fn build(
         &["outcome"],
     )?;
     let registrations = metrics.counter("auth_registrations_total", "Accounts registered")?;
+    let mail_throttled = metrics.counter_vec(
+        "auth_mail_throttled_total",
+        "Mails not queued because the account reached its per-window limit",
+        &["purpose"],
+    )?;
     password::warm_up();
     revocations::spawn_cleanup(db.clone(), settings.revocation_retention, shutdown.clone());
     if let Some(url) = &settings.redis_url {
@@ -134,6 +141,7 @@ pub async fn build(
         relay,
         logins,
         registrations,
+        mail_throttled,
     }))
 }
 

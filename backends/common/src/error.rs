@@ -36,6 +36,12 @@ pub enum ApiError {
     Validation(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429 with `Retry-After` (whole seconds, rounded up).
+    #[error("{message}")]
+    RateLimited {
+        retry_after: std::time::Duration,
+        message: &'static str,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -67,6 +73,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -82,6 +89,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Validation(_) => "validation_failed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Internal(_) | ApiError::Database(_) => "internal_error",
         }
@@ -104,7 +112,16 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after, .. } => {
+                Some((retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1))
+            }
+            _ => None,
+        };
         let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

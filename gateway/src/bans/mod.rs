@@ -91,11 +91,16 @@ impl Bans {
         let target = group(ip, ipv6_prefix);
         for jail in jails {
             // An ignored address is never banned, nor is the IPv6 group holding one.
+            // Matched first: most requests match no jail, and ignoreip holds
+            // every trusted proxy network (Cloudflare's list among them).
+            if !jail.matches(ev) {
+                continue;
+            }
             let ignored = jail
                 .ignoreip
                 .iter()
                 .any(|n| n.contains(&ip) || target.contains(&n.network()));
-            if ignored || !jail.matches(ev) {
+            if ignored {
                 continue;
             }
             if self.check(ip, ipv6_prefix).is_some() {

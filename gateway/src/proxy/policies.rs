@@ -24,28 +24,33 @@ impl GatewayProxy {
         policy: &Arc<RatePolicy>,
     ) -> Result<bool> {
         // A trusted proxy's own requests (and unknown clients) are never
-        // counted: everyone behind the proxy would share its budget.
-        let Some(ip) = ctx.chargeable_ip() else {
-            return Ok(false);
-        };
-        let ip_key =
-            || KeyValue::Ip(client_ip::group(ip, snap.config.limits.ipv6_prefix).network());
+        // counted by address: everyone behind the proxy would share its budget.
+        let ip_key = ctx
+            .chargeable_ip()
+            .map(|ip| KeyValue::Ip(client_ip::group(ip, snap.config.limits.ipv6_prefix).network()));
         let id = ctx.identity.clone();
         let req = session.req_header();
         let key = match &policy.key {
-            LimitKey::Ip => ip_key(),
+            LimitKey::Ip => ip_key,
             LimitKey::User => match id.as_deref() {
-                Some(i) if i.kind == IdentityKind::Jwt => KeyValue::Text(i.subject.as_bytes()),
-                _ => ip_key(),
+                Some(i) if i.kind == IdentityKind::Jwt => {
+                    Some(KeyValue::Text(i.subject.as_bytes()))
+                }
+                _ => ip_key,
             },
             LimitKey::ApiKey => match id.as_deref() {
-                Some(i) if i.kind == IdentityKind::ApiKey => KeyValue::Text(i.subject.as_bytes()),
-                _ => ip_key(),
+                Some(i) if i.kind == IdentityKind::ApiKey => {
+                    Some(KeyValue::Text(i.subject.as_bytes()))
+                }
+                _ => ip_key,
             },
             LimitKey::Header(h) => match req.headers.get(h) {
-                Some(v) => KeyValue::Text(v.as_bytes()),
-                None => ip_key(),
+                Some(v) => Some(KeyValue::Text(v.as_bytes())),
+                None => ip_key,
             },
+        };
+        let Some(key) = key else {
+            return Ok(false);
         };
         let outcome = self
             .shield
