@@ -109,6 +109,7 @@ pub fn prepare(buf: &[u8], env: &Env<'_>, out: &mut Vec<u8>) -> Prep {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Prep::Partial,
+        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => return Prep::Partial,
         Err(_) => return Prep::Delegate,
     };
     match prepare_parsed(buf, &req, head_len, env, out) {
@@ -123,9 +124,17 @@ pub fn framed(buf: &[u8]) -> Prep {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::Request::new(&mut headers).parse(buf) {
         Ok(httparse::Status::Partial) => Prep::Partial,
+        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => Prep::Partial,
         // Complete, or something pingora will refuse in its own words.
         _ => Prep::Delegate,
     }
+}
+
+/// Whether the blank line ending a head is in `buf`. For heads with more
+/// headers than the parser's array: handed to pingora before they are whole,
+/// the rest could trickle in with no deadline.
+fn head_is_whole(buf: &[u8]) -> bool {
+    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// What one pass over the client's headers found.
