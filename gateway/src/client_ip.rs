@@ -28,10 +28,6 @@ pub struct Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadChain;
 
-pub fn is_trusted(ip: IpAddr, trusted: &TrustedProxies) -> bool {
-    trusted.is_trusted(ip)
-}
-
 /// IPv4-mapped IPv6 (`::ffff:1.2.3.4`) is treated as the IPv4 address.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()

@@ -178,7 +178,7 @@ impl ConnectionFilter for BanFilter {
         }
         let snap = self.snapshot.load();
         let ip = addr.ip().to_canonical();
-        if crate::client_ip::is_trusted(ip, &snap.trusted_proxies) {
+        if snap.trusted_proxies.is_trusted(ip) {
             return true;
         }
         match self.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {

@@ -40,14 +40,8 @@ pub async fn redirect_to_https(
     } else {
         format!("https://{host}:{https_port}{pq}")
     };
-    let mut resp = ResponseHeader::build(308, Some(3))?;
-    resp.insert_header(http::header::LOCATION, location)?;
-    resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header("x-request-id", id.clone())?;
-    }
     ctx.local = Some(LocalReply::Redirect);
-    session.write_response_header(Box::new(resp), true).await?;
+    respond::redirect(session, 308, &location, ctx.request_id.as_ref()).await?;
     Ok(true)
 }
 

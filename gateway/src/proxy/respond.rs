@@ -15,8 +15,7 @@ pub async fn json_error(
     message: &str,
     request_id: Option<&HeaderValue>,
 ) -> Result<()> {
-    session.set_keepalive(None);
-    write_error(session, status, code, message, request_id, Vec::new()).await
+    json_error_with(session, status, code, message, request_id, Vec::new()).await
 }
 
 /// [`json_error`] with extra header fields (`Allow` of a 405).
