@@ -6,11 +6,13 @@
 #   bench/compare.sh                          # 3 interleaved rounds, 10 s runs, 64 conns
 #   ROUNDS=5 DURATION=10s bench/compare.sh
 #   ACCESS_LOG=1 bench/compare.sh             # also the gateway with its access log on
-#   LOADGEN=wrk bench/compare.sh              # wrk instead of oha (half oha's CPU per request)
+#   LOADGEN=wrk bench/compare.sh              # wrk instead of oha (cheaper per request: bench/README.md)
 #   SKIP_BUILD=1 NO_INSTALL=1 bench/compare.sh
 #   MODE=auth bench/compare.sh                # access control: public vs JWT vs API-key route, one gateway
 #   MODE=https bench/compare.sh               # TLS termination: gateway vs nginx, same certificate
 #   MODE=cache bench/compare.sh               # cache hits: gateway cache vs nginx proxy_cache
+#   LOADGEN=wrk MODE=prod bench/compare.sh    # the production API route (limits, rate limit, CORS,
+#                                             # security headers, JWT, 1 KiB POST) vs nginx doing that work
 #
 # Layout (2 cores): every proxy runs one worker pinned to CPU 1, beside the
 # origin (a second nginx, one worker, `return 200` and a 16 KiB file,
@@ -37,18 +39,28 @@
 #                                     cache: nginx with proxy_cache (+ proxy_cache_lock) and the gateway
 #                                     with a cached route, both filled before measuring (every request a
 #                                     hit), targets "nginx_cache gateway_cache", ratio gateway_cache/nginx_cache
+#                                     prod: one gateway shaped like the API routes of conf/gateway.yaml
+#                                     (limits, rate_limits.default keyed by IP and never reached, the host's
+#                                     security headers, CORS, the internal-path deny, auth: jwt with a
+#                                     revocation feed) and one nginx doing the same header work (limit_req,
+#                                     add_header, forwarded headers; it cannot verify a JWT). Targets
+#                                     "nginx_prod gw_pub gw_jwt nginx_post gw_post": GET /pub (public), GET /jwt
+#                                     (Bearer token), POST /post (token + 1 KiB JSON body), all with an Origin
+#                                     header (BENCH_ORIGIN); ratios gw_pub, gw_jwt / nginx_prod,
+#                                     gw_post / nginx_post, gw_jwt / gw_pub. POST targets answer "small" only
+#   BENCH_ORIGIN=https://galion.app   MODE=prod: the Origin header the load generator sends (an allowed one)
 #   ROUNDS=3  DURATION=10s  CONNS=64  WARMUP=2s
 #   SCENARIOS="small 16k"             request paths /small (3-byte body) and /16k (16384 bytes)
 #                                     (default "small" with MODE=auth and MODE=https)
 #   PROXIES="nginx gateway bare"      subset/order of targets (gateway_log added by ACCESS_LOG=1;
 #                                     gateway_plain: the gateway with its host's security headers off,
 #                                     answering with nginx's header lines plus X-Request-Id);
-#                                     MODE=auth: "pub jwt key"; MODE=https: "nginx_tls gateway_tls"
+#                                     MODE=auth: "pub jwt key"; MODE=https: "nginx_tls gateway_tls";
+#                                     MODE=prod: "nginx_prod gw_pub gw_jwt nginx_post gw_post"
 #   ACCESS_LOG=0|1                    1: add "gateway_log", the gateway writing its access log to a file
 #   LOADGEN=oha|wrk                   default oha (latency percentiles); wrk costs less CPU on CPU 0
 #   LOAD_CPU=0  PROXY_CPU=1           cores for the load generator and for the proxies
-#   ORIGIN_CPU=$PROXY_CPU              core for the origin (0: with the load generator, the layout
-#                                     before 2026-12-03)
+#   ORIGIN_CPU=$PROXY_CPU              core for the origin (0: with the load generator, the old layout)
 #   SKIP_BUILD=1                      use the binaries already in target/release
 #   GATEWAY_BIN=path                  another galion-gateway binary (e.g. a copy of an older build)
 #   NO_INSTALL=1                      fail instead of installing missing tools
@@ -82,8 +94,10 @@ case $MODE in
   auth) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"pub jwt key"} ;;
   https) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"nginx_tls gateway_tls"} ;;
   cache) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx_cache gateway_cache"} ;;
-  *) printf '[compare] error: MODE=%s (plain, auth, https, cache)\n' "$MODE" >&2; exit 1 ;;
+  prod) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"nginx_prod gw_pub gw_jwt nginx_post gw_post"} ;;
+  *) printf '[compare] error: MODE=%s (plain, auth, https, cache, prod)\n' "$MODE" >&2; exit 1 ;;
 esac
+BENCH_ORIGIN=${BENCH_ORIGIN:-https://galion.app}
 ACCESS_LOG=${ACCESS_LOG:-0}
 [[ "$MODE" == plain ]] || ACCESS_LOG=0
 LOADGEN=${LOADGEN:-oha}
@@ -186,6 +200,9 @@ if [[ "$LOADGEN" == oha ]]; then
   grep -q -- '--worker-threads' <<<"$oha_help" && OHA_ARGS+=(--worker-threads 1)
   grep -q -- '--no-tui' <<<"$oha_help" && OHA_ARGS+=(--no-tui)
 fi
+# A POST body from a file: -D FILE (oha 1.x), else -d @FILE.
+OHA_BODY_FILE=-D
+if [[ "$LOADGEN" == oha ]] && ! grep -qE -- '(^|[ ,])-D[ ,]' <<<"$oha_help"; then OHA_BODY_FILE=-d; fi
 
 # -------------------------------------------------------------------- build --
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -194,7 +211,9 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 GATEWAY=${GATEWAY_BIN:-$ROOT/target/release/galion-gateway}
 BARE=$ROOT/target/release/examples/bare_proxy
-[[ -x "$GATEWAY" && -x "$BARE" ]] || die "build first: cargo build --release -p galion-gateway --bins --example bare_proxy"
+[[ -x "$GATEWAY" ]] || die "build first: cargo build --release -p galion-gateway --bins --example bare_proxy"
+# bare_proxy is needed only when it is measured.
+[[ " $PROXIES " != *" bare "* || -x "$BARE" ]] || die "build first: cargo build --release -p galion-gateway --example bare_proxy"
 
 # The machine must be quiet: wait for any compiler run (ours or someone else's).
 compiler_running() { pgrep -x rustc >/dev/null || pgrep -x cc1 >/dev/null || pgrep -x ld >/dev/null; }
@@ -216,7 +235,7 @@ done < <(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null)
 read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
 NEXT_PORT=$(( 20000 + RANDOM % 5000 ))
 for var in P_ORIGIN P_NGINX P_NGINX_EQ P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_GATEWAY_PLAIN P_GWP_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
-           P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN; do
+           P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN P_NGINX_PROD; do
   # below the ephemeral range, not listening/connected now (no subshell: USED_PORT must grow)
   while [[ -n "${USED_PORT[$NEXT_PORT]:-}" ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
   ((NEXT_PORT < EPH_LOW)) || die "no free port below $EPH_LOW"
@@ -285,6 +304,10 @@ http {
     root $TMP/www;
     location = /small { return 200 "ok\n"; }
     location = /16k { }
+$(if [[ "$MODE" == prod ]]; then
+  # The gateway's revocation feed (galion-auth's /revocations): nothing revoked.
+  echo "    location = /revocations { default_type application/json; return 200 '{\"revocations\":[],\"cursor\":0,\"more\":false}'; }"
+fi)
   }
 }
 EOF
@@ -307,16 +330,10 @@ EOF
 # kept, X-Forwarded-For/-Proto/-Host, X-Real-IP and a request id sent upstream
 # (the client's, else a new one), client-sent identity headers dropped, the
 # request id and the security headers (nosniff, DENY, referrer policy) on the
-# response.
-nginx_main nginx_eq >"$TMP/nginx_eq.conf"
-cat >>"$TMP/nginx_eq.conf" <<EOF
-http {
-  $(nginx_proxy_common nginx_eq)
-  map \$http_x_request_id \$galion_rid { "" \$request_id; default \$http_x_request_id; }
-  server {
-    listen 127.0.0.1:$P_NGINX_EQ backlog=4096;
-    location / {
-      $(nginx_pass_origin)
+# response. nginx_eq_headers: those lines, for a location (they are not
+# inherited into a location that sets its own; `always`: on errors too).
+nginx_eq_headers() {
+  cat <<EOF
       proxy_set_header Host \$http_host;
       proxy_set_header X-Forwarded-For \$remote_addr;
       proxy_set_header X-Real-IP \$remote_addr;
@@ -330,10 +347,77 @@ http {
       add_header X-Content-Type-Options nosniff always;
       add_header X-Frame-Options DENY always;
       add_header Referrer-Policy strict-origin-when-cross-origin always;
+EOF
+}
+nginx_main nginx_eq >"$TMP/nginx_eq.conf"
+cat >>"$TMP/nginx_eq.conf" <<EOF
+http {
+  $(nginx_proxy_common nginx_eq)
+  map \$http_x_request_id \$galion_rid { "" \$request_id; default \$http_x_request_id; }
+  server {
+    listen 127.0.0.1:$P_NGINX_EQ backlog=4096;
+    location / {
+      $(nginx_pass_origin)
+$(nginx_eq_headers)
     }
   }
 }
 EOF
+
+# MODE=prod: nginx doing the header work of the gateway's production API routes
+# (nginx_eq's forwarded headers, request id and security headers, plus a
+# limit_req keyed by address, the CORS grant for an allowed Origin, the method
+# restriction, the body-size limit and the internal-path deny). It forwards the
+# Authorization header but cannot verify a JWT. The rate is far above anything
+# the bench reaches: no request is ever refused (the checks below and the
+# warm-up make sure), so what is measured is the bookkeeping, not 429s.
+PROD_RATE=1000000; PROD_BURST=1000000
+nginx_prod_location() { # METHOD MAX_BODY
+  cat <<EOF
+      limit_except $1 { deny all; }
+      client_max_body_size $2;
+      limit_req zone=default burst=$PROD_BURST nodelay;
+      proxy_pass http://origin/; proxy_http_version 1.1; proxy_set_header Connection "";
+$(nginx_eq_headers)
+      add_header Access-Control-Allow-Origin \$cors_origin always;
+      add_header Access-Control-Allow-Credentials \$cors_credentials always;
+      add_header Vary \$cors_vary always;
+EOF
+}
+if [[ "$MODE" == prod ]]; then
+  nginx_main nginx_prod >"$TMP/nginx_prod.conf"
+  cat >>"$TMP/nginx_prod.conf" <<EOF
+http {
+  $(nginx_proxy_common nginx_prod)
+  map \$http_x_request_id \$galion_rid { "" \$request_id; default \$http_x_request_id; }
+  # The gateway host's allow_origins; an empty value is not sent.
+  map \$http_origin \$cors_origin {
+    default "";
+    "https://galion.app" \$http_origin;
+    "~^https://[^/]+\.galion\.app\$" \$http_origin;
+    "http://localhost:3000" \$http_origin;
+  }
+  map \$cors_origin \$cors_credentials { "" ""; default true; }
+  map \$http_origin \$cors_vary { "" ""; default Origin; }
+  limit_req_zone \$binary_remote_addr zone=default:10m rate=${PROD_RATE}r/s;
+  limit_req_status 429;
+  client_max_body_size 1m;
+  server {
+    listen 127.0.0.1:$P_NGINX_PROD backlog=4096;
+    location ~ ^(/api/v1/[^/]+)?/(metrics|health|revocations)(/|\$) { return 404; }
+    location /pub/ {
+$(nginx_prod_location GET 1m)
+    }
+    location /jwt/ {
+$(nginx_prod_location GET 1m)
+    }
+    location /post/ {
+$(nginx_prod_location POST 16k)
+    }
+  }
+}
+EOF
+fi
 
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 
@@ -380,20 +464,28 @@ http {
 EOF
 fi
 
-# MODE=auth: an Ed25519 key, its JWKS as a file, one long-lived EdDSA token, one API key.
+# MODE=auth and MODE=prod: an Ed25519 key, its JWKS as a file, one long-lived EdDSA
+# token (with a jti under MODE=prod, so the revocation list is consulted), one API key.
 JWT_TOKEN=; API_KEY=
-if [[ "$MODE" == auth ]]; then
+if [[ "$MODE" == auth || "$MODE" == prod ]]; then
   openssl genpkey -algorithm ed25519 -out "$TMP/jwt.key" 2>/dev/null || die "openssl cannot make an Ed25519 key"
   jwk_x=$(openssl pkey -in "$TMP/jwt.key" -pubout -outform DER | tail -c 32 | b64url)
   printf '{"keys":[{"kty":"OKP","crv":"Ed25519","x":"%s","kid":"bench","alg":"EdDSA","use":"sig"}]}\n' "$jwk_x" >"$TMP/jwks.json"
   jwt_head=$(printf '{"alg":"EdDSA","typ":"JWT","kid":"bench"}' | b64url)
-  jwt_body=$(printf '{"iss":"https://bench.local","aud":"bench","sub":"bench-user","role":"user","iat":%d,"exp":4102444800}' "$(date +%s)" | b64url)
+  jti=; [[ "$MODE" == prod ]] && jti=',"jti":"bench-'$(head -c 12 /dev/urandom | b64url)'"'
+  jwt_body=$(printf '{"iss":"https://bench.local","aud":"bench","sub":"bench-user","role":"user","iat":%d,"exp":4102444800%s}' "$(date +%s)" "$jti" | b64url)
   printf '%s.%s' "$jwt_head" "$jwt_body" >"$TMP/jwt.msg"
   jwt_sig=$(openssl pkeyutl -sign -inkey "$TMP/jwt.key" -rawin -in "$TMP/jwt.msg" | b64url)
   JWT_TOKEN=$jwt_head.$jwt_body.$jwt_sig
   API_KEY=bench-$(head -c 24 /dev/urandom | b64url)
   API_KEY_SHA=$(printf '%s' "$API_KEY" | sha256sum | cut -d' ' -f1)
   printf '%s\n' "$JWT_TOKEN" >"$RUN_DIR/jwt.txt"; cp "$TMP/jwks.json" "$RUN_DIR/"
+fi
+# MODE=prod: the POST body, 1 KiB of JSON.
+if [[ "$MODE" == prod ]]; then
+  shell='{"type":"bench","data":""}'; pad=$((1024 - ${#shell}))
+  printf '{"type":"bench","data":"%s"}' "$(head -c "$pad" /dev/zero | tr '\0' 'x')" >"$TMP/post.json"
+  [[ $(stat -c %s "$TMP/post.json") == 1024 ]] || die "post.json is not 1024 bytes"
 fi
 
 gateway_conf() { # PORT ADMIN_PORT NAME LOG(true|false) [HOST KEYS, one per line]
@@ -428,7 +520,7 @@ tls:
     - { hosts: [localhost, galion.app], cert: $TMP/certs/galion.app.pem, key: $TMP/certs/galion.app.key, default: true }
 EOF
   fi
-  if [[ "$MODE" == auth ]]; then
+  if [[ "$MODE" == auth || "$MODE" == prod ]]; then
     cat <<EOF
 auth:
   jwt:
@@ -439,6 +531,18 @@ auth:
     - { name: bench, sha256: $API_KEY_SHA, roles: [svc] }
 EOF
   fi
+  if [[ "$MODE" == prod ]]; then
+    # As conf/gateway.yaml, but a default rate limit the bench never reaches.
+    cat <<EOF
+  revocation: { url: "http://127.0.0.1:$P_ORIGIN/revocations", interval: 500ms }
+limits:
+  max_body: 1MiB
+  max_header_bytes: 32KiB
+  max_connections_per_ip: 256
+rate_limits:
+  default: { rate: $PROD_RATE/s, burst: $PROD_BURST }
+EOF
+  fi
   cat <<EOF
 upstreams:
   origin:
@@ -447,9 +551,26 @@ hosts:
   bench.local:
     aliases: [127.0.0.1, localhost, galion.app]
     default: true
-    routes:
 EOF
-  if [[ "$MODE" == auth ]]; then
+  if [[ "$MODE" == prod ]]; then
+    # The host's CORS as in conf/dev.yaml (the origins of galion.app); the
+    # security headers are the host's defaults, as in conf/gateway.yaml.
+    cat <<EOF
+    cors:
+      allow_origins: ["https://galion.app", "https://*.galion.app", "http://localhost:3000"]
+      allow_credentials: true
+      allow_headers: [authorization, content-type, x-request-id]
+EOF
+  fi
+  echo "    routes:"
+  if [[ "$MODE" == prod ]]; then
+    cat <<EOF
+      - { name: internal, regex: '^(/api/v1/[^/]+)?/(metrics|health|revocations)(/|\$)', deny: 404 }
+      - { name: pub, prefix: /pub, strip_prefix: true, methods: [GET, HEAD], upstream: origin }
+      - { name: jwt, prefix: /jwt, strip_prefix: true, methods: [GET], upstream: origin, auth: jwt }
+      - { name: post, prefix: /post, strip_prefix: true, methods: [POST], upstream: origin, auth: jwt, max_body: 16KiB }
+EOF
+  elif [[ "$MODE" == auth ]]; then
     cat <<EOF
       - { name: pub, prefix: /pub, strip_prefix: true, upstream: origin }
       - { name: jwt, prefix: /jwt, strip_prefix: true, upstream: origin, auth: jwt }
@@ -480,12 +601,15 @@ if [[ "$MODE" == cache ]]; then
   "$GATEWAY" check -c "$TMP/gateway_cache.yaml" >/dev/null || die "gateway_cache config rejected (above)"
 fi
 
-for f in origin.conf nginx.conf nginx_eq.conf nginx_tls.conf nginx_cache.conf gateway.yaml gateway_log.yaml gateway_plain.yaml gateway_tls.yaml gateway_cache.yaml; do
+for f in origin.conf nginx.conf nginx_eq.conf nginx_tls.conf nginx_cache.conf nginx_prod.conf gateway.yaml gateway_log.yaml gateway_plain.yaml gateway_tls.yaml gateway_cache.yaml; do
   [[ -f "$TMP/$f" ]] && cp "$TMP/$f" "$RUN_DIR/"
 done
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/origin.conf" || die "origin config rejected"
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx.conf" || die "nginx config rejected"
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_eq.conf" || die "nginx_eq config rejected"
+if [[ "$MODE" == prod ]]; then
+  "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_prod.conf" || die "nginx_prod config rejected"
+fi
 if [[ "$MODE" == https ]]; then
   "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_tls.conf" || die "nginx_tls config rejected"
   "$GATEWAY" check -c "$TMP/gateway_tls.yaml" >/dev/null || die "gateway_tls config rejected (above)"
@@ -494,13 +618,16 @@ else
 fi
 
 # ------------------------------------------------------------------- start --
-# A target is what the load generator hits: URL_OF (base URL), HDR_OF (one request
-# header or empty), PROC_OF (the process whose CPU is counted). MODE=auth: three
-# routes of one gateway process.
-declare -A URL_OF=() HDR_OF=() PROC_OF=()
+# A target is what the load generator hits: URL_OF (base URL), HDR_OF (request
+# header lines, one per line, or empty), BODY_OF (a file sent as a POST body, or
+# empty: GET), PROC_OF (the process whose CPU is counted). MODE=auth and
+# MODE=prod: several routes of one gateway process.
+declare -A URL_OF=() HDR_OF=() BODY_OF=() PROC_OF=()
 declare -A PORT_OF=([nginx]=$P_NGINX [nginx_eq]=$P_NGINX_EQ [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [gateway_plain]=$P_GATEWAY_PLAIN [bare]=$P_BARE
                     [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS
-                    [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE)
+                    [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE [nginx_prod]=$P_NGINX_PROD)
+PROD_JWT_HDR="Authorization: Bearer $JWT_TOKEN"$'\n'"Origin: $BENCH_ORIGIN"
+PROD_POST_HDR="$PROD_JWT_HDR"$'\n''Content-Type: application/json'
 for p in $PROXIES; do
   case $MODE:$p in
     plain:nginx | plain:nginx_eq | plain:gateway | plain:gateway_log | plain:gateway_plain | plain:bare)
@@ -510,10 +637,38 @@ for p in $PROXIES; do
     auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
     https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     cache:nginx_cache | cache:gateway_cache) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
-    *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log gateway_plain bare; auth: pub jwt key; https: nginx_tls gateway_tls)" ;;
+    prod:gw_pub) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/pub; PROC_OF[$p]=gateway; HDR_OF[$p]="Origin: $BENCH_ORIGIN" ;;
+    prod:gw_jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_JWT_HDR ;;
+    prod:gw_post) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/post; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
+    # nginx_prod gets the gateway's JWT request, token included (forwarded, not verified).
+    prod:nginx_prod) URL_OF[$p]=http://127.0.0.1:$P_NGINX_PROD/jwt; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_JWT_HDR ;;
+    prod:nginx_post) URL_OF[$p]=http://127.0.0.1:$P_NGINX_PROD/post; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
+    *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log gateway_plain bare; auth: pub jwt key; https: nginx_tls gateway_tls; cache: nginx_cache gateway_cache; prod: nginx_prod gw_pub gw_jwt nginx_post gw_post)" ;;
   esac
 done
 PROCS=$(for p in $PROXIES; do echo "${PROC_OF[$p]}"; done | awk '!seen[$0]++' | tr '\n' ' ')
+# The origin answers a POST on /small only (`return 200` reads and discards the
+# body; a POST to the 16 KiB file would be a 405): POST targets skip other bodies.
+skip_run() { [[ -n "${BODY_OF[$1]:-}" && "$2" != small ]]; }
+for p in $PROXIES; do
+  for s in $SCENARIOS; do skip_run "$p" "$s" && log "$p: POST target, /$s skipped (only /small answers a POST)"; done
+done
+# req_flags TARGET curl|oha: the target's request as flags: REQ_H, a `-H LINE` pair
+# per header line (the same for curl, oha and wrk), and REQ_B, the method and body
+# in curl's or oha's syntax (empty for a GET). wrk takes its method and body from
+# its Lua script (below).
+req_flags() {
+  local l
+  REQ_H=(); REQ_B=()
+  if [[ -n "${HDR_OF[$1]:-}" ]]; then
+    while IFS= read -r l; do [[ -n "$l" ]] && REQ_H+=(-H "$l"); done <<<"${HDR_OF[$1]}"
+  fi
+  [[ -n "${BODY_OF[$1]:-}" ]] || return 0
+  case $2 in
+    curl) REQ_B=(-X POST --data-binary "@${BODY_OF[$1]}" -H 'Expect:') ;;
+    oha) if [[ "$OHA_BODY_FILE" == -D ]]; then REQ_B=(-m POST -D "${BODY_OF[$1]}"); else REQ_B=(-m POST -d "@${BODY_OF[$1]}"); fi ;;
+  esac
+}
 
 start origin TERM "$ORIGIN_CPU" "$NGINX" -p "$TMP" -e "$TMP/origin.error.log" -c "$TMP/origin.conf" -g 'daemon off;'
 # shellcheck disable=SC2154 # set by start()
@@ -528,6 +683,7 @@ for p in $PROCS; do
     gateway_log) start gateway_log INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_log.yaml" ;;
     gateway_plain) start gateway_plain INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_plain.yaml" ;;
     gateway_tls) start gateway_tls INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_tls.yaml" ;;
+    nginx_prod) start nginx_prod TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_prod.error.log" -c "$TMP/nginx_prod.conf" -g 'daemon off;' ;;
     nginx_cache) start nginx_cache TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_cache.error.log" -c "$TMP/nginx_cache.conf" -g 'daemon off;' ;;
     gateway_cache) start gateway_cache INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_cache.yaml" ;;
     bare) start bare INT "$PROXY_CPU" env RUST_LOG=warn "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_ORIGIN" 1 ;;
@@ -539,14 +695,14 @@ done
 # curl_check TARGET PATH [CURL ARGS...] -> "status size"
 curl_check() {
   local p=$1 path=$2; shift 2
-  local hdr=()
-  [[ -n "${HDR_OF[$p]:-}" ]] && hdr=(-H "${HDR_OF[$p]}")
-  curl -sS -k -o /dev/null -w '%{http_code} %{size_download}' "${hdr[@]}" "$@" "${URL_OF[$p]}/$path"
+  req_flags "$p" curl
+  curl -sS -k -o /dev/null -w '%{http_code} %{size_download}' "${REQ_H[@]}" "${REQ_B[@]}" "$@" "${URL_OF[$p]}/$path"
 }
 # Every target must return the origin's bodies before anything is measured.
 for p in $PROXIES; do
   for s in $SCENARIOS; do
     case $s in small) want=3 ;; 16k) want=16384 ;; *) die "unknown scenario '$s' (small, 16k)" ;; esac
+    skip_run "$p" "$s" && continue
     got=$(curl_check "$p" "$s")
     [[ "$got" == "200 $want" ]] || die "$p /$s answered '$got', expected '200 $want'"
   done
@@ -555,8 +711,11 @@ done
 # the comparison is not like for like; both heads are kept with the results.
 # `Connection` aside: nginx always writes `keep-alive`, the gateway leaves
 # HTTP/1.1 persistence implicit.
-names_of() { curl -sS -D - -o /dev/null "${URL_OF[$1]}/small" | tr -d '\r' | tee "$RUN_DIR/head-$1.txt" |
-  awk -F': ' 'NR > 1 && NF > 1 && tolower($1) != "connection" {print tolower($1)}' | sort | tr '\n' ' '; }
+names_of() {
+  req_flags "$1" curl
+  curl -sS -D - -o /dev/null "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$1]}/small" | tr -d '\r' | tee "$RUN_DIR/head-$1.txt" |
+    awk -F': ' 'NR > 1 && NF > 1 && tolower($1) != "connection" {print tolower($1)}' | sort | tr '\n' ' '
+}
 if [[ " $PROXIES " == *" nginx_eq "* && " $PROXIES " == *" gateway "* ]]; then
   eq=$(names_of nginx_eq); gw=$(names_of gateway)
   [[ "$eq" == "$gw" ]] || die "nginx_eq answers with headers '$eq', the gateway with '$gw'"
@@ -578,6 +737,62 @@ if [[ "$MODE" == auth ]]; then
   got=$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: wrong" "http://127.0.0.1:$P_GATEWAY/key/small")
   [[ "$got" == 401 ]] || die "/key/small with a wrong key answered $got, expected 401"
   log "auth check: /jwt and /key answer 200 with the credential, 401 without or with a wrong one"
+fi
+# MODE=prod: every target answers 200 with the request id, the security headers and
+# the CORS grant for BENCH_ORIGIN; the gateway's also carry RateLimit (its limiter
+# ran); nginx answers with the gateway's header names but the RateLimit pair (which
+# limit_req cannot write); the JWT routes refuse a missing or bad token; a refused
+# Origin gets no grant; two POSTs share one connection (the body is read whole).
+head_of() { # TARGET [ORIGIN]: the answer's head, CR stripped; ORIGIN: another Origin header
+  local p=$1 h=() i
+  req_flags "$p" curl
+  for ((i = 0; i < ${#REQ_H[@]}; i += 2)); do
+    [[ -n "${2:-}" && "${REQ_H[i + 1],,}" == origin:* ]] && continue
+    h+=(-H "${REQ_H[i + 1]}")
+  done
+  [[ -n "${2:-}" ]] && h+=(-H "Origin: $2")
+  curl -sS -D - -o /dev/null "${h[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" | tr -d '\r'
+}
+field_of() { awk -F': ' -v n="$1" 'tolower($1) == n { print substr($0, length($1) + 3); exit }'; }
+if [[ "$MODE" == prod ]]; then
+  for p in $PROXIES; do
+    h=$(head_of "$p"); printf '%s\n' "$h" >"$RUN_DIR/head-$p.txt"
+    [[ "$(head -n 1 <<<"$h")" == "HTTP/1.1 200"* ]] || die "$p: answered '$(head -n 1 <<<"$h")', expected 200"
+    want="x-request-id x-content-type-options x-frame-options referrer-policy access-control-allow-origin access-control-allow-credentials vary"
+    [[ "${PROC_OF[$p]}" == gateway ]] && want="$want ratelimit ratelimit-policy"
+    for n in $want; do
+      [[ -n "$(field_of "$n" <<<"$h")" ]] || die "$p: no $n in the answer (head in $RUN_DIR/head-$p.txt)"
+    done
+    [[ "$(field_of access-control-allow-origin <<<"$h")" == "$BENCH_ORIGIN" ]] || die "$p: Access-Control-Allow-Origin is not $BENCH_ORIGIN"
+    [[ "$(field_of vary <<<"$h")" == *Origin* ]] || die "$p: Vary lacks Origin"
+    # Refused origin: no grant.
+    [[ -z "$(head_of "$p" https://evil.example | field_of access-control-allow-origin)" ]] ||
+      die "$p: granted CORS to https://evil.example"
+  done
+  pairs=""
+  [[ " $PROXIES " == *" nginx_prod "* && " $PROXIES " == *" gw_jwt "* ]] && pairs="$pairs nginx_prod:gw_jwt"
+  [[ " $PROXIES " == *" nginx_prod "* && " $PROXIES " == *" gw_pub "* ]] && pairs="$pairs nginx_prod:gw_pub"
+  [[ " $PROXIES " == *" nginx_post "* && " $PROXIES " == *" gw_post "* ]] && pairs="$pairs nginx_post:gw_post"
+  for pair in $pairs; do
+    ng=$(names_of "${pair%%:*}"); gw=$(names_of "${pair#*:}" | tr ' ' '\n' | grep -v '^ratelimit' | awk 'NF' | tr '\n' ' ')
+    [[ "$ng" == "$gw" ]] || die "${pair%%:*} answers with headers '$ng', ${pair#*:} with '$gw' (RateLimit aside)"
+  done
+  for p in gw_jwt gw_post; do
+    [[ " $PROXIES " == *" $p "* ]] || continue
+    req_flags "$p" curl
+    got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Origin: $BENCH_ORIGIN" "${REQ_B[@]}" "${URL_OF[$p]}/small")
+    [[ "$got" == 401 ]] || die "$p without a token answered $got, expected 401"
+    sig=${JWT_TOKEN##*.}; [[ "${sig:0:1}" == A ]] && bad=B || bad=A   # the signature's first 6 bits changed
+    got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%.*}.$bad${sig:1}" "${REQ_B[@]}" "${URL_OF[$p]}/small")
+    [[ "$got" == 401 ]] || die "$p with a bad signature answered $got, expected 401"
+  done
+  for p in nginx_post gw_post; do
+    [[ " $PROXIES " == *" $p "* ]] || continue
+    req_flags "$p" curl
+    got=$(curl -sS -o /dev/null -o /dev/null -w '%{http_code}/%{num_connects} ' "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" "${URL_OF[$p]}/small")
+    [[ "$got" == "200/1 200/0 " ]] || die "$p: two POSTs on one connection answered '$got', expected '200/1 200/0 '"
+  done
+  log "prod check: 200 with request id, security headers, CORS grant for $BENCH_ORIGIN (none for another origin), RateLimit from the gateway; JWT routes 401 without or with a bad token; POST keep-alive"
 fi
 # MODE=cache: after the checks above filled both caches, every request must be a hit.
 if [[ "$MODE" == cache ]]; then
@@ -630,7 +845,7 @@ cpu_busy() { # CPU: "busy total steal" jiffies from /proc/stat
   awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6 - $9, t, $9 }' /proc/stat
 }
 
-cat >"$TMP/wrk.lua" <<'EOF'
+cat >"$TMP/wrk-done.lua" <<'EOF'
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -639,20 +854,31 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 EOF
+# wrk: one Lua script per target, its method and body (POST targets) and the
+# summary line that load() reads.
+for p in $PROXIES; do
+  {
+    if [[ -n "${BODY_OF[$p]:-}" ]]; then
+      printf 'wrk.method = "POST"\n'
+      printf 'local f = assert(io.open("%s", "rb")); wrk.body = f:read("*a"); f:close()\n' "${BODY_OF[$p]}"
+    fi
+    cat "$TMP/wrk-done.lua"
+  } >"$TMP/wrk-$p.lua"
+done
 
 # load TARGET PATH DURATION OUTFILE -> prints "rps p50_ms p99_ms requests errors"
 load() {
-  local url=${URL_OF[$1]}/$2 dur=$3 out=$4 hdr=()
-  [[ -n "${HDR_OF[$1]:-}" ]] && hdr=(-H "${HDR_OF[$1]}")
+  local url=${URL_OF[$1]}/$2 dur=$3 out=$4
+  req_flags "$1" oha
   if [[ "$LOADGEN" == wrk ]]; then
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" "${hdr[@]}" -s "$TMP/wrk.lua" "$url" >"$out.txt"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" "${REQ_H[@]}" -s "$TMP/wrk-$1.lua" "$url" >"$out.txt"
     tail -n 1 "$out.txt" >"$out"
     jq -r '[(.requests / (.duration_us / 1e6)), (.p50_us / 1000), (.p99_us / 1000),
             .requests, (.errors + .non2xx)] | map(tostring) | join(" ")' "$out"
   else
     local tls=()
     [[ "$url" == https:* ]] && tls=(--insecure)
-    taskset -c "$LOAD_CPU" oha -z "$dur" -c "$CONNS" "${OHA_ARGS[@]}" "${tls[@]}" "${hdr[@]}" "$url" >"$out"
+    taskset -c "$LOAD_CPU" oha -z "$dur" -c "$CONNS" "${OHA_ARGS[@]}" "${tls[@]}" "${REQ_H[@]}" "${REQ_B[@]}" "$url" >"$out"
     # Requests cut off by the deadline are not errors; anything else, or a non-200, is.
     jq -r '([.statusCodeDistribution // {} | to_entries[] | .value] | add // 0) as $n
            | ([.statusCodeDistribution // {} | to_entries[] | select(.key != "200") | .value] | add // 0) as $bad
@@ -666,7 +892,7 @@ load() {
   echo "date: $STAMP"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo -) $(git diff --quiet HEAD -- gateway 2>/dev/null || echo '(gateway/ has uncommitted changes)')"
   echo "host: $(uname -srm), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-  echo "binaries: galion-gateway $(date -u -r "$GATEWAY" +%FT%TZ), bare_proxy $(date -u -r "$BARE" +%FT%TZ) (build times)"
+  echo "binaries: galion-gateway $(date -u -r "$GATEWAY" +%FT%TZ), bare_proxy $( [[ -x "$BARE" ]] && date -u -r "$BARE" +%FT%TZ || echo absent) (build times)"
   echo "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //')"
   if [[ $LOADGEN == oha ]]; then echo "loadgen: $(oha --version) ${OHA_ARGS[*]}"
   else echo "loadgen: $( (wrk -v 2>&1 || true) | head -1) -t1"; fi
@@ -678,18 +904,22 @@ wait_quiet
 log "warm-up: $WARMUP per proxy and body"
 for p in $PROXIES; do
   for s in $SCENARIOS; do
-    load "$p" "$s" "$WARMUP" "$TMP/warmup.json" >/dev/null
+    skip_run "$p" "$s" && continue
+    res=$(load "$p" "$s" "$WARMUP" "$TMP/warmup.json")
+    # MODE=prod: a refused request (429) means the rate limit is within reach.
+    [[ "$MODE" != prod || "${res##* }" == 0 ]] || die "$p /$s: ${res##* } failed or non-200 answers in the warm-up (a 429: raise PROD_RATE)"
   done
 done
 
 TSV=$RUN_DIR/runs.tsv
-printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\twall_s\tproxy_cpu_s\treq_per_cpu_s\tproxy_cpu_pct\tload_cpu_pct\trss_mb\tloadavg\tproxy_core_other_pct\tnoisy\tload_us_per_req\tsteal_pct\n' >"$TSV"
+printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\twall_s\tproxy_cpu_s\treq_per_cpu_s\tproxy_cpu_pct\tload_cpu_pct\trss_mb\tloadavg\tproxy_core_other_pct\tnoisy\tload_us_per_req\tsteal_pct\tproxy_core_pct\n' >"$TSV"
 read -ra PLIST <<<"$PROXIES"
 NP=${#PLIST[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
   for s in $SCENARIOS; do
     for ((i = 0; i < NP; i++)); do
       p=${PLIST[$(((i + r - 1) % NP))]}   # rotate the order each round
+      skip_run "$p" "$s" && continue
       pid_var=PID_${PROC_OF[$p]}; pid=${!pid_var}
       for ((try = 0; ; try++)); do
         kill -0 "$pid" 2>/dev/null || die "${PROC_OF[$p]} (pid $pid) died; see $RUN_DIR/${PROC_OF[$p]}.log"
@@ -718,11 +948,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
             sl = (t1 > t0 ? 100 * (s1 - s0) / (t1 - t0) : 0); sp = (u1 > u0 ? 100 * (v1 - v0) / (u1 - u0) : 0)
             steal = (sl > sp ? sl : sp)
             if (steal > steal_pct) noisy = 1
-            printf "%d\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%.0f\t%d\t%.2f\t%.1f\n",
+            # proxy_core_pct: busy share of the proxy core, steal excluded (proxy, and the
+            # origin when it shares the core).
+            printf "%d\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%.0f\t%d\t%.2f\t%.1f\t%.0f\n",
               r, s, p, rps, p50, p99, n, err, wall, cpu, (cpu > 0 ? n / cpu : 0), 100 * cpu / wall,
-              (t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0), rss / 1024, la, other, noisy, (n > 0 ? 1e6 * (b1 - b0) / hz / n : 0), steal }')
-        awk -F'\t' '{ printf "[compare] round %s %-5s %-12s %7s req/s  p50 %6.2f ms  p99 %6.2f ms  %7s req/CPU-s  proxy CPU %3s%%  load core %3s%%%s%s\n",
-          $1, $2, $3, $4, $5, $6, $11, $12, $13, ($8 > 0 ? "  ERRORS " $8 : ""), ($17 ? "  NOISY (other work on proxy core " $16 "%, steal " $19 "%)" : "") }' <<<"$line" >&2
+              (t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0), rss / 1024, la, other, noisy, (n > 0 ? 1e6 * (b1 - b0) / hz / n : 0), steal,
+              (u1 > u0 ? 100 * (q1 - q0) / (u1 - u0) : 0) }')
+        awk -F'\t' '{ printf "[compare] round %s %-5s %-12s %7s req/s  p50 %6.2f ms  p99 %6.2f ms  %7s req/CPU-s  proxy CPU %3s%%  proxy core %3s%%  load core %3s%%%s%s\n",
+          $1, $2, $3, $4, $5, $6, $11, $12, $20, $13, ($8 > 0 ? "  ERRORS " $8 : ""), ($17 ? "  NOISY (other work on proxy core " $16 "%, steal " $19 "%)" : "") }' <<<"$line" >&2
         # A run disturbed by a build, by other work on the proxy's core or by the
         # hypervisor (steal) is repeated.
         if [[ "$(cut -f17 <<<"$line")" == 0 ]] || ((try >= ${RETRIES:-2})); then break; fi
@@ -746,7 +979,7 @@ summarize() { # TSV
       k = $2 SUBSEP $3
       rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
       rpc[k] = rpc[k] " " $11; pcpu[k] = pcpu[k] " " $12; lcpu[k] = lcpu[k] " " $13
-      rss[k] = rss[k] " " $14; errs[k] += $8; noisy += $17; lus[k] = lus[k] " " $18
+      rss[k] = rss[k] " " $14; errs[k] += $8; noisy += $17; lus[k] = lus[k] " " $18; core[k] = core[k] " " $20
       R[$1, $2, $3] = $4; C[$1, $2, $3] = $11; Q[$1, $2, $3] = $6; maxr = ($1 > maxr ? $1 : maxr)
     }
     # The p99 ratio swings most from round to round on a shared machine: its
@@ -769,13 +1002,13 @@ summarize() { # TSV
       np = split(proxies, P, " "); ns = split(scenarios, S, " ")
       for (i = 1; i <= ns; i++) {
         s = S[i]
-        printf "\n%s body (GET /%s), %s conns, %s per run, %s rounds, medians:\n", (s == "small" ? "small" : "16 KiB"), s, conns, dur, rounds
-        printf "  %-12s %9s %8s %8s %11s %9s %9s %12s %7s\n", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s", "proxy CPU", "load CPU", "load us/req", "RSS MB"
+        printf "\n%s body (/%s), %s conns, %s per run, %s rounds, medians:\n", (s == "small" ? "small" : "16 KiB"), s, conns, dur, rounds
+        printf "  %-12s %9s %8s %8s %11s %9s %10s %9s %12s %7s\n", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s", "proxy CPU", "proxy core", "load CPU", "load us/req", "RSS MB"
         for (j = 1; j <= np; j++) {
           k = s SUBSEP P[j]
           if (!(k in rps)) continue
-          printf "  %-12s %9.0f %8.2f %8.2f %11.0f %8.0f%% %8.0f%% %12.2f %7.1f%s\n", P[j], median(rps[k]), median(p50[k]), median(p99[k]),
-            median(rpc[k]), median(pcpu[k]), median(lcpu[k]), median(lus[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
+          printf "  %-12s %9.0f %8.2f %8.2f %11.0f %8.0f%% %9.0f%% %8.0f%% %12.2f %7.1f%s\n", P[j], median(rps[k]), median(p50[k]), median(p99[k]),
+            median(rpc[k]), median(pcpu[k]), median(core[k]), median(lcpu[k]), median(lus[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
         }
         printf "  %-24s %9s %11s %8s %s  (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s", "p99", "(p99 range)"
         ratio(s, "gateway", "nginx"); ratio(s, "gateway", "nginx_eq"); ratio(s, "gateway", "bare"); ratio(s, "bare", "nginx")
@@ -784,17 +1017,26 @@ summarize() { # TSV
         ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")
         ratio(s, "gateway_tls", "nginx_tls")
         ratio(s, "gateway_cache", "nginx_cache")
+        ratio(s, "gw_pub", "nginx_prod"); ratio(s, "gw_jwt", "nginx_prod"); ratio(s, "gw_post", "nginx_post")
+        ratio(s, "gw_jwt", "gw_pub")
         # In a closed loop the busiest core sets the pace: when the load core
         # (origin + load generator) is saturated and a proxy is not, that
         # proxy req/s and latency measure what each request costs the load core
         # (load us/req: header bytes to parse, wakeups), not the proxy.
-        bound = ""
+        # A ratio is quoted only when every target in it saturated the proxy core
+        # (bench/README.md); "proxy core" is the busy share of that core (the proxy,
+        # and the origin when it shares the core).
+        bound = ""; idle = ""
         for (j = 1; j <= np; j++) {
           k = s SUBSEP P[j]
-          if ((k in rps) && median(lcpu[k]) >= 95 && median(pcpu[k]) < 90) bound = bound " " P[j]
+          if (!(k in rps)) continue
+          if (median(lcpu[k]) >= 95 && median(core[k]) < 90) bound = bound " " P[j]
+          else if (median(core[k]) < 95) idle = idle " " P[j]
         }
         if (bound != "")
-          printf "  note: load core saturated, proxy core not, for%s: their req/s and p99 are bounded by\n        the load core (load us/req); req/CPU-s is the proxy figure\n", bound
+          printf "  note: load core saturated, proxy core not, for%s: their req/s and p99 are bounded by\n        the load core (load us/req); do not quote ratios with them (LOADGEN=wrk costs the load core less)\n", bound
+        if (idle != "")
+          printf "  note: proxy core below 95%% busy for%s: not saturated; do not quote ratios with them\n", idle
       }
       if (noisy) printf "\nwarning: %d run(s) still disturbed after retries (column noisy in runs.tsv)\n", noisy
     }' "$1"
@@ -806,11 +1048,11 @@ summarize "$TSV" | tee "$RUN_DIR/summary.txt"
 # answers cost the client (header lines to parse, bytes) shows in its req/s.
 # callgrind counts that cost exactly, whatever the machine's noise.
 client_ir() { # TARGET PATH N -> instructions oha executed
-  local url=${URL_OF[$1]}/$2 hdr=() tls=() out=$TMP/cg.out
-  [[ -n "${HDR_OF[$1]:-}" ]] && hdr=(-H "${HDR_OF[$1]}")
+  local url=${URL_OF[$1]}/$2 tls=() out=$TMP/cg.out
+  req_flags "$1" oha
   [[ "$url" == https:* ]] && tls=(--insecure)
   taskset -c "$LOAD_CPU" valgrind --tool=callgrind --callgrind-out-file="$out" \
-    oha -n "$3" -c "$CONNS" "${OHA_ARGS[@]}" "${tls[@]}" "${hdr[@]}" "$url" >"$TMP/cg.json" 2>"$TMP/cg.err" ||
+    oha -n "$3" -c "$CONNS" "${OHA_ARGS[@]}" "${tls[@]}" "${REQ_H[@]}" "${REQ_B[@]}" "$url" >"$TMP/cg.json" 2>"$TMP/cg.err" ||
     { tail -n 5 "$TMP/cg.err" >&2; die "oha under callgrind failed for $1 /$2"; }
   [[ "$(jq -r '.statusCodeDistribution["200"] // 0' "$TMP/cg.json")" == "$3" ]] || die "$1 /$2: not all $3 answers were 200 under callgrind"
   sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$TMP/cg.err"
@@ -822,6 +1064,7 @@ if [[ "$CLIENT_COST" == 1 ]]; then
     for s in $SCENARIOS; do
       base=
       for p in $PROXIES; do
+        skip_run "$p" "$s" && continue
         hi=$(client_ir "$p" "$s" "$CLIENT_N"); lo=$(client_ir "$p" "$s" "$n0")
         per=$(( (hi - lo) / (CLIENT_N - n0) ))
         [[ -z "$base" ]] && base=$per
