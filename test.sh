@@ -35,4 +35,12 @@ for f in conf/dev.yaml conf/gateway.yaml; do
 done
 echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
+# Every policy is decided once (gateway/src/pipeline) and rendered by two
+# transports: the policy tests run again with every request on pingora's.
+# (hostile, stack and differential set `server.fast_path` themselves.)
+echo "==> policy tests again with server.fast_path: false"
+GALION_TEST_FAST_PATH=off cargo test -p galion-tests --locked \
+    --test access --test access_log --test bans --test limits --test ratelimit \
+    --test routing --test tls --test upstreams --test upgrade \
+    -- --test-threads "${TEST_THREADS:-4}"
 echo "==> all tests passed"

@@ -1,6 +1,6 @@
-//! Any bytes as a client's request head on the fast path (routing, client IP,
-//! request id, forwarding headers): it must be proxied, left to pingora or
-//! wait for more bytes — never a panic. A prepared upstream head must carry
+//! Any bytes as a client's request head on the fast path (the pipeline's
+//! routing, client IP, request id; forwarding headers): it must be proxied,
+//! answered, left to pingora or wait for more bytes — never a panic. A prepared upstream head must carry
 //! no client-sent identity header, and from an untrusted peer exactly one
 //! `X-Forwarded-For` and one `X-Real-IP`, both the peer's address.
 #![no_main]
@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use galion_gateway::cluster::Shield;
-use galion_gateway::fast::request::{prepare, Env, Prep};
+use galion_gateway::fast::request::{decide, Decision};
+use galion_gateway::pipeline::Env;
 use galion_gateway::snapshot::Snapshot;
 use libfuzzer_sys::fuzz_target;
 
@@ -75,12 +76,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let env = Env {
         snap: &f.snap,
-        peer: Some(peer),
         https: first & 2 != 0,
         shield: &f.shield,
     };
     let mut out = Vec::new();
-    if let Prep::Ready(plan) = prepare(head, &env, &mut out) {
+    // The fixture's routes have no policy that waits (no Redis, no JWKS).
+    let decision = futures::executor::block_on(decide(head, &env, Some(peer), &mut out));
+    if let Decision::Answer(local) = &decision {
+        assert!(local.head.head_len <= head.len());
+        assert!(local.reply.status >= 300, "a local answer is not a success");
+    }
+    if let Decision::Forward(plan) = decision {
+        let plan = plan.head;
         assert!(plan.head_len <= head.len());
         assert!(out.ends_with(b"\r\n\r\n"), "upstream head not terminated");
         // What the fast path routes on is a plain authority (no userinfo, no

@@ -4,6 +4,7 @@
 
 use galion_gateway::config::SecurityHeaders;
 use galion_gateway::fast::response::{parse, Decorations, Parsed};
+use galion_gateway::fields::{Edit, Edits};
 use http::header::{HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -26,11 +27,25 @@ fuzz_target!(|data: &[u8]| {
         hsts: Some(HeaderValue::from_static("max-age=31536000")),
         override_upstream: first & 32 != 0,
     };
-    // The first byte picks the decorations.
+    // The first byte picks the edits.
+    let mut edits = Edits::new();
+    if first & 1 != 0 {
+        edits.push(Edit::Set(HeaderName::from_static("x-request-id"), rid));
+    }
+    if first & 2 != 0 {
+        galion_gateway::security_headers::edits(&security, first & 4 != 0, &mut edits);
+    }
+    if first & 64 != 0 {
+        edits.push(Edit::Append(
+            HeaderName::from_static("vary"),
+            HeaderValue::from_static("Origin"),
+        ));
+        edits.push(Edit::Remove(HeaderName::from_static(
+            "access-control-allow-origin",
+        )));
+    }
     let deco = Decorations {
-        request_id: (first & 1 != 0).then_some(&rid),
-        security: (first & 2 != 0).then_some(&security),
-        https: first & 4 != 0,
+        edits: &edits,
         keepalive: first & 8 != 0,
         head_request: first & 16 != 0,
     };

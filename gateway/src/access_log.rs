@@ -15,7 +15,7 @@ use tracing_subscriber::prelude::*;
 
 use crate::config::{AccessLogSettings, LogTarget};
 use crate::log_writer::{self, LazyWriter, LogFile, Sink};
-use crate::proxy::{LocalReply, RequestCtx};
+use crate::pipeline::{LocalReply, RequestCtx};
 
 pub const TARGET: &str = "access";
 

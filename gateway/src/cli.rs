@@ -106,14 +106,23 @@ pub fn check(path: &Path) -> i32 {
                 };
                 let def = if h.is_default { " [default]" } else { "" };
                 out!("  {}{extra}{def}", h.name);
+                let compiled = snapshot.router.hosts.iter().find(|x| *x.name == *h.name);
                 for r in &h.routes {
+                    let transport = compiled
+                        .and_then(|x| x.routes.iter().find(|x| *x.name == *r.name))
+                        .map(|x| match x.pingora_only {
+                            _ if !c.server.fast_path => " [pingora: fast_path off]".to_owned(),
+                            Some(why) => format!(" [pingora: {why}]"),
+                            None => " [fast path]".to_owned(),
+                        })
+                        .unwrap_or_default();
                     let methods = r
                         .methods
                         .as_ref()
                         .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
                         .unwrap_or_else(|| "*".into());
                     out!(
-                        "    {:<20} {:<40} {:<12} → {}",
+                        "    {:<20} {:<40} {:<12} → {}{transport}",
                         r.name,
                         r.matcher.describe(),
                         methods,

@@ -1,11 +1,10 @@
 //! CORS per route or host: preflights answered at the gateway, response headers for
 //! allowed origins, nothing at all for other origins.
 
-use http::{HeaderMap, HeaderValue, Method};
-use pingora::http::ResponseHeader;
-use pingora::prelude::*;
+use http::{HeaderName, HeaderValue, Method};
 
 use crate::config::{CorsConfig, OriginPattern};
+use crate::fields::{Edit, Edits, Fields};
 
 pub fn origin_allowed(cfg: &CorsConfig, origin: &str) -> bool {
     let o = origin.trim_end_matches('/');
@@ -24,71 +23,79 @@ pub fn origin_allowed(cfg: &CorsConfig, origin: &str) -> bool {
 }
 
 /// Is this an `OPTIONS` preflight (with `Origin` and `Access-Control-Request-Method`)?
-pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
-    method == Method::OPTIONS
-        && headers.contains_key(http::header::ORIGIN)
-        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+pub fn is_preflight(method: &Method, fields: &impl Fields) -> bool {
+    method == Method::OPTIONS && fields.has("origin") && fields.has("access-control-request-method")
 }
 
-/// The preflight answer: 204 with the CORS headers for an allowed origin, 204
-/// without any for a refused one (the browser then blocks the request).
-pub fn preflight_response(cfg: &CorsConfig, headers: &HeaderMap) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(204, Some(8))?;
-    resp.insert_header(
-        http::header::VARY,
+/// The origin, when it is one the route allows.
+fn allowed_origin<'f>(cfg: &CorsConfig, origin: Option<&'f [u8]>) -> Option<&'f str> {
+    origin
+        .and_then(|o| std::str::from_utf8(o).ok())
+        .filter(|o| origin_allowed(cfg, o))
+}
+
+/// The fields of the preflight answer (a 204): the CORS grant for an allowed
+/// origin, nothing for a refused one (the browser then blocks the request).
+pub fn preflight_fields(cfg: &CorsConfig, fields: &impl Fields) -> Vec<(HeaderName, HeaderValue)> {
+    static VARY: HeaderValue = HeaderValue::from_static(
         "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
-    )?;
-    let origin = headers
-        .get(http::header::ORIGIN)
-        .and_then(|o| o.to_str().ok());
-    if let Some(origin) = origin.filter(|o| origin_allowed(cfg, o)) {
-        let value = HeaderValue::from_str(origin).or_err(ErrorType::InternalError, "origin")?;
-        resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, value)?;
-        resp.insert_header(
+    );
+    let mut out = Vec::with_capacity(6);
+    out.push((http::header::VARY, VARY.clone()));
+    let value =
+        allowed_origin(cfg, fields.get("origin")).and_then(|o| HeaderValue::from_str(o).ok());
+    if let Some(value) = value {
+        out.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, value));
+        out.push((
             http::header::ACCESS_CONTROL_ALLOW_METHODS,
             cfg.methods.clone(),
-        )?;
+        ));
         let allow_headers = cfg.headers.clone().or_else(|| {
             // Without a configured list, allow what the browser asked for.
-            headers
-                .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
-                .cloned()
+            fields
+                .get("access-control-request-headers")
+                .and_then(|h| HeaderValue::from_bytes(h).ok())
         });
         if let Some(h) = allow_headers {
-            resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_HEADERS, h)?;
+            out.push((http::header::ACCESS_CONTROL_ALLOW_HEADERS, h));
         }
         if cfg.credentials {
-            resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+            out.push((http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone()));
         }
-        resp.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, cfg.max_age.clone())?;
+        out.push((http::header::ACCESS_CONTROL_MAX_AGE, cfg.max_age.clone()));
     }
-    resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
-    Ok(resp)
+    out
 }
 
-/// Adds CORS headers to an actual response when the request's origin is allowed.
-pub fn decorate(
-    cfg: &CorsConfig,
-    origin: Option<&HeaderValue>,
-    resp: &mut ResponseHeader,
-) -> Result<()> {
-    let Some(origin) = origin else { return Ok(()) };
-    let allowed = origin.to_str().is_ok_and(|o| origin_allowed(cfg, o));
-    resp.append_header(http::header::VARY, "Origin")?;
-    if !allowed {
-        // Never pass along an upstream's own CORS grant for a refused origin.
-        resp.remove_header(&http::header::ACCESS_CONTROL_ALLOW_ORIGIN);
-        resp.remove_header(&http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
-        return Ok(());
+static TRUE: HeaderValue = HeaderValue::from_static("true");
+
+/// The edits of an actual response: the grant when the request's origin is
+/// allowed; for a refused one, an upstream's own grant is taken away.
+pub fn response_edits(cfg: &CorsConfig, origin: Option<&[u8]>, out: &mut Edits) {
+    static ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
+    if origin.is_none() {
+        return;
     }
-    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+    out.push(Edit::Append(http::header::VARY, ORIGIN.clone()));
+    let Some(value) = allowed_origin(cfg, origin).and_then(|o| HeaderValue::from_str(o).ok())
+    else {
+        out.push(Edit::Remove(http::header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        out.push(Edit::Remove(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        return;
+    };
+    out.push(Edit::Set(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, value));
     if cfg.credentials {
-        resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+        out.push(Edit::Set(
+            http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            TRUE.clone(),
+        ));
     }
     if let Some(e) = &cfg.expose {
-        resp.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone())?;
+        out.push(Edit::Set(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            e.clone(),
+        ));
     }
-    Ok(())
 }
 
 #[cfg(test)]

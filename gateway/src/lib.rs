@@ -8,7 +8,6 @@
 
 pub mod access_log;
 pub mod admin;
-mod admin_bans;
 pub mod auth;
 pub mod bans;
 pub mod cache;
@@ -19,10 +18,12 @@ pub mod config;
 pub mod conn;
 pub mod cors;
 pub mod fast;
+pub mod fields;
 pub mod head;
 pub mod limits;
 pub mod log_writer;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;

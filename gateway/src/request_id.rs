@@ -31,6 +31,14 @@ pub fn from_request(existing: Option<&HeaderValue>) -> HeaderValue {
     }
 }
 
+/// [`from_request`] on the value's bytes.
+pub fn from_bytes(existing: Option<&[u8]>) -> HeaderValue {
+    existing
+        .filter(|v| is_sane(v))
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
+        .unwrap_or_else(generate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

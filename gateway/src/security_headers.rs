@@ -2,23 +2,23 @@
 //! `Referrer-Policy`, optional CSP, and HSTS on HTTPS responses only. An upstream's
 //! own value wins unless the host says `override: true`.
 
-use http::HeaderMap;
-use pingora::prelude::*;
-
 use crate::config::SecurityHeaders;
+use crate::fields::{Edit, Edits};
 
-pub fn apply(h: &SecurityHeaders, https: bool, resp: &mut HeaderMap) -> Result<()> {
-    for (name, value) in &h.always {
-        if h.override_upstream || !resp.contains_key(name) {
-            crate::head::set(resp, name, value.clone())?;
+pub fn edits(h: &SecurityHeaders, https: bool, out: &mut Edits) {
+    let edit = |n: &http::HeaderName, v: &http::HeaderValue| {
+        if h.override_upstream {
+            Edit::Set(n.clone(), v.clone())
+        } else {
+            Edit::Default(n.clone(), v.clone())
         }
+    };
+    for (name, value) in &h.always {
+        out.push(edit(name, value));
     }
     if https {
         if let Some(v) = &h.hsts {
-            if h.override_upstream || !resp.contains_key(http::header::STRICT_TRANSPORT_SECURITY) {
-                crate::head::set(resp, &http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
-            }
+            out.push(edit(&http::header::STRICT_TRANSPORT_SECURITY, v));
         }
     }
-    Ok(())
 }

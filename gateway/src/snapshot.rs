@@ -95,6 +95,11 @@ impl Snapshot {
                         RouteAction::Respond(f) => Action::Respond(f.clone()),
                         RouteAction::Redirect(rd) => Action::Redirect(rd.clone()),
                     };
+                    let pingora_only = crate::routing::pingora_only(
+                        r.cache.is_some(),
+                        r.compress.is_some(),
+                        &action,
+                    );
                     Some(Arc::new(Route {
                         name: r.name.as_str().into(),
                         host: host.clone(),
@@ -112,6 +117,7 @@ impl Snapshot {
                         rate_limit: r.rate_limit.clone(),
                         cache: r.cache.clone(),
                         compress: r.compress.clone(),
+                        pingora_only,
                     }))
                 })
                 .collect();

@@ -156,6 +156,12 @@ pub fn with_listen(config: &str, http: SocketAddr, admin: SocketAddr) -> String 
     listen_block(config, http, None, admin, "")
 }
 
+/// `GALION_TEST_FAST_PATH=off`: gateways start with `server.fast_path: false`
+/// unless a test sets it itself.
+pub fn fast_path_off() -> bool {
+    std::env::var("GALION_TEST_FAST_PATH").is_ok_and(|v| v == "off")
+}
+
 fn listen_block(
     config: &str,
     http: SocketAddr,
@@ -169,11 +175,16 @@ fn listen_block(
     } else {
         "grace_period: 0s, "
     };
-    let server_keys = if server_keys.is_empty() {
+    let mut server_keys = if server_keys.is_empty() {
         String::new()
     } else {
         format!(", {server_keys}")
     };
+    // `./test.sh` runs the policy tests a second time with every request on
+    // pingora's transport: both must give the same answers.
+    if !server_keys.contains("fast_path") && fast_path_off() {
+        server_keys.push_str(", fast_path: false");
+    }
     let https = https
         .map(|a| format!(", https: \"{a}\""))
         .unwrap_or_default();

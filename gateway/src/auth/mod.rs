@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http::HeaderMap;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
@@ -25,6 +24,7 @@ use subtle::ConstantTimeEq;
 pub use identity::{Identity, IdentityKind, Reject};
 
 use crate::config::{AccessRule, ApiKeyConfig, AuthConfig, AuthMode};
+use crate::fields::Fields;
 use crate::snapshot::SnapshotHandle;
 
 pub struct Authenticator {
@@ -34,8 +34,6 @@ pub struct Authenticator {
     api_keys: Vec<(ApiKeyConfig, Arc<Identity>)>,
     rejected: Vec<IntCounter>,
 }
-
-static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
 impl Authenticator {
     pub fn new(config: AuthConfig) -> Self {
@@ -84,7 +82,7 @@ impl Authenticator {
     /// Checks a request against a route's rule. `Ok(None)` for public routes.
     pub async fn check(
         &self,
-        headers: &HeaderMap,
+        headers: &impl Fields,
         rule: &AccessRule,
     ) -> Result<Option<Arc<Identity>>, Reject> {
         let id = match rule.mode {
@@ -92,7 +90,7 @@ impl Authenticator {
             AuthMode::Jwt => self.jwt_identity(headers).await?,
             AuthMode::ApiKey => self.api_key_identity(headers)?,
             AuthMode::Any => {
-                if headers.contains_key(&X_API_KEY) {
+                if headers.has("x-api-key") {
                     self.api_key_identity(headers)?
                 } else {
                     self.jwt_identity(headers).await?
@@ -105,7 +103,7 @@ impl Authenticator {
         Ok(Some(id))
     }
 
-    async fn jwt_identity(&self, headers: &HeaderMap) -> Result<Arc<Identity>, Reject> {
+    async fn jwt_identity(&self, headers: &impl Fields) -> Result<Arc<Identity>, Reject> {
         let verifier = self.jwt.as_ref().ok_or(Reject::Missing)?;
         let token = bearer_token(headers, verifier.config.cookie.as_deref())?;
         let id = verifier.verify(token).await?;
@@ -117,8 +115,8 @@ impl Authenticator {
         Ok(id)
     }
 
-    fn api_key_identity(&self, headers: &HeaderMap) -> Result<Arc<Identity>, Reject> {
-        let mut values = headers.get_all(&X_API_KEY).iter();
+    fn api_key_identity(&self, headers: &impl Fields) -> Result<Arc<Identity>, Reject> {
+        let mut values = headers.all("x-api-key");
         let key = values.next().ok_or(Reject::Missing)?;
         if values.next().is_some() {
             return Err(Reject::Duplicate);
@@ -126,7 +124,7 @@ impl Authenticator {
         if key.len() > 1024 {
             return Err(Reject::Oversized);
         }
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(key).into();
         // Compare against every key so the time does not depend on which matched.
         let mut found = None;
         for (k, id) in &self.api_keys {
@@ -140,14 +138,17 @@ impl Authenticator {
 
 /// The bearer token from `Authorization` or the configured cookie; both at once, or
 /// several `Authorization` headers, are refused.
-pub fn bearer_token<'h>(headers: &'h HeaderMap, cookie: Option<&str>) -> Result<&'h str, Reject> {
-    let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+pub fn bearer_token<'h>(
+    headers: &'h impl Fields,
+    cookie: Option<&'h str>,
+) -> Result<&'h str, Reject> {
+    let mut auth = headers.all("authorization");
     let from_header = match auth.next() {
         Some(v) => {
             if auth.next().is_some() {
                 return Err(Reject::Duplicate);
             }
-            let v = v.to_str().map_err(|_| Reject::Malformed)?;
+            let v = std::str::from_utf8(v).map_err(|_| Reject::Malformed)?;
             let (scheme, token) = v.split_once(' ').ok_or(Reject::Malformed)?;
             if !scheme.eq_ignore_ascii_case("bearer") {
                 return Err(Reject::Missing);
@@ -167,10 +168,12 @@ pub fn bearer_token<'h>(headers: &'h HeaderMap, cookie: Option<&str>) -> Result<
     }
 }
 
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Reject> {
+fn cookie_value<'h>(headers: &'h impl Fields, name: &'h str) -> Result<Option<&'h str>, Reject> {
     let mut found = None;
-    for line in headers.get_all(http::header::COOKIE) {
-        let Ok(line) = line.to_str() else { continue };
+    for line in headers.all("cookie") {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
         for pair in line.split(';') {
             if let Some((k, v)) = pair.trim().split_once('=') {
                 if k == name {
@@ -236,6 +239,7 @@ impl BackgroundService for AuthService {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use http::HeaderMap;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
-use http::{HeaderValue, Method};
+use http::Method;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::request::Plan;
+use super::request::{Head, Local, Plan};
 use super::response::{self, Chunked, Decorations, Framing, Parsed, RespHead};
 use super::upstream::{self, ConnectError, Held};
+use super::wire::header as line;
 use super::{Conn, GatewayApp, BODY_BUF};
 use crate::access_log::Line;
-use crate::proxy::{finish, pick_server, respond};
+use crate::pipeline::{finish, pick_server, LocalReply, Reply, RequestCtx};
 
 const TIMEOUT: (u16, &str, &str) = (
     504,
@@ -149,37 +150,41 @@ async fn attempt(
     }
 }
 
-/// The head and body of an error the gateway answers itself (as
-/// `proxy::respond::json_error` writes it), closing the connection.
-fn local_error(
-    out: &mut Vec<u8>,
-    status: u16,
-    code: &str,
-    message: &str,
-    rid: Option<&HeaderValue>,
-) {
-    let body = respond::error_body(code, message, rid);
+/// A reply of the pipeline as bytes: its fields, `Content-Length`, `Date`,
+/// and `Connection: close` unless the connection stays open.
+fn render(out: &mut Vec<u8>, reply: &Reply, head_request: bool, keepalive: bool) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    let mut status = itoa::Buffer::new();
+    out.extend_from_slice(status.format(reply.status).as_bytes());
     out.push(b' ');
-    let reason = http::StatusCode::from_u16(status)
+    let reason = http::StatusCode::from_u16(reply.status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
-    if let Some(id) = rid {
-        out.extend_from_slice(b"X-Request-Id: ");
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &reply.fields {
+        line(out, n.as_str().as_bytes(), v.as_bytes());
     }
-    out.extend_from_slice(b"Date: ");
-    out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
-    out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
-    out.extend_from_slice(body.as_bytes());
+    let mut len = itoa::Buffer::new();
+    line(
+        out,
+        b"Content-Length",
+        len.format(reply.body.len()).as_bytes(),
+    );
+    line(
+        out,
+        b"Date",
+        pingora_core::protocols::http::date::get_cached_date().as_bytes(),
+    );
+    if !keepalive {
+        line(out, b"Connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(&reply.body);
+    }
 }
 
 /// How the body relay ended.
@@ -314,7 +319,8 @@ impl GatewayApp {
             _ => ("headers_too_large", "request headers are too large"),
         };
         tracing::debug!(status, "request head refused");
-        local_error(resp, status, code, message, None);
+        let reply = Reply::json_error(LocalReply::BadRequest, status, (code, message), None, &[]);
+        render(resp, &reply, false, false);
         let limit = self.send_timeout;
         let _ = send(stream, resp, limit).await && flush(stream, limit).await;
         let _ = pingora_timeout::tokio_timeout(Duration::from_secs(1), stream.shutdown()).await;
@@ -325,27 +331,106 @@ impl GatewayApp {
         &self,
         stream: &mut Stream,
         resp: &mut Vec<u8>,
-        ctx: &mut crate::proxy::RequestCtx,
+        ctx: &mut RequestCtx,
         line: &Line<'_>,
         (status, code, message): (u16, &str, &str),
     ) {
-        local_error(resp, status, code, message, ctx.request_id.as_ref());
+        let reply = Reply::json_error(
+            LocalReply::BadRequest,
+            status,
+            (code, message),
+            ctx.request_id.as_ref(),
+            &[],
+        );
+        render(resp, &reply, false, false);
         let limit = self.send_timeout;
         let _ = send(stream, resp, limit).await && flush(stream, limit).await;
         finish(&self.shield, ctx, line, status).await;
     }
 
+    /// Answers with the pipeline's reply; `true` when the client connection
+    /// stays open.
+    pub(super) async fn answer_local(
+        &self,
+        stream: &mut Stream,
+        c: &mut Conn,
+        local: Box<Local>,
+    ) -> bool {
+        let Local {
+            head,
+            reply,
+            mut ctx,
+        } = *local;
+        ctx.local = Some(reply.why);
+        let whole = head
+            .head_len
+            .saturating_add(usize::try_from(head.body).unwrap_or(usize::MAX));
+        // An unread body is not skipped: the connection closes after the answer.
+        let keepalive = !reply.close
+            && !c.closing
+            && self.keepalive_requests.is_none_or(|n| c.served < n)
+            && c.len >= whole;
+        let head_request = head.method == Method::HEAD;
+        render(&mut c.resp, &reply, head_request, keepalive);
+        let limit = self.send_timeout;
+        let sent = send(stream, &c.resp, limit).await && flush(stream, limit).await;
+        let line = Line {
+            host: std::str::from_utf8(&c.buf[head.host.clone()]).unwrap_or(""),
+            method: &head.method,
+            path: std::str::from_utf8(&c.buf[head.path.clone()]).unwrap_or("/"),
+            bytes: if head_request { 0 } else { reply.body.len() },
+        };
+        finish(&self.shield, &mut ctx, &line, reply.status).await;
+        c.served = c.served.saturating_add(1);
+        if keepalive {
+            c.consume(whole);
+        }
+        keepalive && sent
+    }
+
     /// Proxies one planned request; `true` when the client connection stays open.
     pub(super) async fn serve(&self, stream: &mut Stream, c: &mut Conn, plan: Box<Plan>) -> bool {
         let Plan {
+            head,
             route,
             pool,
+            mut ctx,
+            response: edits,
+        } = *plan;
+        let Head {
             head_len,
+            body,
             method,
             host,
             path,
-            mut ctx,
-        } = *plan;
+        } = head;
+        let whole = head_len.saturating_add(usize::try_from(body).unwrap_or(usize::MAX));
+        if body > 0 {
+            match c.read_body(stream, whole).await {
+                Ok(()) => {}
+                Err(too_slow) => {
+                    if too_slow {
+                        ctx.local = Some(LocalReply::TooSlow);
+                        let line = Line {
+                            host: std::str::from_utf8(&c.buf[host.clone()]).unwrap_or(""),
+                            method: &method,
+                            path: std::str::from_utf8(&c.buf[path.clone()]).unwrap_or("/"),
+                            bytes: 0,
+                        };
+                        let answer = (
+                            408,
+                            "request_timeout",
+                            "the request took too long to arrive",
+                        );
+                        self.answer(stream, &mut c.resp, &mut ctx, &line, answer)
+                            .await;
+                    }
+                    return false;
+                }
+            }
+            // The upstream gets the head and the body in one write.
+            c.out.extend_from_slice(&c.buf[head_len..whole]);
+        }
         let keepalive = !c.closing && self.keepalive_requests.is_none_or(|n| c.served < n);
         if c.ubuf.is_empty() {
             c.ubuf = vec![0; BODY_BUF];
@@ -361,20 +446,18 @@ impl GatewayApp {
         let path_str = std::str::from_utf8(&buf[path]).unwrap_or("/");
         let host_str = std::str::from_utf8(&buf[host]).unwrap_or("");
         let pool = &pool;
-        let rid = ctx.request_id.clone();
-        let security = ctx.security.clone();
         let deco = Decorations {
-            request_id: rid.as_ref(),
-            security: security.as_deref(),
-            https: self.https,
+            edits: &edits,
             keepalive,
             head_request: method == Method::HEAD,
         };
         let limit = pool.config.timeouts.read;
         let retries = pool.config.retries;
         // The same decisions as `GatewayProxy::fail_to_connect` and
-        // `error_while_proxy`: nothing was sent, or the request is a GET/HEAD,
-        // so a failed attempt goes to another server while retries last.
+        // `error_while_proxy`: a failed connect goes to another server while
+        // retries last; after the request was sent, only an idempotent one
+        // does (a POST may have been processed).
+        let idempotent = crate::pipeline::is_idempotent(&method);
         let result = 'servers: loop {
             let Some(i) = pick_server(&route, &mut ctx, path_str, |_| None) else {
                 break Err((
@@ -407,7 +490,9 @@ impl GatewayApp {
                 };
                 match attempt(&mut up, reused, out, ubuf, resp, &deco, limit).await {
                     Ok((head, start, filled)) => break 'servers Ok((i, up, head, start, filled)),
-                    Err(Failed::Stale) => stale += 1,
+                    // A pooled connection closed under us: pingora retries
+                    // it only for requests that cannot have been processed.
+                    Err(Failed::Stale) if idempotent => stale += 1,
                     Err(Failed::TooLarge) => {
                         pool.metrics.error.inc();
                         break 'servers Err(TOO_LARGE);
@@ -415,7 +500,8 @@ impl GatewayApp {
                     Err(e) => {
                         let timeout = matches!(e, Failed::Timeout);
                         let other = &pool.metrics.error;
-                        match failed(pool, i, timeout, other, ctx.attempts <= retries) {
+                        let may_retry = idempotent && ctx.attempts <= retries;
+                        match failed(pool, i, timeout, other, may_retry) {
                             None => continue 'servers,
                             Some(answer) => break 'servers Err(answer),
                         }
@@ -471,7 +557,7 @@ impl GatewayApp {
         };
         finish(&self.shield, &mut ctx, &line, head.status).await;
         c.served = c.served.saturating_add(1);
-        c.consume(head_len);
+        c.consume(whole);
         r.complete && r.client_ok && keepalive && head.framing != Framing::UntilClose
     }
 }

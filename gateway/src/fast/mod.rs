@@ -1,34 +1,33 @@
-//! The fast path: the gateway's own HTTP/1.1 request loop in front of
+//! The fast path: the gateway's own HTTP/1.1 transport in front of
 //! pingora-proxy.
 //!
-//! Measured on the bench machine, pingora-proxy spends ~57k instructions per
-//! proxied request before any of our code runs (nginx: ~18k): phase machinery,
-//! header maps built and cloned, a task and a channel per request, a pooled
-//! upstream connection handed out and back with a watcher task. Plain
-//! `GET`/`HEAD` requests without a body, to public routes with no per-request
-//! policy (no auth, rate limit, CORS, cache, compression or header rules) over
-//! plain-HTTP upstreams, are proxied here instead, on raw bytes, with the same
-//! routing, client-IP, forwarding headers, security headers, metrics, access log
-//! and jails as `crate::proxy`.
+//! pingora-proxy spends several times nginx's instructions per proxied
+//! request before any of our code runs (phase machinery, header maps built
+//! and cloned, a task and a channel per request, a pooled upstream
+//! connection handed out and back with a watcher task). HTTP/1.1 requests
+//! are therefore read here, on raw bytes, and handed to the same
+//! [`pipeline`](crate::pipeline) as pingora's phases: every decision (client
+//! identity, bans, routing, rate limits, authentication, CORS, header edits,
+//! upstream choice, metrics, access log, jails) is the pipeline's; this
+//! module renders its answers and edits as bytes, and proxies to plain-HTTP
+//! upstreams with the same retry and failure accounting as
+//! `GatewayProxy::fail_to_connect`/`error_while_proxy`.
 //!
-//! Failed attempts are retried and answered (502/503/504) with the same
-//! decisions as `GatewayProxy::fail_to_connect`/`error_while_proxy`.
-//!
-//! Everything else — HTTP/2, bodies, upgrades, the other routes, every answer
-//! the gateway gives itself (404, redirects, bans…) — goes to pingora-proxy with
-//! the same `GatewayProxy`: the bytes read are put back in front of the
-//! connection (`rewind`) and pingora reads the request as if it came first. The
-//! connection then returns here for its next request. `server.fast_path: false`
-//! turns the path off: heads are still read here first, so that every
-//! HTTP/1 head meets `server.header_timeout` (pingora times each read, not the
-//! whole head), then each request goes to pingora.
+//! What stays on pingora-proxy (`request::decide` says `Delegate` before
+//! anything is counted): HTTP/2, `Transfer-Encoding` bodies and bodies over
+//! `request::MAX_BODY`, `Expect`, upgrades/WebSockets, ACME challenges, paths
+//! to normalize, and the routes `routing::pingora_only` names (cache,
+//! compression, TLS upstreams, hashing by header). The bytes read are put
+//! back in front of the connection (`rewind`) and pingora reads the request
+//! as if it came first; the connection then returns here for its next
+//! request. `server.fast_path: false` sends every request to pingora: heads
+//! are still read here first, so that every HTTP/1 head meets
+//! `server.header_timeout` (pingora times each read, not the whole head).
 //!
 //! Timeouts here are tokio's (`pingora_timeout::tokio_timeout`: armed only when
 //! the I/O waits, kept in the runtime's own timer wheel), not pingora's fast
 //! timeouts, whose clock thread wakes every 10 ms on the proxy's core and takes
-//! each worker's timer lock: with tokio's, the side-by-side bench gave 1.02–1.10×
-//! nginx's req/s and 1.09–1.17× its requests per CPU-second, against 0.91–1.00×
-//! and 0.99–1.14× the same day (`bench/README.md`).
+//! each worker's timer lock.
 
 mod exchange;
 // Public for the fuzz targets (`fuzz/`), which feed them arbitrary bytes.
@@ -36,6 +35,7 @@ pub mod request;
 pub mod response;
 mod rewind;
 mod upstream;
+mod wire;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -51,8 +51,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::Shield;
 use crate::limits::HeadDeadline;
+use crate::pipeline::Env;
 use crate::proxy::GatewayProxy;
 use crate::snapshot::SnapshotHandle;
+use request::Decision;
 
 /// How long a client connection may sit between requests (pingora's default).
 const KEEPALIVE: Duration = Duration::from_secs(60);
@@ -125,6 +127,8 @@ struct Conn {
     head: HeadDeadline,
     /// Largest head accepted (`limits.max_header_bytes` and the request line).
     max_head: usize,
+    /// `server.header_timeout` and `server.min_body_rate`, for bodies.
+    pace: (Duration, u64),
 }
 
 impl Conn {
@@ -134,11 +138,40 @@ impl Conn {
         }
     }
 
-    /// Drops the first `n` bytes of `buf` (a request head already used).
+    /// Drops the first `n` bytes of `buf` (a request already used).
     fn consume(&mut self, n: usize) {
         let n = n.min(self.len);
         self.buf.copy_within(n..self.len, 0);
         self.len -= n;
+        if self.buf.len() > self.max_head && self.len <= HEAD_BUF {
+            // A body was read: the connection keeps the usual buffer.
+            self.buf.truncate(HEAD_BUF);
+            self.buf.shrink_to_fit();
+        }
+    }
+
+    /// Reads until the first `need` bytes of the next request (its head and
+    /// body) are in `buf`. `Err(true)`: the body came too slowly (answer
+    /// 408); `Err(false)`: the client is gone.
+    async fn read_body(&mut self, stream: &mut Stream, need: usize) -> Result<(), bool> {
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        let start = Instant::now();
+        let (grace, rate) = self.pace;
+        while self.len < need {
+            let free = &mut self.buf[self.len..need];
+            let body = self.len as u64;
+            match pingora_timeout::tokio_timeout(grace, stream.read(free)).await {
+                Ok(Ok(n)) if n > 0 => self.len += n,
+                Ok(_) => return Err(false),
+                Err(_) => return Err(true),
+            }
+            if crate::limits::body_too_slow(body, start.elapsed(), grace, rate) {
+                return Err(true);
+            }
+        }
+        Ok(())
     }
 
     /// Makes room for more of a head that filled the buffer; `false` when
@@ -234,7 +267,7 @@ impl ServerApp for GatewayApp {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let (header_timeout, max_head) = {
+        let (header_timeout, max_head, min_body_rate) = {
             let snap = self.snapshot.load();
             let max = snap.config.limits.max_header_bytes;
             (
@@ -242,6 +275,7 @@ impl ServerApp for GatewayApp {
                 usize::try_from(max)
                     .unwrap_or(usize::MAX)
                     .saturating_add(HEAD_SLACK),
+                snap.config.server.min_body_rate,
             )
         };
         let mut c = Conn {
@@ -256,6 +290,7 @@ impl ServerApp for GatewayApp {
             peer,
             head: HeadDeadline::new(header_timeout),
             max_head: max_head.max(HEAD_BUF),
+            pace: (header_timeout, min_body_rate),
         };
         loop {
             // No return on shutdown here: the last answer may have promised
@@ -266,30 +301,28 @@ impl ServerApp for GatewayApp {
             // instead failed that next request during graceful upgrades.
             // Every HTTP/1 head is read here, with or without the fast path:
             // pingora's reader times each read, not the whole head.
-            let plan = loop {
+            let decision = loop {
                 if c.len > 0 {
-                    let prep = if self.enabled {
+                    let d = if self.enabled {
                         let snap = self.snapshot.load_full();
-                        let env = request::Env {
+                        let env = Env {
                             snap: &snap,
-                            peer: c.peer,
-                            https: self.https,
                             shield: &self.shield,
+                            https: self.https,
                         };
-                        request::prepare(&c.buf[..c.len], &env, &mut c.out)
+                        request::decide(&c.buf[..c.len], &env, c.peer, &mut c.out).await
                     } else {
                         request::framed(&c.buf[..c.len])
                     };
-                    match prep {
-                        request::Prep::Ready(p) => break Some(p),
-                        request::Prep::Delegate => break None,
-                        request::Prep::Partial if c.len == c.buf.len() && !c.grow() => {
+                    match d {
+                        Decision::Partial if c.len == c.buf.len() && !c.grow() => {
                             self.refuse_head(&mut stream, &mut c.resp, 431).await;
                             return None;
                         }
                         // The clock is read only for heads that did not come
                         // whole (nearly every head arrives in one read).
-                        request::Prep::Partial => c.head.start(Instant::now()),
+                        Decision::Partial => c.head.start(Instant::now()),
+                        d => break d,
                     }
                 }
                 if !c.read_more(&mut stream, shutdown).await {
@@ -300,17 +333,21 @@ impl ServerApp for GatewayApp {
                 }
             };
             c.head.reset();
-            match plan {
-                Some(plan) => {
-                    c.closing = *shutdown.borrow();
-                    if !self.serve(&mut stream, &mut c, plan).await {
-                        // As pingora ends a connection: over TLS a close_notify,
-                        // so a client can tell a close-delimited body was whole.
-                        let _ = pingora_timeout::tokio_timeout(SHUTDOWN, stream.shutdown()).await;
-                        return None;
-                    }
+            c.closing = *shutdown.borrow();
+            let open = match decision {
+                Decision::Forward(plan) => self.serve(&mut stream, &mut c, plan).await,
+                Decision::Answer(local) => self.answer_local(&mut stream, &mut c, local).await,
+                Decision::Drop => return None,
+                Decision::Partial | Decision::Delegate => {
+                    stream = self.delegate(stream, &mut c, shutdown).await?;
+                    continue;
                 }
-                None => stream = self.delegate(stream, &mut c, shutdown).await?,
+            };
+            if !open {
+                // As pingora ends a connection: over TLS a close_notify,
+                // so a client can tell a close-delimited body was whole.
+                let _ = pingora_timeout::tokio_timeout(SHUTDOWN, stream.shutdown()).await;
+                return None;
             }
         }
     }
@@ -330,8 +367,12 @@ impl GatewayApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if c.len > 0 {
-            stream = rewind::rewind(stream, &c.buf[..c.len])?;
-            c.len = 0;
+            // pingora gets this request only: what the client pipelined
+            // behind it stays here for this loop (pingora would read it
+            // along and drop it with the session).
+            let first = request::first_request_len(&c.buf[..c.len]).unwrap_or(c.len);
+            stream = rewind::rewind(stream, &c.buf[..first])?;
+            c.consume(first);
         }
         // pingora may take long (uploads, WebSockets): the upstream
         // connection serves other clients meanwhile.

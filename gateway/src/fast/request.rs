@@ -1,61 +1,78 @@
-//! The client's request head on the fast path: parsed in place with httparse,
-//! checked against everything `request_filter` checks, and — when it qualifies —
-//! turned into the upstream request head with the same forwarding headers as
-//! `proxy::forward` sets on pingora's path. Anything unusual is left to pingora
-//! (`Prep::Delegate`), which parses the same bytes again and answers as always.
+//! The client's request on the fast path: the head parsed in place with
+//! httparse, its shape checked against what this transport renders, handed
+//! to the pipeline, and — when the pipeline forwards it — turned into the
+//! upstream request head. Requests of another shape (HTTP/1.0,
+//! `Transfer-Encoding` or large bodies, `Expect`, upgrades, a path to
+//! normalize) and routes the fast path does not render (cache, compression,
+//! TLS upstreams) go to pingora (`Decision::Delegate`), which parses the same
+//! bytes again and runs the same pipeline.
 
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method};
+use http::{Method, Version};
+use smallvec::SmallVec;
 
-use crate::cluster::Shield;
-use crate::proxy::RequestCtx;
-use crate::request_id;
-use crate::routing::{needs_normalizing, path_is_safe, Route, RouteMatch};
-use crate::snapshot::Snapshot;
+use crate::fields::{self, Edit, Edits, Fields, Parsed};
+use crate::pipeline::{self, Env, Reply, Request, RequestCtx, Step};
+use crate::routing::{needs_normalizing, Route};
 
-/// Headers per request the fast path parses; a request with more goes to pingora.
-pub const MAX_HEADERS: usize = 64;
-const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+pub use super::wire::MAX_HEADERS;
+use super::wire::{header, write_edits};
 
-/// What the request phase needs of the connection.
-pub struct Env<'a> {
-    pub snap: &'a Arc<Snapshot>,
-    pub peer: Option<IpAddr>,
-    pub https: bool,
-    pub shield: &'a Shield,
-}
+/// Bodies (with one valid `Content-Length`) up to this size are read whole
+/// and forwarded here, as nginx buffers them; larger ones go to pingora,
+/// which streams them.
+pub const MAX_BODY: u64 = 64 * 1024;
 
-/// A request the fast path proxies.
-pub struct Plan {
-    pub route: Arc<Route>,
-    /// The route's pool (fast-path routes always proxy).
-    pub pool: Arc<crate::upstream::Pool>,
+/// Where the head's parts are in the read buffer, and what the transport
+/// needs of them after the pipeline is done with the head.
+pub struct Head {
     pub head_len: usize,
+    /// The `Content-Length` of the body after the head (0 without one).
+    pub body: u64,
     pub method: Method,
     /// Where the `Host` value and the path (without query) are in the read buffer.
     pub host: Range<usize>,
     pub path: Range<usize>,
+}
+
+/// A request the fast path forwards.
+pub struct Plan {
+    pub head: Head,
+    pub route: Arc<Route>,
+    pub pool: Arc<crate::upstream::Pool>,
+    pub ctx: RequestCtx,
+    /// The pipeline's edits of the response head.
+    pub response: Edits,
+}
+
+/// A request the pipeline answered.
+pub struct Local {
+    pub head: Head,
+    pub reply: Reply,
     pub ctx: RequestCtx,
 }
 
-pub enum Prep {
-    /// The head is not complete yet.
+pub enum Decision {
+    /// The head is not whole yet.
     Partial,
-    /// Not for the fast path: pingora handles this request.
+    /// Not for this transport: pingora takes the request (nothing was
+    /// counted for it yet).
     Delegate,
-    Ready(Box<Plan>),
+    /// Close the connection unanswered (`action: drop` ban).
+    Drop,
+    Answer(Box<Local>),
+    Forward(Box<Plan>),
 }
 
 /// Headers never forwarded upstream: hop-by-hop fields (as pingora strips
 /// them), and the fields the gateway sets itself.
-fn dropped(name: &str, host_overridden: bool, trusted: bool) -> bool {
+fn dropped(name: &str, trusted: bool) -> bool {
     let n = name.as_bytes();
     match n.len() {
         2 => name.eq_ignore_ascii_case("te"),
-        4 => host_overridden && name.eq_ignore_ascii_case("host"),
         7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
         9 => name.eq_ignore_ascii_case("x-real-ip"),
         10 => name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive"),
@@ -82,52 +99,39 @@ fn target_byte_ok(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
-/// Route settings the fast path does not implement: those routes stay on pingora.
-fn route_qualifies(route: &Route) -> bool {
-    let Some(pool) = route.pool() else {
-        // Answered at the gateway: pingora's path renders those.
-        return false;
-    };
-    route.access.mode == crate::config::AuthMode::Public
-        && route.rate_limit.is_none()
-        && route.cors.is_none()
-        && route.cache.is_none()
-        && route.compress.is_none()
-        && route.request_headers.is_empty()
-        && route.response_headers.is_empty()
-        && !pool.is_tls()
-        && !matches!(
-            pool.config.balance,
-            crate::config::Balance::ConsistentHash(crate::config::HashKey::Header(_))
-        )
-}
-
-/// Parses `buf` and, for a qualifying request, writes the upstream head into `out`.
-pub fn prepare(buf: &[u8], env: &Env<'_>, out: &mut Vec<u8>) -> Prep {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Prep::Partial,
-        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => return Prep::Partial,
-        Err(_) => return Prep::Delegate,
-    };
-    match prepare_parsed(buf, &req, head_len, env, out) {
-        Some(plan) => Prep::Ready(Box::new(plan)),
-        None => Prep::Delegate,
-    }
-}
-
 /// With the fast path off: only whether the head is whole (pingora takes
 /// every request, read here first for the head's deadline).
-pub fn framed(buf: &[u8]) -> Prep {
+pub fn framed(buf: &[u8]) -> Decision {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::Request::new(&mut headers).parse(buf) {
-        Ok(httparse::Status::Partial) => Prep::Partial,
-        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => Prep::Partial,
+        Ok(httparse::Status::Partial) => Decision::Partial,
+        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => Decision::Partial,
         // Complete, or something pingora will refuse in its own words.
-        _ => Prep::Delegate,
+        _ => Decision::Delegate,
     }
+}
+
+/// How many bytes of `buf` the first request takes when they are all there:
+/// its head and a `Content-Length` body. `None` when that cannot be told
+/// (a chunked body, a head pingora will refuse, a body still arriving):
+/// then everything read goes with the first request.
+pub fn first_request_len(buf: &[u8]) -> Option<usize> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
+        return None;
+    };
+    let mut body = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            body = usize::try_from(parse_length(h.value)?).ok()?;
+        }
+    }
+    let end = head.checked_add(body)?;
+    (end <= buf.len()).then_some(end)
 }
 
 /// Whether the blank line ending a head is in `buf`. For heads with more
@@ -142,13 +146,15 @@ fn head_is_whole(buf: &[u8]) -> bool {
 struct Seen<'b> {
     host: Option<&'b [u8]>,
     hosts: usize,
-    request_id: Option<&'b [u8]>,
-    cf_ip: Option<&'b [u8]>,
-    true_client_ip: Option<&'b [u8]>,
     xff: usize,
+    /// `Content-Length` as sent (the pipeline refuses several).
+    length: Option<&'b [u8]>,
     size: usize,
 }
 
+/// `None`: a head of a shape pingora renders (bodies other than a
+/// `Content-Length` one, upgrades, expectations, `Connection` other than
+/// keep-alive, no or several `Host`s).
 fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Seen<'b>> {
     let mut s = Seen::default();
     for h in headers {
@@ -159,7 +165,6 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Seen<'b>> {
                 s.host = Some(h.value);
                 s.hosts += 1;
             }
-            // Bodies, upgrades and expectations are pingora's.
             6 if name.eq_ignore_ascii_case("expect") => return None,
             7 if name.eq_ignore_ascii_case("upgrade") => return None,
             // `keep-alive` only: `close` and nominated hop-by-hop fields go to pingora.
@@ -168,17 +173,10 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Seen<'b>> {
             {
                 return None
             }
-            12 if name.eq_ignore_ascii_case("x-request-id") => {
-                s.request_id.get_or_insert(h.value);
+            14 if name.eq_ignore_ascii_case("content-length") => {
+                s.length.get_or_insert(h.value);
             }
-            14 if name.eq_ignore_ascii_case("content-length") => return None,
             15 if name.eq_ignore_ascii_case("x-forwarded-for") => s.xff += 1,
-            16 if name.eq_ignore_ascii_case("cf-connecting-ip") => {
-                s.cf_ip.get_or_insert(h.value);
-            }
-            14 if name.eq_ignore_ascii_case("true-client-ip") => {
-                s.true_client_ip.get_or_insert(h.value);
-            }
             17 if name.eq_ignore_ascii_case("transfer-encoding") => return None,
             _ => {}
         }
@@ -186,112 +184,129 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Seen<'b>> {
     (s.hosts == 1).then_some(s)
 }
 
-fn prepare_parsed(
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Parses the head at the start of `buf`, runs the pipeline on it and, for
+/// a request to forward, writes the upstream head into `out` (the body, if
+/// any, is appended by the caller once read).
+pub async fn decide(
     buf: &[u8],
-    req: &httparse::Request<'_, '_>,
-    head_len: usize,
     env: &Env<'_>,
+    peer: Option<IpAddr>,
     out: &mut Vec<u8>,
-) -> Option<Plan> {
-    if req.version != Some(1) {
-        return None;
-    }
-    let method = match req.method? {
-        "GET" => Method::GET,
-        "HEAD" => Method::HEAD,
-        _ => return None,
+) -> Decision {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Decision::Partial,
+        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => return Decision::Partial,
+        Err(_) => return Decision::Delegate,
     };
-    let target = req.path?;
-    if !target.bytes().all(target_byte_ok) {
-        return None;
+    if req.version != Some(1) {
+        return Decision::Delegate;
     }
+    let method = match req.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        Some("POST") => Method::POST,
+        Some("PUT") => Method::PUT,
+        Some("PATCH") => Method::PATCH,
+        Some("DELETE") => Method::DELETE,
+        Some("OPTIONS") => Method::OPTIONS,
+        _ => return Decision::Delegate,
+    };
+    let Some(target) = req.path.filter(|t| t.bytes().all(target_byte_ok)) else {
+        return Decision::Delegate;
+    };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let seen = scan(req.headers)?;
-    let host = std::str::from_utf8(seen.host?).ok()?;
-    // Userinfo, a bad port…: pingora's path refuses those (400).
-    if !crate::routing::valid_authority(host) {
-        return None;
-    }
-    let snap = env.snap;
-    let limits = &snap.config.limits;
-    // Routing first: requests for routes the fast path does not take (cached
-    // ones, say) are handed over before any other work.
+    let Some(seen) = scan(req.headers) else {
+        return Decision::Delegate;
+    };
+    let body = match seen.length {
+        None => 0,
+        Some(v) => match parse_length(v) {
+            Some(n) => n,
+            // pingora refuses an unreadable length in its own words.
+            None => return Decision::Delegate,
+        },
+    };
+    // Userinfo, a bad port…: pingora's parser refuses those before any
+    // phase runs; its answer is the one both transports give.
+    let Some(host) = seen
+        .host
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .filter(|h| crate::routing::valid_authority(h))
+    else {
+        return Decision::Delegate;
+    };
     // A path to normalize (rare) is left to pingora, which routes on the
     // normal form and sends it upstream.
-    if !path_is_safe(path) || needs_normalizing(path) {
-        return None;
+    if needs_normalizing(path) {
+        return Decision::Delegate;
     }
-    let host_routes = snap.router.host(Some(host))?;
-    if !env.https && path.starts_with(ACME_PREFIX) {
-        return None;
-    }
-    if (target.len() + 16 + seen.size) as u64 > limits.max_header_bytes {
-        return None;
-    }
-    let RouteMatch::Found(route) = host_routes.find(path, &method) else {
-        return None;
+    let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
+    let head = Head {
+        head_len,
+        body,
+        method: method.clone(),
+        host: offset(host)..offset(host) + host.len(),
+        path: offset(path)..offset(path) + path.len(),
     };
-    if !route_qualifies(route) {
-        return None;
-    }
-    let tls = &snap.config.tls;
-    if !env.https && !route.allow_plain && tls.redirect_http && snap.config.listen.https.is_some() {
-        return None;
-    }
-    let rewritten = route.rewritten_path(path);
-    if rewritten
-        .as_deref()
-        .is_some_and(|p| !p.bytes().all(target_byte_ok) || p.contains('?'))
-    {
-        return None;
-    }
-
+    let fields = Parsed(req.headers);
+    let view = Request {
+        method: &method,
+        version: Version::HTTP_11,
+        target,
+        path,
+        host: Some(host),
+        fields: &fields,
+        peer,
+        head_size: (target.len() + 16 + seen.size) as u64,
+    };
     let mut ctx = RequestCtx::new();
-    if let Some(peer) = env.peer {
-        let xff = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-            .map(|h| h.value);
-        // An unreadable chain is answered (400) by pingora's path.
-        ctx.identify(
-            peer,
-            &snap.trusted_proxies,
-            xff,
-            seen.cf_ip.or(seen.true_client_ip),
-        )
-        .ok()?;
-        // A banned client gets pingora's path, which answers or drops it.
-        if let Some(ip) = ctx.chargeable_ip() {
-            if env.shield.bans.check(ip, limits.ipv6_prefix).is_some() {
-                return None;
-            }
-        }
+    let route = match pipeline::route(env, &view, &mut ctx) {
+        Step::Route(r) => r,
+        Step::Answer(reply) => return Decision::Answer(Box::new(Local { head, reply, ctx })),
+        Step::Drop => return Decision::Drop,
+        Step::Acme => return Decision::Delegate,
+    };
+    let rewritten = route.rewritten_path(path);
+    // Before the policies: nothing has been counted for the request yet.
+    if route.pingora_only.is_some()
+        || body > MAX_BODY
+        || rewritten
+            .as_deref()
+            .is_some_and(|p| !p.bytes().all(target_byte_ok) || p.contains('?'))
+    {
+        return Decision::Delegate;
     }
-    ctx.request_id = Some(match seen.request_id {
-        Some(v) if request_id::is_sane(v) => HeaderValue::from_bytes(v).ok()?,
-        _ => request_id::generate(),
-    });
-    ctx.security = Some(host_routes.security.clone());
-    ctx.snapshot = Some(snap.clone());
-    ctx.route = Some(route.clone());
-
+    if let Some(reply) = pipeline::policies(env, &view, &mut ctx, &route).await {
+        return Decision::Answer(Box::new(Local { head, reply, ctx }));
+    }
+    let Some(pool) = route.pool().cloned() else {
+        return Decision::Delegate;
+    };
+    let mut edits = Edits::new();
+    pipeline::edits::request(&ctx, &route, &mut edits);
     out.clear();
     write_request_line(out, &method, target, rewritten.as_deref());
-    write_request_headers(out, req.headers, &seen, &ctx, route, env.https);
-
-    let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
-    let host_at = offset(host);
-    let path_at = offset(path);
-    Some(Plan {
-        route: route.clone(),
-        pool: route.pool()?.clone(),
-        head_len,
-        method,
-        host: host_at..host_at + host.len(),
-        path: path_at..path_at + path.len(),
+    write_request_headers(out, req.headers, &seen, &ctx, env.https, &edits);
+    let mut response = Edits::new();
+    pipeline::edits::response(&ctx, env.https, fields.get("origin"), &mut response);
+    Decision::Forward(Box::new(Plan {
+        head,
+        route,
+        pool,
         ctx,
-    })
+        response,
+    }))
 }
 
 fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str, rewritten: Option<&str>) {
@@ -310,35 +325,24 @@ fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str, rewritte
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-/// One `name: value` line of a head.
-pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The client's end-to-end headers, then `X-Forwarded-*`, `X-Real-IP`,
-/// `X-Request-Id` and the pool's `Host` (see `proxy::forward::forwarded_headers`).
+/// `X-Request-Id` (see `proxy::forward::forwarded_headers`), then the
+/// pipeline's request edits (identity, the pool's `Host`, header rules).
 fn write_request_headers(
     out: &mut Vec<u8>,
     headers: &[httparse::Header<'_>],
     seen: &Seen<'_>,
     ctx: &RequestCtx,
-    route: &Route,
     https: bool,
+    edits: &[Edit],
 ) {
-    let host_header = route.pool().and_then(|p| p.host_header.as_ref());
     let trusted = ctx.peer_trusted;
+    let start = out.len();
     let mut kept_proto = false;
     let mut kept_host = false;
     for h in headers {
-        // Forged identity and client-IP headers never reach the upstream
-        // (public routes set none of their own).
-        if crate::proxy::is_forged(h.name, trusted) {
-            continue;
-        }
-        if dropped(h.name, host_header.is_some(), trusted) {
+        // Forged identity and client-IP headers never reach the upstream.
+        if pipeline::edits::is_forged(h.name, trusted) || dropped(h.name, trusted) {
             continue;
         }
         if trusted {
@@ -347,7 +351,7 @@ fn write_request_headers(
         }
         header(out, h.name.as_bytes(), h.value);
     }
-    let peer_value = ctx.peer_ip.and_then(crate::proxy::ip_value);
+    let peer_value = ctx.peer_ip.and_then(pipeline::edits::ip_value);
     if let Some(peer_value) = &peer_value {
         out.extend_from_slice(b"X-Forwarded-For: ");
         if trusted && seen.xff > 0 {
@@ -363,12 +367,7 @@ fn write_request_headers(
         out.extend_from_slice(peer_value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let real = match (ctx.client_ip, ctx.peer_ip) {
-        (Some(c), Some(p)) if c == p => peer_value,
-        (Some(c), _) => crate::proxy::ip_value(c),
-        (None, _) => None,
-    };
-    if let Some(v) = real {
+    if let Some(v) = pipeline::edits::real_ip(ctx, peer_value.as_ref()) {
         header(out, b"X-Real-IP", v.as_bytes());
     }
     if !kept_proto {
@@ -386,8 +385,41 @@ fn write_request_headers(
     if let Some(id) = &ctx.request_id {
         header(out, b"X-Request-Id", id.as_bytes());
     }
-    if let Some(v) = host_header {
-        header(out, b"Host", v.as_bytes());
+    if !edits.is_empty() {
+        apply_edits(out, start, edits);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Applies `edits` to the header lines written from `start` on: lines an
+/// edit replaces or removes are cut out, the edits' own lines appended.
+fn apply_edits(out: &mut Vec<u8>, start: usize, edits: &[Edit]) {
+    // (line start, name end, line end) of every line.
+    let mut lines: SmallVec<[(usize, usize, usize); 40]> = SmallVec::new();
+    let mut at = start;
+    while at < out.len() {
+        let end = out[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(out.len(), |i| at + i + 1);
+        let colon = out[at..end]
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(end, |i| at + i);
+        lines.push((at, colon, end));
+        at = end;
+    }
+    let mut keep: SmallVec<[bool; 40]> = SmallVec::from_elem(true, lines.len());
+    let mut live: SmallVec<[bool; 16]> = SmallVec::from_elem(false, edits.len());
+    {
+        let names: SmallVec<[&[u8]; 40]> = lines.iter().map(|&(s, c, _)| &out[s..c]).collect();
+        fields::resolve(&names, edits, &mut keep, &mut live);
+    }
+    let mut w = start;
+    for (&(s, _, e), _) in lines.iter().zip(&keep).filter(|(_, k)| **k) {
+        out.copy_within(s..e, w);
+        w += e - s;
+    }
+    out.truncate(w);
+    write_edits(out, edits, &live);
 }

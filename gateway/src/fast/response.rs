@@ -1,14 +1,15 @@
 //! The upstream's response head on the fast path: parsed with httparse, its
 //! framing decided (RFC 9112 §6.3), and rewritten for the client with what
-//! pingora's path writes (`Date`, `Connection: close`) and what `proxy::decorate` adds
-//! (request id, security headers). Bodies are relayed as they come; a chunked
-//! body keeps its framing, checked by [`Chunked`] to find where it ends.
+//! pingora's path writes (`Date`, `Connection: close`) and the pipeline's
+//! response edits (request id, security headers, CORS, rate-limit fields,
+//! header rules). Bodies are relayed as they come; a chunked body keeps its
+//! framing, checked by [`Chunked`] to find where it ends.
 
-use http::HeaderValue;
+use smallvec::SmallVec;
 
-use crate::config::SecurityHeaders;
+use crate::fields::{self, Edit};
 
-use super::request::{header as line, MAX_HEADERS};
+use super::wire::{header as line, write_edits, MAX_HEADERS};
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +42,8 @@ pub enum Parsed {
 
 /// What the gateway adds to the client's response head.
 pub struct Decorations<'a> {
-    pub request_id: Option<&'a HeaderValue>,
-    pub security: Option<&'a SecurityHeaders>,
-    pub https: bool,
+    /// The pipeline's edits of the response head.
+    pub edits: &'a [Edit],
     /// The client connection stays open after this response (if the framing allows).
     pub keepalive: bool,
     pub head_request: bool,
@@ -161,62 +161,35 @@ fn write_head(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
 
-    let sec = deco.security;
-    let hsts = sec.and_then(|s| s.hsts.as_ref()).filter(|_| deco.https);
-    let overriding = sec.is_some_and(|s| s.override_upstream);
-    // Which security headers the upstream set itself (bit i: `always[i]`,
-    // bit 63: HSTS); its own win unless the host overrides them.
-    let mut upstream_has = 0u64;
-    for h in resp.headers.iter() {
+    // The upstream's fields that may reach the client at all, then what the
+    // pipeline's edits leave of them.
+    let mut own: SmallVec<[usize; 32]> = SmallVec::new();
+    for (i, h) in resp.headers.iter().enumerate() {
         let name = h.name;
         let skip = name.eq_ignore_ascii_case("connection")
             || name.eq_ignore_ascii_case("keep-alive")
             || name.eq_ignore_ascii_case("proxy-connection")
             || name.eq_ignore_ascii_case("upgrade")
             || name.eq_ignore_ascii_case("date")
-            || name.eq_ignore_ascii_case("x-request-id")
             || (has_te && name.eq_ignore_ascii_case("content-length"));
-        if skip {
-            continue;
+        if !skip {
+            own.push(i);
         }
-        let mut security = false;
-        if let Some(s) = sec {
-            for (i, (n, _)) in s.always.iter().enumerate().take(63) {
-                if name.eq_ignore_ascii_case(n.as_str()) {
-                    upstream_has |= 1 << i;
-                    security = true;
-                }
-            }
-            if hsts.is_some() && name.eq_ignore_ascii_case("strict-transport-security") {
-                upstream_has |= 1 << 63;
-                security = true;
-            }
-        }
-        if security && overriding {
-            continue;
-        }
-        line(out, name.as_bytes(), h.value);
+    }
+    let names: SmallVec<[&str; 32]> = own.iter().map(|&i| resp.headers[i].name).collect();
+    let mut keep: SmallVec<[bool; 32]> = SmallVec::from_elem(true, own.len());
+    let mut live: SmallVec<[bool; 16]> = SmallVec::from_elem(false, deco.edits.len());
+    fields::resolve(&names, deco.edits, &mut keep, &mut live);
+    for (&i, _) in own.iter().zip(&keep).filter(|(_, k)| **k) {
+        let h = &resp.headers[i];
+        line(out, h.name.as_bytes(), h.value);
     }
     line(
         out,
         b"Date",
         pingora_core::protocols::http::date::get_cached_date().as_bytes(),
     );
-    if let Some(id) = deco.request_id {
-        line(out, b"X-Request-Id", id.as_bytes());
-    }
-    if let Some(s) = sec {
-        for (i, (n, v)) in s.always.iter().enumerate() {
-            if overriding || i >= 63 || upstream_has & (1 << i) == 0 {
-                line(out, n.as_str().as_bytes(), v.as_bytes());
-            }
-        }
-        if let Some(v) = hsts {
-            if overriding || upstream_has & (1 << 63) == 0 {
-                line(out, b"Strict-Transport-Security", v.as_bytes());
-            }
-        }
-    }
+    write_edits(out, deco.edits, &live);
     // Clients here speak HTTP/1.1, whose connections persist unless a side says
     // `close` (RFC 9112 §9.3): a `Connection: keep-alive` would only be one more
     // header for every client to parse (callgrind: ~850 instructions a response
@@ -353,12 +326,12 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecurityHeaders;
+    use http::HeaderValue;
 
     fn deco() -> Decorations<'static> {
         Decorations {
-            request_id: None,
-            security: None,
-            https: false,
+            edits: &[],
             keepalive: true,
             head_request: false,
         }
@@ -452,11 +425,14 @@ mod tests {
             hsts: Some(HeaderValue::from_static("max-age=60")),
             override_upstream: false,
         };
-        let id = HeaderValue::from_static("abc");
+        let mut edits = crate::fields::Edits::new();
+        edits.push(Edit::Set(
+            http::HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("abc"),
+        ));
+        crate::security_headers::edits(&sec, true, &mut edits);
         let d = Decorations {
-            request_id: Some(&id),
-            security: Some(&sec),
-            https: true,
+            edits: &edits,
             keepalive: true,
             head_request: false,
         };
@@ -468,8 +444,8 @@ mod tests {
         assert!(out.contains("X-Frame-Options: SAMEORIGIN\r\n"));
         assert!(!out.contains("DENY"));
         assert!(out.contains("x-content-type-options: nosniff\r\n"));
-        assert!(out.contains("Strict-Transport-Security: max-age=60\r\n"));
-        assert!(out.contains("X-Request-Id: abc\r\n") && !out.contains("up\r\n"));
+        assert!(out.contains("strict-transport-security: max-age=60\r\n"));
+        assert!(out.contains("x-request-id: abc\r\n") && !out.contains("up\r\n"));
         assert!(!out.contains("Keep-Alive") && !out.contains("Date: x"));
         assert!(!out.contains("Connection") && out.ends_with("\r\n\r\n"));
 
@@ -477,18 +453,17 @@ mod tests {
             override_upstream: true,
             ..sec.clone()
         };
-        let d = Decorations {
-            security: Some(&strict),
-            https: false,
-            ..d
-        };
+        let mut edits = crate::fields::Edits::new();
+        crate::security_headers::edits(&strict, false, &mut edits);
+        let d = Decorations { edits: &edits, ..d };
         let (_, out) = ready(
             b"HTTP/1.1 200 OK\r\nx-frame-options: SAMEORIGIN\r\nContent-Length: 0\r\n\r\n",
             &d,
         );
         assert!(out.contains("x-frame-options: DENY\r\n") && !out.contains("SAMEORIGIN"));
         assert!(
-            !out.contains("Strict-Transport-Security"),
+            !out.to_ascii_lowercase()
+                .contains("strict-transport-security"),
             "HSTS on plain HTTP"
         );
     }

@@ -2,11 +2,11 @@
 //! `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=42;t=12`, plus
 //! `Retry-After` on 429.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::Result;
+use http::{HeaderName, HeaderValue};
 
 use super::Outcome;
 use crate::config::RatePolicy;
+use crate::fields::{Edit, Edits};
 
 pub const RATELIMIT: &str = "ratelimit";
 pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
@@ -31,10 +31,10 @@ pub fn retry_after(o: &Outcome) -> u64 {
     ceil_secs(o.retry_after_ns).max(1)
 }
 
-/// Adds both fields to a response.
-pub fn apply(h: &mut HeaderMap, policy: &RatePolicy, o: &Outcome) -> Result<()> {
+/// Both fields, for a response.
+pub fn edits(policy: &RatePolicy, o: &Outcome, out: &mut Edits) {
     static POLICY: HeaderName = HeaderName::from_static(RATELIMIT_POLICY);
     static LIMIT: HeaderName = HeaderName::from_static(RATELIMIT);
-    crate::head::set(h, &POLICY, policy.policy_header.clone())?;
-    crate::head::set(h, &LIMIT, ratelimit_value(policy, o))
+    out.push(Edit::Set(POLICY.clone(), policy.policy_header.clone()));
+    out.push(Edit::Set(LIMIT.clone(), ratelimit_value(policy, o)));
 }

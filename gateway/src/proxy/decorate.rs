@@ -9,8 +9,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use super::{cache_phases, forward, RequestCtx};
+use super::{forward, shaping};
+use crate::fields::{self, Edits};
 use crate::head;
+use crate::pipeline::RequestCtx;
 
 pub fn upstream_request(
     session: &mut Session,
@@ -50,25 +52,19 @@ pub fn upstream_request(
             }
         }
     }
-    let route = ctx.route.as_deref();
-    let extra = forward::FORWARDED_COUNT
-        + ctx.identity.as_ref().map_or(0, |i| i.headers.len())
-        + route.map_or(0, |r| {
-            r.request_headers.set.len() + r.request_headers.add.len() + 1
-        });
-    head::edit_request(upstream_request, extra, |h| {
-        forward::forwarded_headers(h, authority.as_deref(), ctx, https)?;
-        forward::identity_headers(h, ctx.identity.as_deref(), ctx.peer_trusted)?;
-        if let Some(route) = route {
-            if let Some(v) = route.pool().and_then(|p| p.host_header.as_ref()) {
-                head::set(h, &http::header::HOST, v.clone())?;
-            }
-            if !route.request_headers.is_empty() {
-                forward::apply_request_ops(h, &route.request_headers)?;
-            }
-        }
-        Ok(())
-    })
+    let mut edits = Edits::new();
+    if let Some(route) = ctx.route.as_deref() {
+        crate::pipeline::edits::request(ctx, route, &mut edits);
+    }
+    head::edit_request(
+        upstream_request,
+        forward::FORWARDED_COUNT + edits.len(),
+        |h| {
+            forward::forwarded_headers(h, authority.as_deref(), ctx, https)?;
+            forward::strip_forged(h, ctx.peer_trusted);
+            fields::apply(h, &edits)
+        },
+    )
 }
 
 pub fn response(
@@ -77,32 +73,11 @@ pub fn response(
     ctx: &mut RequestCtx,
     https: bool,
 ) -> Result<()> {
-    // One pass over the map for what nearly every response gets; after it the
-    // head has no case map, so the rarer inserts below are cheap too.
-    let extra = 1
-        + ctx.security.as_ref().map_or(0, |s| s.always.len() + 1)
-        + if ctx.rate.is_some() { 2 } else { 0 };
-    head::edit_response(resp, extra, |h| {
-        if let Some(id) = &ctx.request_id {
-            head::set(h, &forward::X_REQUEST_ID, id.clone())?;
-        }
-        if let Some(sec) = &ctx.security {
-            crate::security_headers::apply(sec, https, h)?;
-        }
-        if let Some((policy, outcome)) = &ctx.rate {
-            crate::limits::headers::apply(h, policy, outcome)?;
-        }
-        Ok(())
-    })?;
-    cache_phases::response(session, resp, ctx)?;
-    if let Some(route) = &ctx.route {
-        if let Some(cors) = &route.cors {
-            let origin = session.req_header().headers.get(http::header::ORIGIN);
-            crate::cors::decorate(cors, origin, resp)?;
-        }
-        if !route.response_headers.is_empty() {
-            forward::apply_response_ops(resp, &route.response_headers)?;
-        }
-    }
-    Ok(())
+    // One pass over the map: after it the head has no case map, so every
+    // edit is cheap.
+    let origin = session.req_header().headers.get(http::header::ORIGIN);
+    let mut edits = Edits::new();
+    crate::pipeline::edits::response(ctx, https, origin.map(|o| o.as_bytes()), &mut edits);
+    head::edit_response(resp, edits.len(), |h| fields::apply(h, &edits))?;
+    shaping::response(session, resp, ctx)
 }

@@ -2,55 +2,18 @@
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Uri};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
-use super::ctx::RequestCtx;
-use crate::config::HeaderOps;
 use crate::head;
+use crate::pipeline::edits::{ip_value, is_forged, real_ip};
+use crate::pipeline::RequestCtx;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
-pub static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
-
-/// An IP address as a header value. IPv4 (the common case) is written digit by
-/// digit: `Display` through `fmt` cost more than the rest of this module.
-pub fn ip_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
-    let mut buf = [0u8; 48];
-    let n = match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut n = 0;
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if o >= 100 {
-                    buf[n] = b'0' + o / 100;
-                    n += 1;
-                }
-                if o >= 10 {
-                    buf[n] = b'0' + o / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + o % 10;
-                n += 1;
-            }
-            n
-        }
-        std::net::IpAddr::V6(_) => {
-            use std::io::Write;
-            let mut cur = std::io::Cursor::new(&mut buf[..]);
-            write!(cur, "{ip}").ok()?;
-            cur.position() as usize
-        }
-    };
-    HeaderValue::from_bytes(&buf[..n]).ok()
-}
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -87,12 +50,7 @@ pub fn forwarded_headers(
     }
     // The client IP as the gateway resolved it (trusted proxies applied); any
     // client-sent value is replaced.
-    let real = match (ctx.client_ip, ctx.peer_ip) {
-        (Some(c), Some(p)) if c == p => peer_value,
-        (Some(c), _) => ip_value(c),
-        (None, _) => None,
-    };
-    match real {
+    match real_ip(ctx, peer_value.as_ref()) {
         Some(v) => head::set(h, &X_REAL_IP, v)?,
         None => {
             h.remove(&X_REAL_IP);
@@ -117,32 +75,6 @@ pub fn forwarded_headers(
     Ok(())
 }
 
-pub fn apply_request_ops(h: &mut HeaderMap, ops: &HeaderOps) -> Result<()> {
-    for n in &ops.remove {
-        h.remove(n);
-    }
-    for (n, v) in &ops.set {
-        head::set(h, n, v.clone())?;
-    }
-    for (n, v) in &ops.add {
-        head::add(h, n, v.clone())?;
-    }
-    Ok(())
-}
-
-pub fn apply_response_ops(resp: &mut ResponseHeader, ops: &HeaderOps) -> Result<()> {
-    for n in &ops.remove {
-        resp.remove_header(n);
-    }
-    for (n, v) in &ops.set {
-        resp.insert_header(n.clone(), v.clone())?;
-    }
-    for (n, v) in &ops.add {
-        resp.append_header(n.clone(), v.clone())?;
-    }
-    Ok(())
-}
-
 /// Replaces the path of the request URI, keeping the query string.
 pub fn set_path(req: &mut RequestHeader, path: &str) -> Result<()> {
     let pq = match req.uri.query() {
@@ -157,36 +89,9 @@ pub fn set_path(req: &mut RequestHeader, path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Client-IP and scheme headers other proxies set; from a peer that is not a
-/// trusted proxy they are forged, and an upstream that reads them would be lied
-/// to. (`X-Forwarded-For/-Proto/-Host`, `X-Real-IP` are replaced, not dropped.)
-const CLIENT_FORGED: [&str; 6] = [
-    "forwarded",
-    "cf-connecting-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-];
-
-/// Whether a client-sent header never goes upstream: `X-User-*` (the gateway's
-/// identity headers), names with `_` (CGI-style servers read `X_User_Id` as
-/// `X-User-Id`; nginx drops them by default too), and, from an untrusted peer,
-/// [`CLIENT_FORGED`]. `name` in any case; shared with the fast path.
-pub fn is_forged(name: &str, peer_trusted: bool) -> bool {
-    let b = name.as_bytes();
-    (b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"x-user-"))
-        || b.contains(&b'_')
-        || (!peer_trusted && CLIENT_FORGED.iter().any(|f| f.eq_ignore_ascii_case(name)))
-}
-
-/// Removes every forged header ([`is_forged`]), then sets the verified
-/// identity's. Upstreams can trust these headers only because of this.
-pub fn identity_headers(
-    h: &mut HeaderMap,
-    id: Option<&crate::auth::Identity>,
-    peer_trusted: bool,
-) -> Result<()> {
+/// Removes every forged header ([`is_forged`]): upstreams can trust the
+/// identity headers the pipeline sets only because of this.
+pub fn strip_forged(h: &mut HeaderMap, peer_trusted: bool) {
     // Collected first: the map cannot be edited while iterated. Almost always
     // empty, and an empty Vec does not allocate.
     let forged: Vec<HeaderName> = h
@@ -197,10 +102,4 @@ pub fn identity_headers(
     for k in &forged {
         h.remove(k);
     }
-    if let Some(id) = id {
-        for (k, v) in &id.headers {
-            head::set(h, k, v.clone())?;
-        }
-    }
-    Ok(())
 }

@@ -6,37 +6,24 @@
 //! passive ejection; `logging` writes metrics and the access log, once.
 
 mod cache_phases;
-mod ctx;
 mod decorate;
 mod forward;
-mod plain;
-mod policies;
 pub mod respond;
-
-use std::borrow::Cow;
-use std::sync::atomic::Ordering::Relaxed;
+mod shaping;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-pub use ctx::{LocalReply, RequestCtx};
-pub use forward::{ip_value, is_forged};
-
 use std::sync::Arc;
 
 use crate::access_log;
-use crate::bans::Event;
 use crate::cluster::Shield;
-use crate::config::Balance;
-use crate::config::BanAction;
-use crate::config::HashKey;
-use crate::request_id;
-use crate::routing::{path_is_safe, Action, RouteMatch};
+use crate::pipeline::{
+    self, finish, is_idempotent, pick_server, Env, LocalReply, Request, RequestCtx, Step,
+};
 use crate::snapshot::SnapshotHandle;
-
-const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
 pub struct GatewayProxy {
     snapshot: SnapshotHandle,
@@ -59,14 +46,6 @@ impl GatewayProxy {
     }
 }
 
-fn is_idempotent(m: &http::Method) -> bool {
-    use http::Method;
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    )
-}
-
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
@@ -80,144 +59,45 @@ impl ProxyHttp for GatewayProxy {
         // reading would hold the response (and its upstream) for ever.
         session.set_write_timeout(Some(self.send_timeout));
         let snap = self.snapshot.load_full();
-        let req = session.req_header();
-        ctx.request_id = Some(request_id::from_request(
-            req.headers.get(&forward::X_REQUEST_ID),
-        ));
-        if let Some(peer) = session
+        let env = Env {
+            snap: &snap,
+            shield: &self.shield,
+            https: self.https,
+        };
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let req = session.req_header();
-            let xff = req.headers.get_all(&forward::X_FORWARDED_FOR);
-            let cdn = req
-                .headers
-                .get(&forward::CF_CONNECTING_IP)
-                .or_else(|| req.headers.get(&forward::TRUE_CLIENT_IP))
-                .map(|v| v.as_bytes());
-            let identified = ctx.identify(
-                peer,
-                &snap.trusted_proxies,
-                xff.iter().map(|v| v.as_bytes()),
-                cdn,
-            );
-            if identified.is_err() {
-                ctx.snapshot = Some(snap.clone());
-                return Self::reply(session, ctx, LocalReply::BadForwarding).await;
-            }
-        }
-        ctx.snapshot = Some(snap.clone());
-        if let Some(ip) = ctx.chargeable_ip() {
-            if let Some(ban) = self.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {
-                if ban.action == BanAction::Drop && !ctx.peer_trusted {
-                    // Close without an answer (the connection filter refuses new
-                    // connections; this catches ones opened before the ban).
-                    ctx.local = Some(LocalReply::Dropped);
-                    return Error::e_explain(ErrorType::ConnectionClosed, "client is banned");
-                }
-                return Self::reply(session, ctx, LocalReply::Banned).await;
-            }
-        }
-
+            .map(|a| a.ip());
         let req = session.req_header();
-        let path = req.uri.path();
-        if !path_is_safe(path) || policies::is_ambiguous(req) {
-            return Self::reply(session, ctx, LocalReply::BadRequest).await;
-        }
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host());
-        if host.is_none() && req.version == http::Version::HTTP_11 {
-            // RFC 9112 §3.2: an HTTP/1.1 request without Host is invalid (as nginx).
-            return Self::reply(session, ctx, LocalReply::BadRequest).await;
-        }
-        if host.is_some_and(|h| !crate::routing::valid_authority(h)) {
-            return Self::reply(session, ctx, LocalReply::BadRequest).await;
-        }
-        let Some(host_routes) = snap.router.host(host) else {
-            return Self::reply(session, ctx, LocalReply::UnknownHost).await;
+        let view = Request {
+            method: &req.method,
+            version: req.version,
+            target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            path: req.uri.path(),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.host()),
+            fields: &req.headers,
+            peer,
+            head_size: headers_size(req),
         };
-        if !self.https && path.starts_with(ACME_PREFIX) {
-            if let Some(root) = &snap.config.tls.acme_webroot {
-                let token = path[ACME_PREFIX.len()..].to_owned();
-                return plain::acme_challenge(session, ctx, root, &token).await;
-            }
-        }
-        if policies::headers_size(req) > snap.config.limits.max_header_bytes {
-            return Self::reply(session, ctx, LocalReply::HeadersTooLarge).await;
-        }
-        ctx.security = Some(host_routes.security.clone());
-        let routed = crate::routing::normalize_path(path);
-        let found = host_routes.find(&routed, &req.method);
-        if let Cow::Owned(p) = routed {
-            ctx.normalized_path = Some(p);
-        }
-        match found {
-            RouteMatch::Found(route) => {
-                let route = route.clone();
-                ctx.route = Some(route.clone());
-                if let Action::Deny { status } = route.action {
-                    // As if nothing were there: before any policy or redirect.
-                    return Self::deny(session, ctx, status).await;
-                }
-                if !self.https && !route.allow_plain && snap.config.tls.redirect_http {
-                    if let Some(https) = snap.config.listen.https {
-                        let host = host.map(|h| crate::routing::normalize_host(h).into_owned());
-                        return plain::redirect_to_https(
-                            session,
-                            ctx,
-                            host.as_deref(),
-                            https.port(),
-                        )
-                        .await;
-                    }
-                }
-                if req.method == http::Method::OPTIONS
-                    && !route.lists_method(&req.method)
-                    && !crate::cors::is_preflight(&req.method, &req.headers)
-                {
-                    // A CORS route takes OPTIONS for its preflights only.
-                    let allow = host_routes.allow_of(&route).cloned();
-                    return Self::method_not_allowed(session, ctx, allow).await;
-                }
-                if self.route_policies(session, ctx, &snap, &route).await? {
-                    return Ok(true);
-                }
-                match &route.action {
-                    Action::Upstream(_) => {}
-                    Action::Respond(f) => {
-                        ctx.local = Some(LocalReply::RouteAction);
-                        respond::fixed(session, f, ctx.request_id.as_ref()).await?;
-                        return Ok(true);
-                    }
-                    Action::Redirect(rd) => {
-                        let pq = session
-                            .req_header()
-                            .uri
-                            .path_and_query()
-                            .map_or("/", |p| p.as_str());
-                        let location = crate::routing::redirect_location(rd, pq);
-                        ctx.local = Some(LocalReply::RouteAction);
-                        respond::redirect(session, rd.status, &location, ctx.request_id.as_ref())
-                            .await?;
-                        return Ok(true);
-                    }
-                    Action::Deny { status } => return Self::deny(session, ctx, *status).await,
-                }
-                if route.cache.is_some() {
+        let reply = match pipeline::route(&env, &view, ctx) {
+            Step::Answer(r) => r,
+            Step::Drop => return Error::e_explain(ErrorType::ConnectionClosed, "client is banned"),
+            Step::Acme => pipeline::acme(&snap, view.path, ctx).await,
+            Step::Route(route) => match pipeline::policies(&env, &view, ctx, &route).await {
+                Some(r) => r,
+                None if route.cache.is_some() => {
                     return cache_phases::fast_hit(session, ctx, self.https).await;
                 }
-                Ok(false)
-            }
-            RouteMatch::MethodNotAllowed(allow) => {
-                let allow = allow.clone();
-                Self::method_not_allowed(session, ctx, Some(allow)).await
-            }
-            RouteMatch::NotFound => Self::reply(session, ctx, LocalReply::NoRoute).await,
-        }
+                None => return Ok(false),
+            },
+        };
+        ctx.local = Some(reply.why);
+        respond::write(session, &reply).await?;
+        Ok(true)
     }
 
     async fn request_body_filter(
@@ -365,7 +245,7 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         if ctx.brotli.is_some() {
-            cache_phases::brotli_body(body, end_of_stream, ctx)?;
+            shaping::brotli_body(body, end_of_stream, ctx)?;
         }
         Ok(None)
     }
@@ -450,7 +330,7 @@ impl ProxyHttp for GatewayProxy {
         let (status, code, msg) = respond::classify(e);
         if status > 0 && session.response_written().is_none() {
             if let Err(we) =
-                respond::json_error(session, status, code, msg, ctx.request_id.as_ref()).await
+                respond::proxy_error(session, (status, code, msg), ctx.request_id.as_ref()).await
             {
                 tracing::debug!(error = %we, "could not send the error response");
             }
@@ -483,89 +363,12 @@ impl ProxyHttp for GatewayProxy {
     }
 }
 
-/// Picks the server of the next attempt in the route's pool (retries avoid the
-/// servers already tried) and counts it in flight; `None` when every server is down.
-pub(crate) fn pick_server<'a>(
-    route: &crate::routing::Route,
-    ctx: &mut RequestCtx,
-    path: &'a str,
-    header: impl Fn(&http::HeaderName) -> Option<&'a [u8]>,
-) -> Option<usize> {
-    ctx.release_server();
-    let pool = route.pool()?;
-    if ctx.attempts > 0 {
-        pool.metrics.retries.inc();
+/// Total size of the request head as the client sent it (approximately: names,
+/// values and separators).
+fn headers_size(req: &RequestHeader) -> u64 {
+    let mut n = req.uri.path_and_query().map_or(0, |p| p.as_str().len()) + 16;
+    for (k, v) in req.headers.iter() {
+        n += k.as_str().len() + v.len() + 4;
     }
-    let ip_bytes;
-    let key: &[u8] = match &pool.config.balance {
-        Balance::ConsistentHash(HashKey::Ip) => {
-            ip_bytes = ctx.client_ip.map(|ip| match ip {
-                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-            });
-            ip_bytes.as_deref().unwrap_or(b"")
-        }
-        Balance::ConsistentHash(HashKey::Path) => path.as_bytes(),
-        Balance::ConsistentHash(HashKey::Header(h)) => header(h).unwrap_or(b""),
-        _ => b"",
-    };
-    let i = pool.select(key, ctx.tried)?;
-    ctx.tried.add(i);
-    ctx.attempts += 1;
-    pool.servers[i].inflight.fetch_add(1, Relaxed);
-    ctx.server = Some(i);
-    ctx.last = Some(i);
-    Some(i)
-}
-
-/// The end of every request, proxied by pingora or by the fast path: ends the
-/// attempt's in-flight count, records the route's metrics, writes the access log
-/// line and feeds the jails.
-pub(crate) async fn finish(
-    shield: &Shield,
-    ctx: &mut RequestCtx,
-    line: &access_log::Line<'_>,
-    status: u16,
-) {
-    ctx.release_server();
-    let elapsed = ctx.start.elapsed();
-    if let (Some(route), Some(cs)) = (&ctx.route, ctx.cache_status) {
-        crate::metrics::metrics()
-            .cache_lookups
-            .with_label_values(&[route.name.as_ref(), cs])
-            .inc();
-    }
-    if let Some(route) = &ctx.route {
-        route
-            .metrics
-            .record(line.method, status, elapsed.as_secs_f64());
-    } else {
-        crate::metrics::unrouted().record(line.method, status, elapsed.as_secs_f64());
-    }
-    if ctx
-        .snapshot
-        .as_ref()
-        .is_some_and(|s| s.config.access_log.enabled)
-    {
-        access_log::write(line, ctx, status, elapsed);
-    }
-    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.chargeable_ip()) {
-        if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
-            let ev = Event {
-                route: ctx.route.as_ref().map(|r| r.name.as_ref()),
-                status,
-                auth_reject: ctx.auth_reject.map(|r| r.as_str()),
-                rate_limited: ctx.local == Some(LocalReply::RateLimited),
-                malformed: matches!(
-                    ctx.local,
-                    Some(LocalReply::BadRequest | LocalReply::HeadersTooLarge)
-                ),
-            };
-            let v6 = snap.config.limits.ipv6_prefix;
-            shield
-                .bans
-                .observe(&snap.config.jails, ip, v6, &ev, snap.redis.as_deref())
-                .await;
-        }
-    }
+    n as u64
 }

@@ -47,6 +47,10 @@ pub struct Route {
     pub rate_limit: Option<Arc<crate::config::RatePolicy>>,
     pub cache: Option<Arc<crate::config::RouteCache>>,
     pub compress: Option<Arc<crate::config::Compression>>,
+    /// Why this route's requests need pingora's transport ([`pingora_only`]),
+    /// decided once when the snapshot is built; `None`: the fast path takes
+    /// them too.
+    pub pingora_only: Option<&'static str>,
 }
 
 /// What a matched route does once its policies passed.
@@ -55,6 +59,31 @@ pub enum Action {
     Deny { status: u16 },
     Respond(Arc<FixedResponse>),
     Redirect(Arc<RedirectConfig>),
+}
+
+/// The route features only pingora's transport renders (the fast path's
+/// list of what it does not do): a route with one of them is proxied by
+/// pingora on every listener. Every feature of a route is rendered by both
+/// transports otherwise, through the pipeline.
+pub fn pingora_only(cache: bool, compress: bool, action: &Action) -> Option<&'static str> {
+    if cache {
+        return Some("cache");
+    }
+    if compress {
+        return Some("compression");
+    }
+    if let Action::Upstream(pool) = action {
+        if pool.is_tls() {
+            return Some("TLS upstream");
+        }
+        if matches!(
+            pool.config.balance,
+            crate::config::Balance::ConsistentHash(crate::config::HashKey::Header(_))
+        ) {
+            return Some("hash by header");
+        }
+    }
+    None
 }
 
 impl Route {

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin::{error, json_response};
+use super::reply::{error, json_response};
 use crate::bans::{now_ms, Ban};
 use crate::cluster::Shield;
 use crate::config::BanAction;

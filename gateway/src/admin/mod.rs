@@ -14,6 +14,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+mod bans;
+mod reply;
+
+use reply::{error, json_response};
+
 use crate::cluster::Shield;
 use crate::metrics;
 use crate::reload::Reloader;
@@ -23,21 +28,6 @@ pub struct AdminApp {
     snapshot: SnapshotHandle,
     reloader: Arc<Reloader>,
     shield: Arc<Shield>,
-}
-
-pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
-    let body = body.to_string().into_bytes();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-store")
-        .header("content-length", body.len())
-        .body(body)
-        .unwrap_or_else(|_| Response::new(Vec::new()))
-}
-
-pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
-    json_response(status, json!({"error": {"code": code, "message": message}}))
 }
 
 /// Constant-time check of a bearer token against the configured digests.
@@ -101,7 +91,7 @@ impl AdminApp {
     async fn admin(&self, method: &Method, path: &str, body: &[u8]) -> Response<Vec<u8>> {
         if path == "/admin/bans" || path.starts_with("/admin/bans/") {
             let snap = self.snapshot.load_full();
-            return crate::admin_bans::handle(&self.shield, &snap, method, path, body).await;
+            return bans::handle(&self.shield, &snap, method, path, body).await;
         }
         match (method, path) {
             (&Method::POST, "/admin/cache/purge") => purge(body),

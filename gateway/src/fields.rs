@@ -1,0 +1,188 @@
+//! A request's header fields as the pipeline reads them, whatever parsed
+//! them: pingora's `HeaderMap` or the fast path's httparse slice. And the
+//! header edits the pipeline decides ([`Edit`]), which each transport
+//! renders on its own head type.
+//!
+//! At the bottom of the house: domain modules (auth, CORS, limits) read
+//! requests through [`Fields`] and describe responses with [`Edit`]s, so
+//! neither they nor the pipeline above them know which transport runs.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Read access to a request's header fields; `name` is lowercase.
+pub trait Fields {
+    /// Every value of `name`, in the order the client sent them.
+    fn all<'s>(&'s self, name: &'s str) -> impl DoubleEndedIterator<Item = &'s [u8]>;
+
+    /// The first value of `name`.
+    fn get<'s>(&'s self, name: &'s str) -> Option<&'s [u8]> {
+        self.all(name).next()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+impl Fields for HeaderMap {
+    fn all<'s>(&'s self, name: &'s str) -> impl DoubleEndedIterator<Item = &'s [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+/// The fast path's parsed head.
+pub struct Parsed<'h, 'b>(pub &'h [httparse::Header<'b>]);
+
+impl Fields for Parsed<'_, '_> {
+    fn all<'s>(&'s self, name: &'s str) -> impl DoubleEndedIterator<Item = &'s [u8]> {
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// One change to a head's fields, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Replaces every value of the name.
+    Set(HeaderName, HeaderValue),
+    /// Sets the name only if the head has none (an upstream's own value wins).
+    Default(HeaderName, HeaderValue),
+    /// Adds a value after the existing ones.
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+impl Edit {
+    pub fn name(&self) -> &HeaderName {
+        match self {
+            Edit::Set(n, _) | Edit::Default(n, _) | Edit::Append(n, _) | Edit::Remove(n) => n,
+        }
+    }
+}
+
+/// The edits of one head; most fit inline.
+pub type Edits = smallvec::SmallVec<[Edit; 12]>;
+
+/// Applies `edits` in order to a header map (pingora's transport).
+pub fn apply(map: &mut HeaderMap, edits: &[Edit]) -> pingora::Result<()> {
+    for e in edits {
+        match e {
+            Edit::Set(n, v) => crate::head::set(map, n, v.clone())?,
+            Edit::Default(n, v) => {
+                if !map.contains_key(n) {
+                    crate::head::set(map, n, v.clone())?;
+                }
+            }
+            Edit::Append(n, v) => crate::head::add(map, n, v.clone())?,
+            Edit::Remove(n) => {
+                map.remove(n);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which fields of a head survive `edits` and which edits are written
+/// (for a transport that writes the head as bytes): `keep[i]` for the head's
+/// own field `i` (named `names[i]`), `live[k]` for `edits[k]`. The same
+/// outcome as [`apply`] on a map holding those fields. `keep` and `live` are
+/// as long as `names` and `edits`.
+pub fn resolve<N: AsRef<[u8]>>(names: &[N], edits: &[Edit], keep: &mut [bool], live: &mut [bool]) {
+    keep.fill(true);
+    live.fill(false);
+    for (k, e) in edits.iter().enumerate() {
+        let n = e.name().as_str().as_bytes();
+        let drop_all = |keep: &mut [bool], live: &mut [bool]| {
+            for (i, name) in names.iter().enumerate() {
+                if keep[i] && name.as_ref().eq_ignore_ascii_case(n) {
+                    keep[i] = false;
+                }
+            }
+            for j in 0..k {
+                if live[j] && edits[j].name() == e.name() {
+                    live[j] = false;
+                }
+            }
+        };
+        match e {
+            Edit::Set(..) => {
+                drop_all(keep, live);
+                live[k] = true;
+            }
+            Edit::Remove(_) => drop_all(keep, live),
+            Edit::Append(..) => live[k] = true,
+            Edit::Default(..) => {
+                let present = names
+                    .iter()
+                    .zip(keep.iter())
+                    .any(|(name, &kept)| kept && name.as_ref().eq_ignore_ascii_case(n))
+                    || (0..k).any(|j| live[j] && edits[j].name() == e.name());
+                live[k] = !present;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn n(s: &'static str) -> HeaderName {
+        HeaderName::from_static(s)
+    }
+    fn v(s: &'static str) -> HeaderValue {
+        HeaderValue::from_static(s)
+    }
+
+    /// The byte transport's resolution gives the same fields as the map's.
+    #[test]
+    fn resolve_agrees_with_apply() {
+        let own = [
+            ("vary", "accept"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("x-a", "1"),
+        ];
+        let edits = [
+            Edit::Default(n("x-frame-options"), v("DENY")),
+            Edit::Default(n("x-content-type-options"), v("nosniff")),
+            Edit::Append(n("vary"), v("Origin")),
+            Edit::Set(n("x-a"), v("2")),
+            Edit::Remove(n("x-b")),
+            Edit::Append(n("x-b"), v("3")),
+            Edit::Default(n("x-b"), v("4")),
+            Edit::Set(n("x-c"), v("5")),
+            Edit::Remove(n("x-c")),
+        ];
+        let mut map = HeaderMap::new();
+        for (k, val) in own {
+            map.append(n(k), v(val));
+        }
+        apply(&mut map, &edits).unwrap();
+        let names: Vec<&str> = own.iter().map(|(k, _)| *k).collect();
+        let (mut keep, mut live) = (vec![true; names.len()], vec![false; edits.len()]);
+        resolve(&names, &edits, &mut keep, &mut live);
+        let mut bytes: Vec<(String, String)> = own
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|((k, val), _)| (k.to_string(), val.to_string()))
+            .collect();
+        for (e, l) in edits.iter().zip(&live) {
+            if let (true, Edit::Set(k, val) | Edit::Default(k, val) | Edit::Append(k, val)) =
+                (*l, e)
+            {
+                bytes.push((k.to_string(), val.to_str().unwrap().to_owned()));
+            }
+        }
+        let mut from_map: Vec<(String, String)> = map
+            .iter()
+            .map(|(k, val)| (k.to_string(), val.to_str().unwrap().to_owned()))
+            .collect();
+        bytes.sort();
+        from_map.sort();
+        assert_eq!(bytes, from_map);
+    }
+}

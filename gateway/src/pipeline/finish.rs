@@ -1,0 +1,107 @@
+//! What happens around the upstream exchange, for every transport: which
+//! server the next attempt goes to, and the end of each request (metrics,
+//! access log, jails).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{LocalReply, RequestCtx};
+use crate::access_log;
+use crate::bans::Event;
+use crate::cluster::Shield;
+use crate::config::{Balance, HashKey};
+
+/// Picks the server of the next attempt in the route's pool (retries avoid the
+/// servers already tried) and counts it in flight; `None` when every server is down.
+pub fn pick_server<'a>(
+    route: &crate::routing::Route,
+    ctx: &mut RequestCtx,
+    path: &'a str,
+    header: impl Fn(&http::HeaderName) -> Option<&'a [u8]>,
+) -> Option<usize> {
+    ctx.release_server();
+    let pool = route.pool()?;
+    if ctx.attempts > 0 {
+        pool.metrics.retries.inc();
+    }
+    let ip_bytes;
+    let key: &[u8] = match &pool.config.balance {
+        Balance::ConsistentHash(HashKey::Ip) => {
+            ip_bytes = ctx.client_ip.map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+            });
+            ip_bytes.as_deref().unwrap_or(b"")
+        }
+        Balance::ConsistentHash(HashKey::Path) => path.as_bytes(),
+        Balance::ConsistentHash(HashKey::Header(h)) => header(h).unwrap_or(b""),
+        _ => b"",
+    };
+    let i = pool.select(key, ctx.tried)?;
+    ctx.tried.add(i);
+    ctx.attempts += 1;
+    pool.servers[i].inflight.fetch_add(1, Relaxed);
+    ctx.server = Some(i);
+    ctx.last = Some(i);
+    Some(i)
+}
+
+/// The end of every request, proxied by pingora or by the fast path: ends the
+/// attempt's in-flight count, records the route's metrics, writes the access log
+/// line and feeds the jails.
+pub async fn finish(
+    shield: &Shield,
+    ctx: &mut RequestCtx,
+    line: &access_log::Line<'_>,
+    status: u16,
+) {
+    ctx.release_server();
+    let elapsed = ctx.start.elapsed();
+    if let (Some(route), Some(cs)) = (&ctx.route, ctx.cache_status) {
+        crate::metrics::metrics()
+            .cache_lookups
+            .with_label_values(&[route.name.as_ref(), cs])
+            .inc();
+    }
+    if let Some(route) = &ctx.route {
+        route
+            .metrics
+            .record(line.method, status, elapsed.as_secs_f64());
+    } else {
+        crate::metrics::unrouted().record(line.method, status, elapsed.as_secs_f64());
+    }
+    if ctx
+        .snapshot
+        .as_ref()
+        .is_some_and(|s| s.config.access_log.enabled)
+    {
+        access_log::write(line, ctx, status, elapsed);
+    }
+    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.chargeable_ip()) {
+        if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
+            let ev = Event {
+                route: ctx.route.as_ref().map(|r| r.name.as_ref()),
+                status,
+                auth_reject: ctx.auth_reject.map(|r| r.as_str()),
+                rate_limited: ctx.local == Some(LocalReply::RateLimited),
+                malformed: matches!(
+                    ctx.local,
+                    Some(LocalReply::BadRequest | LocalReply::HeadersTooLarge)
+                ),
+            };
+            let v6 = snap.config.limits.ipv6_prefix;
+            shield
+                .bans
+                .observe(&snap.config.jails, ip, v6, &ev, snap.redis.as_deref())
+                .await;
+        }
+    }
+}
+
+/// Methods a failed attempt may be sent again for (RFC 9110 §9.2.2).
+pub fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}

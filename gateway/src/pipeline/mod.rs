@@ -1,0 +1,231 @@
+//! The request pipeline: every per-request decision, made once, for every
+//! transport.
+//!
+//! A transport (the fast path's HTTP/1 loop, pingora's phases; a future
+//! HTTP/3 listener) parses a request its own way and hands the pipeline a
+//! [`Request`] view. The pipeline answers with data: [`Step::Answer`] (a
+//! [`Reply`] the transport writes), [`Step::Drop`] (close unanswered), or a
+//! route to forward to, with the header [`Edit`](crate::fields::Edit)s of
+//! [`edits`]. No pingora type crosses this module's boundary.
+//!
+//! The decisions come in two stages, so a transport can still hand a request
+//! to another one after the first: [`route`] (client identity, bans, request
+//! sanity, host and route: nothing is counted) and [`policies`] (rate limits,
+//! CORS preflight, access control, body limit, the route's own answer:
+//! counters move). [`finish`] ends every request (metrics, access log,
+//! jails).
+
+mod ctx;
+pub mod edits;
+mod finish;
+mod policy;
+pub mod reply;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{Method, Version};
+
+pub use ctx::{LocalReply, RequestCtx};
+pub use finish::{finish, is_idempotent, pick_server};
+pub use policy::policies;
+pub use reply::Reply;
+
+use crate::cluster::Shield;
+use crate::config::BanAction;
+use crate::fields::Fields;
+use crate::routing::{path_is_safe, Action, Route, RouteMatch};
+use crate::snapshot::Snapshot;
+
+pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// What the pipeline needs of the listener.
+pub struct Env<'a> {
+    pub snap: &'a Arc<Snapshot>,
+    pub shield: &'a Shield,
+    /// The listener terminates TLS.
+    pub https: bool,
+}
+
+/// A request as every transport can describe it.
+pub struct Request<'a, F: Fields> {
+    pub method: &'a Method,
+    pub version: Version,
+    /// The path and query as the client sent them (origin form).
+    pub target: &'a str,
+    /// The path of `target`.
+    pub path: &'a str,
+    /// `Host`, or the URI's authority (HTTP/2).
+    pub host: Option<&'a str>,
+    pub fields: &'a F,
+    pub peer: Option<IpAddr>,
+    /// Size of the head's fields as the client sent them (approximately).
+    pub head_size: u64,
+}
+
+/// What to do with a request.
+pub enum Step {
+    /// Go on with this route (to [`policies`], then forward).
+    Route(Arc<Route>),
+    Answer(Reply),
+    /// Close the connection without an answer (`action: drop` bans).
+    Drop,
+    /// An ACME HTTP-01 challenge from the webroot: [`acme`] answers it.
+    Acme,
+}
+
+/// Requests that different HTTP parsers could frame differently (request
+/// smuggling): both `Content-Length` and `Transfer-Encoding`, or several
+/// `Content-Length`s.
+pub fn is_ambiguous(f: &impl Fields) -> bool {
+    let cl = f.all("content-length").count();
+    cl > 1 || (cl == 1 && f.has("transfer-encoding"))
+}
+
+/// The first stage: who the client is, whether it may be here at all, and
+/// which route the request is for. Counts nothing, so a transport may still
+/// hand the request to another one afterwards.
+pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCtx) -> Step {
+    let snap = env.snap;
+    ctx.snapshot = Some(snap.clone());
+    let rid = crate::request_id::from_bytes(req.fields.get("x-request-id"));
+    ctx.request_id = Some(rid.clone());
+    let rid = Some(&rid);
+    if let Some(peer) = req.peer {
+        let cdn = req
+            .fields
+            .get("cf-connecting-ip")
+            .or_else(|| req.fields.get("true-client-ip"));
+        let xff = req.fields.all("x-forwarded-for");
+        if ctx.identify(peer, &snap.trusted_proxies, xff, cdn).is_err() {
+            return Step::Answer(Reply::error(LocalReply::BadForwarding, rid));
+        }
+    }
+    if let Some(ip) = ctx.chargeable_ip() {
+        if let Some(ban) = env.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {
+            if ban.action == BanAction::Drop && !ctx.peer_trusted {
+                // Closed without an answer (the connection filter refuses new
+                // connections; this catches ones opened before the ban).
+                ctx.local = Some(LocalReply::Dropped);
+                return Step::Drop;
+            }
+            return Step::Answer(Reply::error(LocalReply::Banned, rid));
+        }
+    }
+    let bad = || Step::Answer(Reply::error(LocalReply::BadRequest, rid));
+    if !path_is_safe(req.path) || is_ambiguous(req.fields) {
+        return bad();
+    }
+    if req.host.is_none() && req.version == Version::HTTP_11 {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is invalid (as nginx).
+        return bad();
+    }
+    if req
+        .host
+        .is_some_and(|h| !crate::routing::valid_authority(h))
+    {
+        return bad();
+    }
+    let Some(host_routes) = snap.router.host(req.host) else {
+        return Step::Answer(Reply::error(LocalReply::UnknownHost, rid));
+    };
+    if !env.https && req.path.starts_with(ACME_PREFIX) && snap.config.tls.acme_webroot.is_some() {
+        return Step::Acme;
+    }
+    if req.head_size > snap.config.limits.max_header_bytes {
+        return Step::Answer(Reply::error(LocalReply::HeadersTooLarge, rid));
+    }
+    ctx.security = Some(host_routes.security.clone());
+    let routed = crate::routing::normalize_path(req.path);
+    let found = host_routes.find(&routed, req.method);
+    if let Cow::Owned(p) = routed {
+        ctx.normalized_path = Some(p);
+    }
+    let route = match found {
+        RouteMatch::Found(route) => route.clone(),
+        RouteMatch::MethodNotAllowed(allow) => {
+            ctx.local = Some(LocalReply::MethodNotAllowed);
+            return Step::Answer(Reply::method_not_allowed(Some(allow), rid));
+        }
+        RouteMatch::NotFound => return Step::Answer(Reply::error(LocalReply::NoRoute, rid)),
+    };
+    ctx.route = Some(route.clone());
+    if let Action::Deny { status } = route.action {
+        // As if nothing were there: before any policy or redirect.
+        return Step::Answer(Reply::deny(status, rid));
+    }
+    if !env.https && !route.allow_plain && snap.config.tls.redirect_http {
+        if let Some(https) = snap.config.listen.https {
+            return Step::Answer(https_redirect(req, https.port(), rid));
+        }
+    }
+    if *req.method == Method::OPTIONS
+        && !route.lists_method(req.method)
+        && !crate::cors::is_preflight(req.method, req.fields)
+    {
+        // A CORS route takes OPTIONS for its preflights only.
+        let allow = host_routes.allow_of(&route);
+        return Step::Answer(Reply::method_not_allowed(allow, rid));
+    }
+    Step::Route(route)
+}
+
+/// 308 to the same host, path and query over HTTPS.
+fn https_redirect<F: Fields>(
+    req: &Request<'_, F>,
+    port: u16,
+    rid: Option<&http::HeaderValue>,
+) -> Reply {
+    let Some(host) = req.host.filter(|h| !h.is_empty()) else {
+        return Reply::json_error(
+            LocalReply::BadRequest,
+            400,
+            ("bad_request", "a Host header is required"),
+            rid,
+            &[],
+        );
+    };
+    let host = crate::routing::normalize_host(host);
+    let location = if port == 443 {
+        format!("https://{host}{}", req.target)
+    } else {
+        format!("https://{host}:{port}{}", req.target)
+    };
+    Reply::redirect(LocalReply::Redirect, 308, &location, rid)
+}
+
+/// The answer to an ACME HTTP-01 challenge: `<webroot>/<token>`; tokens are
+/// base64url, nothing else is read.
+pub async fn acme(snap: &Snapshot, path: &str, ctx: &mut RequestCtx) -> Reply {
+    ctx.local = Some(LocalReply::Acme);
+    let token = path.get(ACME_PREFIX.len()..).unwrap_or("");
+    let valid = !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let body = match (&snap.config.tls.acme_webroot, valid) {
+        (Some(root), true) => tokio::fs::read(root.join(token)).await.ok(),
+        _ => None,
+    };
+    match body {
+        Some(body) => Reply {
+            status: 200,
+            fields: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            )],
+            body: body.into(),
+            close: false,
+            why: LocalReply::Acme,
+        },
+        None => Reply::json_error(
+            LocalReply::Acme,
+            404,
+            ("not_found", "no such challenge"),
+            ctx.request_id.as_ref(),
+            &[],
+        ),
+    }
+}
