@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use galion_gateway::cluster::Shield;
+use galion_gateway::shield::Shield;
 use galion_gateway::fast::request::{decide, Decision};
 use galion_gateway::pipeline::Env;
 use galion_gateway::snapshot::Snapshot;

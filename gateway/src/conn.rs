@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 
 use pingora::listeners::ConnectionFilter;
 
-use crate::cluster::Shield;
+use crate::shield::Shield;
 use crate::config::BanAction;
 use crate::metrics::metrics;
 use crate::snapshot::SnapshotHandle;

@@ -16,7 +16,8 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::cluster::{ProtectService, Shield};
+use crate::shield::Shield;
+use crate::services::{AuthService, HealthChecker, ProtectService};
 use crate::config::{self, Config};
 use crate::conn::{BanFilter, Counted};
 use crate::fast::GatewayApp;
@@ -24,7 +25,6 @@ use crate::log_writer::ReopenService;
 use crate::proxy::GatewayProxy;
 use crate::reload::{self, ReloadService, Reloader};
 use crate::snapshot::Snapshot;
-use crate::upstream::HealthChecker;
 
 /// Process-level options from the command line.
 #[derive(Debug, Clone, Default)]
@@ -181,7 +181,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     ));
     server.add_service(background_service(
         "auth keys and revocations",
-        crate::auth::AuthService::new(snapshot.clone()),
+        AuthService::new(snapshot.clone()),
     ));
     server.add_service(background_service(
         "limits, bans and cluster store",

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::reply::{error, json_response};
 use crate::bans::{now_ms, Ban};
-use crate::cluster::Shield;
+use crate::shield::Shield;
 use crate::config::BanAction;
 use crate::snapshot::Snapshot;
 

@@ -19,7 +19,7 @@ mod reply;
 
 use reply::{error, json_response};
 
-use crate::cluster::Shield;
+use crate::shield::Shield;
 use crate::metrics;
 use crate::reload::Reloader;
 use crate::snapshot::{summary_of, SnapshotHandle};

@@ -7,9 +7,17 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::identity::Identity;
-use super::jwt::now_secs;
+
+/// Unix seconds now (0 before 1970: a broken clock refuses nothing by itself).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 const SHARDS: usize = 16;
 

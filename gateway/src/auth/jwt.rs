@@ -7,14 +7,14 @@
 //! HS256 secret. The last good key set keeps serving when a fetch fails.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::cache::TokenCache;
+use super::cache::{now_secs, TokenCache};
 use super::identity::{Identity, IdentityKind, Reject};
 use super::keys::KeySet;
 use crate::config::JwtConfig;
@@ -36,12 +36,6 @@ struct Claims {
     exp: u64,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 pub struct JwtVerifier {
     pub config: JwtConfig,

@@ -14,9 +14,6 @@ pub mod revocation;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -25,7 +22,6 @@ pub use identity::{Identity, IdentityKind, Reject};
 
 use crate::config::{AccessRule, ApiKeyConfig, AuthConfig, AuthMode};
 use crate::fields::Fields;
-use crate::snapshot::SnapshotHandle;
 
 pub struct Authenticator {
     pub config: AuthConfig,
@@ -186,53 +182,6 @@ fn cookie_value<'h>(headers: &'h impl Fields, name: &'h str) -> Result<Option<&'
         }
     }
     Ok(found)
-}
-
-/// Refreshes JWKS and polls revocations for the live snapshot's authenticator.
-pub struct AuthService {
-    snapshot: SnapshotHandle,
-}
-
-impl AuthService {
-    pub fn new(snapshot: SnapshotHandle) -> Self {
-        AuthService { snapshot }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for AuthService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
-            }
-            let auth = self.snapshot.load().auth.clone();
-            if let Some(v) = &auth.jwt {
-                if v.refresh_due() {
-                    match v.refresh().await {
-                        Ok(n) => tracing::debug!(keys = n, "JWKS refreshed"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good keys")
-                        }
-                    }
-                }
-            }
-            if let Some(r) = &auth.revocations {
-                if r.poll_due() {
-                    if let Ok(new) = r.poll().await {
-                        if let Some(v) = &auth.jwt {
-                            for jti in &new {
-                                v.forget_jti(jti);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 
-use super::jwt::now_secs;
+use super::cache::now_secs;
 use crate::config::RevocationConfig;
 
 /// Pages read in one poll at most before yielding to the next tick (a backlog of

@@ -309,7 +309,7 @@ async fn relay(
     r
 }
 
-impl GatewayApp {
+impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
     /// Refuses a head that cannot be read: 408 (not whole within
     /// `server.header_timeout`) or 431 (larger than the limit). Nothing of it
     /// is known, so nothing is routed, logged per route or charged.

@@ -45,14 +45,12 @@ use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
-use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cluster::Shield;
+use crate::shield::Shield;
 use crate::limits::HeadDeadline;
 use crate::pipeline::Env;
-use crate::proxy::GatewayProxy;
 use crate::snapshot::SnapshotHandle;
 use request::Decision;
 
@@ -71,9 +69,10 @@ const HEAD_SLACK: usize = 8 * 1024;
 /// How long closing a connection may wait for the client (TLS close_notify).
 const SHUTDOWN: Duration = Duration::from_secs(1);
 
-/// The proxy listener's application: the fast path, with pingora-proxy behind it.
-pub struct GatewayApp {
-    proxy: Arc<HttpProxy<GatewayProxy>>,
+/// The proxy listener's application: the fast path, with pingora's
+/// transport (`P`: the gateway's `HttpProxy`) behind it for what it hands over.
+pub struct GatewayApp<P> {
+    proxy: Arc<P>,
     snapshot: SnapshotHandle,
     shield: Arc<Shield>,
     https: bool,
@@ -83,9 +82,9 @@ pub struct GatewayApp {
     send_timeout: Duration,
 }
 
-impl GatewayApp {
+impl<P: HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
     pub fn new(
-        proxy: HttpProxy<GatewayProxy>,
+        proxy: P,
         snapshot: SnapshotHandle,
         shield: Arc<Shield>,
         https: bool,
@@ -255,7 +254,7 @@ async fn idle_read(
 }
 
 #[async_trait]
-impl ServerApp for GatewayApp {
+impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -357,7 +356,7 @@ impl ServerApp for GatewayApp {
     }
 }
 
-impl GatewayApp {
+impl<P: HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
     /// Hands the buffered request (and the connection) to pingora-proxy for one
     /// request; the connection comes back when pingora keeps it alive.
     async fn delegate(

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{LocalReply, RequestCtx};
 use crate::access_log;
 use crate::bans::Event;
-use crate::cluster::Shield;
+use crate::shield::Shield;
 use crate::config::{Balance, HashKey};
 
 /// Picks the server of the next attempt in the route's pool (retries avoid the

@@ -32,7 +32,7 @@ pub use finish::{finish, is_idempotent, pick_server};
 pub use policy::policies;
 pub use reply::Reply;
 
-use crate::cluster::Shield;
+use crate::shield::Shield;
 use crate::config::BanAction;
 use crate::fields::Fields;
 use crate::routing::{path_is_safe, Action, Route, RouteMatch};

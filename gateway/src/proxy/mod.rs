@@ -19,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 
 use crate::access_log;
-use crate::cluster::Shield;
+use crate::shield::Shield;
 use crate::pipeline::{
     self, finish, is_idempotent, pick_server, Env, LocalReply, Request, RequestCtx, Step,
 };

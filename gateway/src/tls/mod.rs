@@ -1,7 +1,7 @@
 //! TLS termination: SNI certificate selection, the HTTPS listener settings, and
 //! development certificates.
 
-mod certs;
+pub mod certs;
 pub mod dev_certs;
 
 pub use certs::{load, CertStore, LoadedCert};

@@ -7,5 +7,4 @@
 pub mod health;
 mod pool;
 
-pub use health::HealthChecker;
 pub use pool::{Pool, ServerState, Tried};

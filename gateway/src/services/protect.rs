@@ -12,7 +12,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
 
-use super::{RedisLink, Shield};
+use crate::cluster::RedisLink;
+use crate::shield::Shield;
 use crate::snapshot::SnapshotHandle;
 
 pub struct ProtectService {

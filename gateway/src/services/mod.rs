@@ -1,0 +1,11 @@
+//! The gateway's background services over the live snapshot: active health
+//! checks, JWKS and revocation refreshes, and the cluster link that keeps
+//! limits and bans in step. Above the snapshot, beside the transports.
+
+mod auth;
+mod health;
+mod protect;
+
+pub use auth::AuthService;
+pub use health::HealthChecker;
+pub use protect::ProtectService;
