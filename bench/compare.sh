@@ -44,8 +44,8 @@
 #                                     security headers, CORS, the internal-path deny, auth: jwt with a
 #                                     revocation feed) and one nginx doing the same header work (limit_req,
 #                                     add_header, forwarded headers; it cannot verify a JWT). Targets
-#                                     "nginx_prod gw_pub gw_jwt nginx_post gw_post": GET /pub (public), GET /jwt
-#                                     (Bearer token), POST /post (token + 1 KiB JSON body), all with an Origin
+#                                     "nginx_prod gw_pub gw_jwt nginx_post gw_post": GET /api/v1/pub (public),
+#                                     GET /api/v1/jwt (Bearer token), POST /api/v1/post (token + 1 KiB JSON), all with an Origin
 #                                     header (BENCH_ORIGIN); ratios gw_pub, gw_jwt / nginx_prod,
 #                                     gw_post / nginx_post, gw_jwt / gw_pub. POST targets answer "small" only
 #   BENCH_ORIGIN=https://galion.app   MODE=prod: the Origin header the load generator sends (an allowed one)
@@ -405,13 +405,13 @@ http {
   server {
     listen 127.0.0.1:$P_NGINX_PROD backlog=4096;
     location ~ ^(/api/v1/[^/]+)?/(metrics|health|revocations)(/|\$) { return 404; }
-    location /pub/ {
+    location /api/v1/pub/ {
 $(nginx_prod_location GET 1m)
     }
-    location /jwt/ {
+    location /api/v1/jwt/ {
 $(nginx_prod_location GET 1m)
     }
-    location /post/ {
+    location /api/v1/post/ {
 $(nginx_prod_location POST 16k)
     }
   }
@@ -566,9 +566,9 @@ EOF
   if [[ "$MODE" == prod ]]; then
     cat <<EOF
       - { name: internal, regex: '^(/api/v1/[^/]+)?/(metrics|health|revocations)(/|\$)', deny: 404 }
-      - { name: pub, prefix: /pub, strip_prefix: true, methods: [GET, HEAD], upstream: origin }
-      - { name: jwt, prefix: /jwt, strip_prefix: true, methods: [GET], upstream: origin, auth: jwt }
-      - { name: post, prefix: /post, strip_prefix: true, methods: [POST], upstream: origin, auth: jwt, max_body: 16KiB }
+      - { name: pub, prefix: /api/v1/pub, strip_prefix: true, methods: [GET, HEAD], upstream: origin }
+      - { name: jwt, prefix: /api/v1/jwt, strip_prefix: true, methods: [GET], upstream: origin, auth: jwt }
+      - { name: post, prefix: /api/v1/post, strip_prefix: true, methods: [POST], upstream: origin, auth: jwt, max_body: 16KiB }
 EOF
   elif [[ "$MODE" == auth ]]; then
     cat <<EOF
@@ -637,12 +637,12 @@ for p in $PROXIES; do
     auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
     https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     cache:nginx_cache | cache:gateway_cache) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
-    prod:gw_pub) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/pub; PROC_OF[$p]=gateway; HDR_OF[$p]="Origin: $BENCH_ORIGIN" ;;
-    prod:gw_jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_JWT_HDR ;;
-    prod:gw_post) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/post; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
+    prod:gw_pub) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/api/v1/pub; PROC_OF[$p]=gateway; HDR_OF[$p]="Origin: $BENCH_ORIGIN" ;;
+    prod:gw_jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/api/v1/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_JWT_HDR ;;
+    prod:gw_post) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/api/v1/post; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
     # nginx_prod gets the gateway's JWT request, token included (forwarded, not verified).
-    prod:nginx_prod) URL_OF[$p]=http://127.0.0.1:$P_NGINX_PROD/jwt; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_JWT_HDR ;;
-    prod:nginx_post) URL_OF[$p]=http://127.0.0.1:$P_NGINX_PROD/post; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
+    prod:nginx_prod) URL_OF[$p]=http://127.0.0.1:$P_NGINX_PROD/api/v1/jwt; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_JWT_HDR ;;
+    prod:nginx_post) URL_OF[$p]=http://127.0.0.1:$P_NGINX_PROD/api/v1/post; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
     *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log gateway_plain bare; auth: pub jwt key; https: nginx_tls gateway_tls; cache: nginx_cache gateway_cache; prod: nginx_prod gw_pub gw_jwt nginx_post gw_post)" ;;
   esac
 done
