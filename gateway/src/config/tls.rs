@@ -68,7 +68,7 @@ pub fn tls_of(c: &mut Checker, t: RawTls) -> TlsConfig {
                 fp.update(&bytes);
             }
         }
-        match crate::tls::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts) {
+        match crate::tls::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts) {
             Ok(loaded) => {
                 if rc.default {
                     if default.is_some() {

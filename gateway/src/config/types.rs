@@ -283,7 +283,7 @@ pub struct RouteConfig {
 
 #[derive(Debug, Clone, Default)]
 pub struct TlsConfig {
-    pub certs: Vec<std::sync::Arc<crate::tls::LoadedCert>>,
+    pub certs: Vec<std::sync::Arc<crate::tls::certs::LoadedCert>>,
     pub default: Option<usize>,
     pub acme_webroot: Option<PathBuf>,
     pub redirect_http: bool,
