@@ -9,9 +9,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use galion_gateway::shield::Shield;
 use galion_gateway::fast::request::{decide, Decision};
 use galion_gateway::pipeline::Env;
+use galion_gateway::shield::Shield;
 use galion_gateway::snapshot::Snapshot;
 use libfuzzer_sys::fuzz_target;
 

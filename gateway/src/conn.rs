@@ -21,9 +21,9 @@ use std::net::SocketAddr;
 
 use pingora::listeners::ConnectionFilter;
 
-use crate::shield::Shield;
 use crate::config::BanAction;
 use crate::metrics::metrics;
+use crate::shield::Shield;
 use crate::snapshot::SnapshotHandle;
 
 const SHARDS: usize = 16;

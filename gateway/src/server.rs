@@ -16,14 +16,14 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::shield::Shield;
-use crate::services::{AuthService, HealthChecker, ProtectService};
 use crate::config::{self, Config};
 use crate::conn::{BanFilter, Counted};
 use crate::fast::GatewayApp;
 use crate::log_writer::ReopenService;
 use crate::proxy::GatewayProxy;
 use crate::reload::{self, ReloadService, Reloader};
+use crate::services::{AuthService, HealthChecker, ProtectService};
+use crate::shield::Shield;
 use crate::snapshot::Snapshot;
 
 /// Process-level options from the command line.

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::reply::{error, json_response};
 use crate::bans::{now_ms, Ban};
-use crate::shield::Shield;
 use crate::config::BanAction;
+use crate::shield::Shield;
 use crate::snapshot::Snapshot;
 
 #[derive(Deserialize)]

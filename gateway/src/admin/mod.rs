@@ -19,9 +19,9 @@ mod reply;
 
 use reply::{error, json_response};
 
-use crate::shield::Shield;
 use crate::metrics;
 use crate::reload::Reloader;
+use crate::shield::Shield;
 use crate::snapshot::{summary_of, SnapshotHandle};
 
 pub struct AdminApp {

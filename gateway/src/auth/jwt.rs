@@ -36,7 +36,6 @@ struct Claims {
     exp: u64,
 }
 
-
 pub struct JwtVerifier {
     pub config: JwtConfig,
     keys: ArcSwap<KeySet>,

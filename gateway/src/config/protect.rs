@@ -380,7 +380,10 @@ pub fn jails_of(
             }
             let reasons = o.reasons.unwrap_or_default();
             for (k, r) in reasons.iter().enumerate() {
-                if !crate::auth::identity::Reject::ALL.iter().any(|x| x.as_str() == r) {
+                if !crate::auth::identity::Reject::ALL
+                    .iter()
+                    .any(|x| x.as_str() == r)
+                {
                     let known: Vec<_> = crate::auth::identity::Reject::ALL
                         .iter()
                         .map(|x| x.as_str())

@@ -68,7 +68,8 @@ pub fn tls_of(c: &mut Checker, t: RawTls) -> TlsConfig {
                 fp.update(&bytes);
             }
         }
-        match crate::tls::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts) {
+        match crate::tls::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts)
+        {
             Ok(loaded) => {
                 if rc.default {
                     if default.is_some() {

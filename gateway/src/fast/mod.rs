@@ -48,9 +48,9 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::shield::Shield;
 use crate::limits::HeadDeadline;
 use crate::pipeline::Env;
+use crate::shield::Shield;
 use crate::snapshot::SnapshotHandle;
 use request::Decision;
 
@@ -83,12 +83,7 @@ pub struct GatewayApp<P> {
 }
 
 impl<P: HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
-    pub fn new(
-        proxy: P,
-        snapshot: SnapshotHandle,
-        shield: Arc<Shield>,
-        https: bool,
-    ) -> Self {
+    pub fn new(proxy: P, snapshot: SnapshotHandle, shield: Arc<Shield>, https: bool) -> Self {
         let (enabled, keepalive_requests, send_timeout) = {
             let snap = snapshot.load();
             let s = &snap.config.server;

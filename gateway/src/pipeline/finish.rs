@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{LocalReply, RequestCtx};
 use crate::access_log;
 use crate::bans::Event;
-use crate::shield::Shield;
 use crate::config::{Balance, HashKey};
+use crate::shield::Shield;
 
 /// Picks the server of the next attempt in the route's pool (retries avoid the
 /// servers already tried) and counts it in flight; `None` when every server is down.

@@ -32,10 +32,10 @@ pub use finish::{finish, is_idempotent, pick_server};
 pub use policy::policies;
 pub use reply::Reply;
 
-use crate::shield::Shield;
 use crate::config::BanAction;
 use crate::fields::Fields;
 use crate::routing::{path_is_safe, Action, Route, RouteMatch};
+use crate::shield::Shield;
 use crate::snapshot::Snapshot;
 
 pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";

@@ -19,10 +19,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 
 use crate::access_log;
-use crate::shield::Shield;
 use crate::pipeline::{
     self, finish, is_idempotent, pick_server, Env, LocalReply, Request, RequestCtx, Step,
 };
+use crate::shield::Shield;
 use crate::snapshot::SnapshotHandle;
 
 pub struct GatewayProxy {

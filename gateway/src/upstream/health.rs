@@ -33,4 +33,3 @@ pub fn http_check(
     check.peer_template.options.read_timeout = Some(hc.timeout);
     Some(check)
 }
-
