@@ -39,8 +39,8 @@ cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
 # transports: the policy tests run again with every request on pingora's.
 # (hostile, stack and differential set `server.fast_path` themselves.)
 echo "==> policy tests again with server.fast_path: false"
-GALION_TEST_FAST_PATH=off cargo test -p galion-tests --locked \
+GALION_TEST_FAST_PATH=off cargo test --workspace --locked \
     --test access --test access_log --test bans --test limits --test ratelimit \
-    --test routing --test tls --test upstreams --test upgrade \
+    --test routing --test tls --test upstreams --test upgrade --test cache \
     -- --test-threads "${TEST_THREADS:-4}"
 echo "==> all tests passed"

@@ -3,6 +3,12 @@
 //! answered, left to pingora or wait for more bytes — never a panic. A prepared upstream head must carry
 //! no client-sent identity header, and from an untrusted peer exactly one
 //! `X-Forwarded-For` and one `X-Real-IP`, both the peer's address.
+//!
+//! And the two transports agree: a head the fast path takes is also built
+//! as pingora's `RequestHeader` (as pingora's HTTP/1 parser builds it) and
+//! run through pingora's side (`proxy::view`, the pipeline,
+//! `proxy::decorate::upstream_head`): the same answer status, or the same
+//! upstream request line and fields.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,10 +16,12 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use galion_gateway::fast::request::{decide, Decision};
-use galion_gateway::pipeline::Env;
+use galion_gateway::pipeline::{self, Env, RequestCtx, Step};
+use galion_gateway::proxy;
 use galion_gateway::shield::Shield;
 use galion_gateway::snapshot::Snapshot;
 use libfuzzer_sys::fuzz_target;
+use pingora::http::RequestHeader;
 
 const CONFIG: &str = r#"
 listen:
@@ -82,6 +90,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     // The fixture's routes have no policy that waits (no Redis, no JWKS).
     let decision = futures::executor::block_on(decide(head, &env, Some(peer), &mut out));
+    transports_agree(head, &env, peer, &decision, &out);
     if let Decision::Answer(local) = &decision {
         assert!(local.head.head_len <= head.len());
         assert!(local.reply.status >= 300, "a local answer is not a success");
@@ -131,3 +140,108 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// What pingora's transport does with the same head, where the fast path
+/// took it (answered, dropped or forwarded), compared with the fast path.
+fn transports_agree(head: &[u8], env: &Env<'_>, peer: IpAddr, decision: &Decision, out: &[u8]) {
+    if matches!(decision, Decision::Partial | Decision::Delegate) {
+        return;
+    }
+    let Some(req) = pingora_request(head) else {
+        panic!("the fast path took a head pingora's parser refuses");
+    };
+    let view = proxy::view(&req, Some(peer));
+    let mut ctx = RequestCtx::new();
+    let step = match pipeline::route(env, &view, &mut ctx) {
+        Step::Route(route) => {
+            match futures::executor::block_on(pipeline::policies(env, &view, &mut ctx, &route)) {
+                Some(reply) => Step::Answer(reply),
+                None => Step::Route(route),
+            }
+        }
+        other => other,
+    };
+    match (decision, step) {
+        (Decision::Answer(local), Step::Answer(reply)) => {
+            assert_eq!(local.reply.status, reply.status, "different answers");
+            assert_eq!(
+                local.reply.fields.len(),
+                reply.fields.len(),
+                "different answer fields"
+            );
+        }
+        (Decision::Drop, Step::Drop) => {}
+        (Decision::Forward(plan), Step::Route(route)) => {
+            assert_eq!(plan.route.name, route.name, "different routes");
+            let mut up = req.clone();
+            if proxy::decorate::upstream_head(&mut up, &ctx, env.https).is_err() {
+                panic!("pingora's side failed on a head the fast path forwarded");
+            }
+            let pq = up.uri.path_and_query().map_or("/", |p| p.as_str());
+            let line = format!("{} {} HTTP/1.1", up.method, pq);
+            let fast_line = out.split(|&b| b == b'\r').next().unwrap_or(b"");
+            assert_eq!(
+                fast_line,
+                line.as_bytes(),
+                "different upstream request lines"
+            );
+            let mut pingora: Vec<(String, Vec<u8>)> = up
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect();
+            let mut fast: Vec<(String, Vec<u8>)> = out
+                .split(|&b| b == b'\n')
+                .skip(1)
+                .filter_map(|l| {
+                    let l = l.strip_suffix(b"\r").unwrap_or(l);
+                    let i = l.iter().position(|&b| b == b':')?;
+                    let name = std::str::from_utf8(&l[..i]).ok()?.to_ascii_lowercase();
+                    Some((name, l[i + 1..].trim_ascii().to_vec()))
+                })
+                .collect();
+            // Request ids are generated per request when the client's is absent or invalid.
+            for fields in [&mut pingora, &mut fast] {
+                for (k, v) in fields.iter_mut() {
+                    if k == "x-request-id" {
+                        v.clear();
+                    }
+                }
+                fields.sort();
+            }
+            assert_eq!(fast, pingora, "different upstream fields");
+        }
+        (d, s) => panic!(
+            "different decisions: fast path {}, pingora {}",
+            match d {
+                Decision::Answer(_) => "answer",
+                Decision::Drop => "drop",
+                Decision::Forward(_) => "forward",
+                _ => "other",
+            },
+            match s {
+                Step::Answer(_) => "answer",
+                Step::Drop => "drop",
+                Step::Route(_) => "forward",
+                Step::Acme => "acme",
+            }
+        ),
+    }
+}
+
+/// The head as pingora's HTTP/1 server builds it (`RequestHeader::build`
+/// from httparse's parts, every field appended).
+fn pingora_request(head: &[u8]) -> Option<RequestHeader> {
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(head).ok()?;
+    let mut r =
+        RequestHeader::build(req.method?, req.path?.as_bytes(), Some(req.headers.len())).ok()?;
+    r.set_version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(h.value).ok()?;
+        r.append_header(name, value).ok()?;
+    }
+    Some(r)
+}

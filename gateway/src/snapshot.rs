@@ -96,7 +96,7 @@ impl Snapshot {
                         RouteAction::Redirect(rd) => Action::Redirect(rd.clone()),
                     };
                     let pingora_only = crate::routing::pingora_only(
-                        r.cache.is_some(),
+                        r.cache.as_deref(),
                         r.compress.is_some(),
                         &action,
                     );

@@ -28,6 +28,7 @@ use pingora::cache::{
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheStoreConfig, KeyQuery, RouteCache};
+use crate::fields::Fields;
 use store::MemStore;
 
 const LRU_SHARDS: usize = 16;
@@ -77,14 +78,12 @@ pub fn size_bytes() -> usize {
 }
 
 /// Why a request must not use the cache, if so.
-pub fn bypass(req: &RequestHeader, rc: &RouteCache) -> Option<&'static str> {
-    if req.method != Method::GET && req.method != Method::HEAD {
+pub fn bypass(method: &Method, fields: &impl Fields, rc: &RouteCache) -> Option<&'static str> {
+    if *method != Method::GET && *method != Method::HEAD {
         return Some("method");
     }
-    let h = &req.headers;
-    let credentials = h.contains_key(header::AUTHORIZATION)
-        || h.contains_key(header::COOKIE)
-        || h.contains_key("x-api-key");
+    let credentials =
+        fields.has("authorization") || fields.has("cookie") || fields.has("x-api-key");
     if credentials && !rc.private {
         return Some("credentials");
     }
@@ -94,24 +93,22 @@ pub fn bypass(req: &RequestHeader, rc: &RouteCache) -> Option<&'static str> {
 /// Whether a request that may use the cache ([`bypass`]) may also be answered
 /// by [`store::MemStore::fresh_hit`]: no conditions and no ranges
 /// (pingora-cache answers those: 304, 206, 412).
-pub fn fast_path_allowed(req: &RequestHeader) -> bool {
-    let h = &req.headers;
-    !h.contains_key(header::RANGE)
-        && !h.contains_key(header::IF_NONE_MATCH)
-        && !h.contains_key(header::IF_MODIFIED_SINCE)
-        && !h.contains_key(header::IF_MATCH)
-        && !h.contains_key(header::IF_UNMODIFIED_SINCE)
-        && !h.contains_key(header::IF_RANGE)
+pub fn fast_path_allowed(fields: &impl Fields) -> bool {
+    !fields.has("range")
+        && !fields.has("if-none-match")
+        && !fields.has("if-modified-since")
+        && !fields.has("if-match")
+        && !fields.has("if-unmodified-since")
+        && !fields.has("if-range")
 }
 
 /// `host/path?query` with the query reduced per `key_query` (sorted when a list
 /// is kept, so parameter order does not split the cache).
-pub fn url_key(host: &str, req: &RequestHeader, rc: &RouteCache) -> String {
-    let path = req.uri.path();
+pub fn url_key(host: &str, path: &str, query: Option<&str>, rc: &RouteCache) -> String {
     let mut k = String::with_capacity(host.len() + path.len() + 32);
     k.push_str(host);
     k.push_str(path);
-    let query = req.uri.query().unwrap_or("");
+    let query = query.unwrap_or("");
     match &rc.key_query {
         KeyQuery::All if !query.is_empty() => {
             k.push('?');
@@ -315,21 +312,24 @@ mod tests {
 
     #[test]
     fn url_keys_and_bypass() {
-        let mut req = RequestHeader::build("GET", b"/list?z=1&q=a&page=2", None).unwrap();
+        let q = Some("z=1&q=a&page=2");
         assert_eq!(
-            url_key("galion.app", &req, &rc()),
+            url_key("galion.app", "/list", q, &rc()),
             "galion.app/list?page=2&q=a"
         );
         let mut all = rc();
         all.key_query = KeyQuery::None;
-        assert_eq!(url_key("galion.app", &req, &all), "galion.app/list");
-        assert_eq!(bypass(&req, &rc()), None);
-        req.insert_header("authorization", "Bearer x").unwrap();
-        assert_eq!(bypass(&req, &rc()), Some("credentials"));
+        assert_eq!(url_key("galion.app", "/list", q, &all), "galion.app/list");
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bypass(&Method::GET, &h, &rc()), None);
+        h.insert("authorization", "Bearer x".parse().unwrap());
+        assert_eq!(bypass(&Method::GET, &h, &rc()), Some("credentials"));
         let mut private = rc();
         private.private = true;
-        assert_eq!(bypass(&req, &private), None);
-        let post = RequestHeader::build("POST", b"/list", None).unwrap();
-        assert_eq!(bypass(&post, &rc()), Some("method"));
+        assert_eq!(bypass(&Method::GET, &h, &private), None);
+        assert_eq!(
+            bypass(&Method::POST, &http::HeaderMap::new(), &rc()),
+            Some("method")
+        );
     }
 }

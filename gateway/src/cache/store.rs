@@ -41,6 +41,10 @@ struct Meta {
     variance: Option<HashBinary>,
     /// Without a header-case map: cheaper to clone and to write on every hit.
     header: ResponseHeader,
+    /// `header` as an HTTP/1.1 head, for transports that write bytes: set
+    /// when the object may be answered as it is ([`MemStore::fresh_hit`]):
+    /// it has a `Content-Length` and no `Vary`.
+    wire: Option<Bytes>,
 }
 
 impl Meta {
@@ -50,6 +54,7 @@ impl Meta {
         let epoch = m.updated().max(m.epoch());
         let mut header = m.response_header_copy();
         crate::head::edit_response(&mut header, 0, |_| Ok(()))?;
+        let wire = wire(&header);
         Ok(Meta {
             fresh_until: m.fresh_until(),
             created: m.created(),
@@ -58,6 +63,7 @@ impl Meta {
             stale_if_error: m.stale_if_error_sec(),
             variance: m.variance(),
             header,
+            wire,
         })
     }
 
@@ -82,7 +88,8 @@ impl Meta {
         m
     }
 
-    /// Approximate bytes held: the header as it is written, plus the fixed part.
+    /// Approximate bytes held: the header as it is written (twice when it is
+    /// also kept as bytes), plus the fixed part.
     fn weight(&self) -> usize {
         let h: usize = self
             .header
@@ -90,8 +97,31 @@ impl Meta {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum();
-        h + std::mem::size_of::<Meta>()
+        h + self.wire.as_ref().map_or(0, Bytes::len) + std::mem::size_of::<Meta>()
     }
+}
+
+/// The head of an object that may be answered as it is, as HTTP/1.1 bytes:
+/// status line, the stored fields in order, blank line.
+fn wire(header: &ResponseHeader) -> Option<Bytes> {
+    let h = &header.headers;
+    if !h.contains_key(http::header::CONTENT_LENGTH) || h.contains_key(http::header::VARY) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(64 + h.len() * 32);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(header.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(header.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in h {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(out.into())
 }
 
 struct Entry {
@@ -177,17 +207,35 @@ impl MemStore {
 
 /// A stored response fresh enough to be served as it is (see [`MemStore::fresh_hit`]).
 pub struct FreshHit {
-    pub header: ResponseHeader,
-    pub body: Bytes,
+    entry: Arc<Entry>,
     /// Seconds since the object was stored or last revalidated (`Age`).
     pub age: u64,
 }
 
+impl FreshHit {
+    /// The stored head, for a transport that writes a `ResponseHeader`.
+    pub fn header(&self) -> &ResponseHeader {
+        &self.entry.meta.header
+    }
+
+    /// The stored head as HTTP/1.1 bytes, for a transport that writes bytes.
+    pub fn wire(&self) -> &Bytes {
+        // `fresh_hit` returns only entries that have one.
+        static EMPTY: Bytes = Bytes::from_static(b"");
+        self.entry.meta.wire.as_ref().unwrap_or(&EMPTY)
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.entry.body
+    }
+}
+
 impl MemStore {
-    /// The object under `key` if it is fresh at `now` and has no variants: the
-    /// only objects the proxy may answer without pingora-cache's hit path
-    /// (which handles stale, revalidated and varying ones). The hit counts as an
-    /// access for the eviction manager, as pingora's own hit does.
+    /// The object under `key` if it is fresh at `now`, has no variants, no
+    /// `Vary` and a `Content-Length`: the only objects the gateway answers
+    /// without pingora-cache's hit path (which handles stale, revalidated
+    /// and varying ones). The hit counts as an access for the eviction
+    /// manager, as pingora's own hit does.
     pub fn fresh_hit(
         &self,
         key: &CacheKey,
@@ -202,17 +250,14 @@ impl MemStore {
             .get(&h)
             .cloned()?;
         let m = &e.meta;
-        if m.variance.is_some() || m.fresh_until < now {
+        if m.variance.is_some() || m.wire.is_none() || m.fresh_until < now {
             return None;
         }
         let entry = CacheEntryKey::key_only(e.compact.clone());
         eviction.access(&entry, e.body.len(), m.fresh_until);
         let epoch = m.epoch.unwrap_or(m.created);
-        Some(FreshHit {
-            header: m.header.clone(),
-            body: e.body.clone(),
-            age: now.duration_since(epoch).map_or(0, |d| d.as_secs()),
-        })
+        let age = now.duration_since(epoch).map_or(0, |d| d.as_secs());
+        Some(FreshHit { entry: e, age })
     }
 }
 

@@ -8,13 +8,15 @@ use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::request::{Head, Local, Plan};
+use super::request::{Head, Hit, Local, Plan};
 use super::response::{self, Chunked, Decorations, Framing, Parsed, RespHead};
 use super::upstream::{self, ConnectError, Held};
 use super::wire::header as line;
 use super::{Conn, GatewayApp, BODY_BUF};
 use crate::access_log::Line;
-use crate::pipeline::{finish, pick_server, LocalReply, Reply, RequestCtx};
+use crate::pipeline::{
+    attempt_answered, attempt_failed, finish, pick_server, Failure, LocalReply, Reply, RequestCtx,
+};
 
 const TIMEOUT: (u16, &str, &str) = (
     504,
@@ -28,25 +30,12 @@ const TOO_LARGE: (u16, &str, &str) = (
     "the upstream response head is too large",
 );
 
-/// Counts a failed attempt at server `i` (passive ejection, metrics); `None`
-/// when another attempt may follow, else the answer for the client.
-fn failed(
-    pool: &crate::upstream::Pool,
-    i: usize,
-    timeout: bool,
-    other: &prometheus::IntCounter,
-    may_retry: bool,
-) -> Option<(u16, &'static str, &'static str)> {
-    pool.report_failure(i);
+/// The client's answer when no attempt may follow a failed one.
+fn gave_up(timeout: bool) -> (u16, &'static str, &'static str) {
     if timeout {
-        pool.metrics.timeout.inc();
+        TIMEOUT
     } else {
-        other.inc();
-    }
-    match (may_retry, timeout) {
-        (true, _) => None,
-        (false, true) => Some(TIMEOUT),
-        (false, false) => Some(BAD_GATEWAY),
+        BAD_GATEWAY
     }
 }
 
@@ -388,6 +377,56 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
         keepalive && sent
     }
 
+    /// Answers from the response cache: the stored head, rewritten as an
+    /// upstream's would be (`response::parse`: our `Date`, the edits), then
+    /// the stored body. `true` when the client connection stays open.
+    pub(super) async fn answer_hit(
+        &self,
+        stream: &mut Stream,
+        c: &mut Conn,
+        hit: Box<Hit>,
+    ) -> bool {
+        let Hit {
+            head,
+            hit,
+            mut ctx,
+            response: edits,
+        } = *hit;
+        let whole = head
+            .head_len
+            .saturating_add(usize::try_from(head.body).unwrap_or(usize::MAX));
+        let keepalive =
+            !c.closing && self.keepalive_requests.is_none_or(|n| c.served < n) && c.len >= whole;
+        let head_request = head.method == Method::HEAD;
+        let deco = Decorations {
+            edits: &edits,
+            keepalive,
+            head_request,
+        };
+        let status = match response::parse(hit.wire(), &deco, &mut c.resp) {
+            Parsed::Ready(rh) => rh.status,
+            // Stored heads are whole and valid (`cache::store`): not reached.
+            _ => return false,
+        };
+        if !head_request {
+            c.resp.extend_from_slice(hit.body());
+        }
+        let limit = self.send_timeout;
+        let sent = send(stream, &c.resp, limit).await && flush(stream, limit).await;
+        let line = Line {
+            host: std::str::from_utf8(&c.buf[head.host.clone()]).unwrap_or(""),
+            method: &head.method,
+            path: std::str::from_utf8(&c.buf[head.path.clone()]).unwrap_or("/"),
+            bytes: if head_request { 0 } else { hit.body().len() },
+        };
+        finish(&self.shield, &mut ctx, &line, status).await;
+        c.served = c.served.saturating_add(1);
+        if keepalive {
+            c.consume(whole);
+        }
+        keepalive && sent
+    }
+
     /// Proxies one planned request; `true` when the client connection stays open.
     pub(super) async fn serve(&self, stream: &mut Stream, c: &mut Conn, plan: Box<Plan>) -> bool {
         let Plan {
@@ -452,11 +491,8 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             head_request: method == Method::HEAD,
         };
         let limit = pool.config.timeouts.read;
-        let retries = pool.config.retries;
-        // The same decisions as `GatewayProxy::fail_to_connect` and
-        // `error_while_proxy`: a failed connect goes to another server while
-        // retries last; after the request was sent, only an idempotent one
-        // does (a POST may have been processed).
+        // Whether another attempt follows a failed one is the pipeline's
+        // (`attempt_failed`), as on pingora's transport.
         let idempotent = crate::pipeline::is_idempotent(&method);
         let result = 'servers: loop {
             let Some(i) = pick_server(&route, &mut ctx, path_str, |_| None) else {
@@ -480,11 +516,11 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
                         Ok(s) => (s, false),
                         Err(e) => {
                             let timeout = matches!(e, ConnectError::Timeout);
-                            let other = &pool.metrics.connect_error;
-                            match failed(pool, i, timeout, other, ctx.attempts <= retries) {
-                                None => continue 'servers,
-                                Some(answer) => break 'servers Err(answer),
+                            let failure = Failure::Connect { timeout };
+                            if attempt_failed(&ctx, &method, failure) {
+                                continue 'servers;
                             }
+                            break 'servers Err(gave_up(timeout));
                         }
                     },
                 };
@@ -499,12 +535,10 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
                     }
                     Err(e) => {
                         let timeout = matches!(e, Failed::Timeout);
-                        let other = &pool.metrics.error;
-                        let may_retry = idempotent && ctx.attempts <= retries;
-                        match failed(pool, i, timeout, other, may_retry) {
-                            None => continue 'servers,
-                            Some(answer) => break 'servers Err(answer),
+                        if attempt_failed(&ctx, &method, Failure::Exchange { timeout }) {
+                            continue 'servers;
                         }
+                        break 'servers Err(gave_up(timeout));
                     }
                 }
             }
@@ -522,9 +556,7 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
                 return false;
             }
         };
-        ctx.response_started = true;
-        pool.report_success(i);
-        pool.metrics.ok.inc();
+        attempt_answered(&mut ctx);
         let early = start + head.head_len..filled;
         let limits = (limit, self.send_timeout);
         let r = relay(stream, &mut up, &head, resp, ubuf, early, limits).await;
@@ -534,8 +566,8 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             ubuf.shrink_to_fit();
         }
         if !r.complete && r.client_ok {
-            pool.report_failure(i);
-            pool.metrics.error.inc();
+            // The body broke off: counted as a failed exchange (too late to retry).
+            attempt_failed(&ctx, &method, Failure::Exchange { timeout: false });
         }
         if r.refused {
             self.answer(stream, resp, &mut ctx, &no_body, BAD_GATEWAY)

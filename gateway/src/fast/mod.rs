@@ -16,8 +16,9 @@
 //! What stays on pingora-proxy (`request::decide` says `Delegate` before
 //! anything is counted): HTTP/2, `Transfer-Encoding` bodies and bodies over
 //! `request::MAX_BODY`, `Expect`, upgrades/WebSockets, ACME challenges, paths
-//! to normalize, and the routes `routing::pingora_only` names (cache,
-//! compression, TLS upstreams, hashing by header). The bytes read are put
+//! to normalize, cache misses and cache lookups of another kind than a fresh
+//! hit (`pipeline::cached`), and the routes `routing::pingora_only` names
+//! (compression, TLS upstreams, hashing by header, private or varying cache). The bytes read are put
 //! back in front of the connection (`rewind`) and pingora reads the request
 //! as if it came first; the connection then returns here for its next
 //! request. `server.fast_path: false` sends every request to pingora: heads
@@ -331,6 +332,7 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
             let open = match decision {
                 Decision::Forward(plan) => self.serve(&mut stream, &mut c, plan).await,
                 Decision::Answer(local) => self.answer_local(&mut stream, &mut c, local).await,
+                Decision::Hit(hit) => self.answer_hit(&mut stream, &mut c, hit).await,
                 Decision::Drop => return None,
                 Decision::Partial | Decision::Delegate => {
                     stream = self.delegate(stream, &mut c, shutdown).await?;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use http::{Method, Version};
 use smallvec::SmallVec;
 
+use crate::cache::store::FreshHit;
 use crate::fields::{self, Edit, Edits, Fields, Parsed};
 use crate::pipeline::{self, Env, Reply, Request, RequestCtx, Step};
 use crate::routing::{needs_normalizing, Route};
@@ -48,6 +49,16 @@ pub struct Plan {
     pub response: Edits,
 }
 
+/// A request answered from the response cache: the stored head and body,
+/// with these edits.
+pub struct Hit {
+    pub head: Head,
+    pub hit: FreshHit,
+    pub ctx: RequestCtx,
+    /// The hit's edits, the pipeline's response edits, `X-Cache-Status`.
+    pub response: Edits,
+}
+
 /// A request the pipeline answered.
 pub struct Local {
     pub head: Head,
@@ -64,33 +75,8 @@ pub enum Decision {
     /// Close the connection unanswered (`action: drop` ban).
     Drop,
     Answer(Box<Local>),
+    Hit(Box<Hit>),
     Forward(Box<Plan>),
-}
-
-/// Headers never forwarded upstream: hop-by-hop fields (as pingora strips
-/// them), and the fields the gateway sets itself.
-fn dropped(name: &str, trusted: bool) -> bool {
-    let n = name.as_bytes();
-    match n.len() {
-        2 => name.eq_ignore_ascii_case("te"),
-        7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
-        9 => name.eq_ignore_ascii_case("x-real-ip"),
-        10 => name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive"),
-        12 => name.eq_ignore_ascii_case("x-request-id"),
-        14 => name.eq_ignore_ascii_case("http2-settings"),
-        15 => name.eq_ignore_ascii_case("x-forwarded-for"),
-        16 => {
-            name.eq_ignore_ascii_case("proxy-connection")
-                || (!trusted && name.eq_ignore_ascii_case("x-forwarded-host"))
-        }
-        17 => {
-            name.eq_ignore_ascii_case("transfer-encoding")
-                || (!trusted && name.eq_ignore_ascii_case("x-forwarded-proto"))
-        }
-        18 => name.eq_ignore_ascii_case("proxy-authenticate"),
-        19 => name.eq_ignore_ascii_case("proxy-authorization"),
-        _ => false,
-    }
 }
 
 /// Request-target bytes the fast path takes as they are; anything else (which
@@ -146,7 +132,6 @@ fn head_is_whole(buf: &[u8]) -> bool {
 struct Seen<'b> {
     host: Option<&'b [u8]>,
     hosts: usize,
-    xff: usize,
     /// `Content-Length` as sent (the pipeline refuses several).
     length: Option<&'b [u8]>,
     size: usize,
@@ -176,7 +161,6 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Seen<'b>> {
             14 if name.eq_ignore_ascii_case("content-length") => {
                 s.length.get_or_insert(h.value);
             }
-            15 if name.eq_ignore_ascii_case("x-forwarded-for") => s.xff += 1,
             17 if name.eq_ignore_ascii_case("transfer-encoding") => return None,
             _ => {}
         }
@@ -287,8 +271,30 @@ pub async fn decide(
     {
         return Decision::Delegate;
     }
+    // Looked up before the policies, so that a miss (pingora-cache's) goes
+    // to pingora uncounted; a hit is answered only once they pass.
+    let hit = match &route.cache {
+        Some(_) => match pipeline::cached::fresh_hit(&view, &mut ctx, &route) {
+            Some(hit) => Some(hit),
+            None => return Decision::Delegate,
+        },
+        None => None,
+    };
     if let Some(reply) = pipeline::policies(env, &view, &mut ctx, &route).await {
+        ctx.cache_status = None;
         return Decision::Answer(Box::new(Local { head, reply, ctx }));
+    }
+    if let Some(hit) = hit {
+        let mut response = Edits::new();
+        pipeline::cached::hit_edits(&hit, &mut response);
+        pipeline::edits::response(&ctx, env.https, fields.get("origin"), &mut response);
+        pipeline::cached::status_edit(&mut response);
+        return Decision::Hit(Box::new(Hit {
+            head,
+            hit,
+            ctx,
+            response,
+        }));
     }
     let Some(pool) = route.pool().cloned() else {
         return Decision::Delegate;
@@ -297,7 +303,7 @@ pub async fn decide(
     pipeline::edits::request(&ctx, &route, &mut edits);
     out.clear();
     write_request_line(out, &method, target, rewritten.as_deref());
-    write_request_headers(out, req.headers, &seen, &ctx, env.https, &edits);
+    write_request_headers(out, &fields, &ctx, env.https, &edits);
     let mut response = Edits::new();
     pipeline::edits::response(&ctx, env.https, fields.get("origin"), &mut response);
     Decision::Forward(Box::new(Plan {
@@ -325,65 +331,30 @@ fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str, rewritte
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-/// The client's end-to-end headers, then `X-Forwarded-*`, `X-Real-IP`,
-/// `X-Request-Id` (see `proxy::forward::forwarded_headers`), then the
-/// pipeline's request edits (identity, the pool's `Host`, header rules).
+/// The client's fields the pipeline lets through, then its forwarding
+/// fields, then its request edits (identity, the pool's `Host`, header
+/// rules).
 fn write_request_headers(
     out: &mut Vec<u8>,
-    headers: &[httparse::Header<'_>],
-    seen: &Seen<'_>,
+    fields: &Parsed<'_, '_>,
     ctx: &RequestCtx,
     https: bool,
     edits: &[Edit],
 ) {
     let trusted = ctx.peer_trusted;
     let start = out.len();
-    let mut kept_proto = false;
-    let mut kept_host = false;
-    for h in headers {
-        // Forged identity and client-IP headers never reach the upstream.
-        if pipeline::edits::is_forged(h.name, trusted) || dropped(h.name, trusted) {
-            continue;
-        }
-        if trusted {
-            kept_proto |= h.name.eq_ignore_ascii_case("x-forwarded-proto");
-            kept_host |= h.name.eq_ignore_ascii_case("x-forwarded-host");
-        }
-        header(out, h.name.as_bytes(), h.value);
-    }
-    let peer_value = ctx.peer_ip.and_then(pipeline::edits::ip_value);
-    if let Some(peer_value) = &peer_value {
-        out.extend_from_slice(b"X-Forwarded-For: ");
-        if trusted && seen.xff > 0 {
-            // A trusted proxy's chain is extended; anyone else's is replaced.
-            for h in headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-            {
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b", ");
-            }
-        }
-        out.extend_from_slice(peer_value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(v) = pipeline::edits::real_ip(ctx, peer_value.as_ref()) {
-        header(out, b"X-Real-IP", v.as_bytes());
-    }
-    if !kept_proto {
-        header(
-            out,
-            b"X-Forwarded-Proto",
-            if https { b"https" } else { b"http" },
-        );
-    }
-    if !kept_host {
-        if let Some(h) = seen.host {
-            header(out, b"X-Forwarded-Host", h);
+    for h in fields.0 {
+        if !pipeline::edits::not_forwarded(h.name, trusted) {
+            header(out, h.name.as_bytes(), h.value);
         }
     }
-    if let Some(id) = &ctx.request_id {
-        header(out, b"X-Request-Id", id.as_bytes());
+    let mut forwarding = Edits::new();
+    pipeline::edits::forwarding(ctx, https, fields, None, &mut forwarding);
+    // Every field they set was left out above: nothing to resolve.
+    for e in &forwarding {
+        if let Edit::Set(n, v) = e {
+            header(out, n.as_str().as_bytes(), v.as_bytes());
+        }
     }
     if !edits.is_empty() {
         apply_edits(out, start, edits);

@@ -6,11 +6,107 @@
 //! transport applies them to its own head (`fields::apply` on a map, the
 //! fast path on bytes).
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use super::RequestCtx;
-use crate::fields::{Edit, Edits};
+use crate::fields::{Edit, Edits, Fields};
 use crate::routing::Route;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// The forwarding fields of the upstream request, from the client's
+/// `fields`: `X-Forwarded-For` (a trusted proxy's chain extended with the
+/// peer, anyone else's replaced, so the upstream never sees a client-forged
+/// hop), `X-Real-IP` (the client as resolved), `X-Forwarded-Proto` and
+/// `-Host` (a trusted proxy's kept), `X-Request-Id`. `authority`: the
+/// request URI's, for a request without `Host` (h2). Every field set here
+/// is one [`not_forwarded`] takes out of the client's head, so a transport
+/// that writes the kept fields as they are can write these after them.
+pub fn forwarding<F: Fields>(
+    ctx: &RequestCtx,
+    https: bool,
+    fields: &F,
+    authority: Option<&str>,
+    out: &mut Edits,
+) {
+    let trusted = ctx.peer_trusted;
+    let peer_value = ctx.peer_ip.and_then(ip_value);
+    if let Some(peer_value) = &peer_value {
+        let mut prior = fields.all("x-forwarded-for").peekable();
+        let chain = if trusted && prior.peek().is_some() {
+            let mut chain = Vec::with_capacity(64);
+            for p in prior {
+                chain.extend_from_slice(p);
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(peer_value.as_bytes());
+            // A value the client sent is a valid field value, and so is the chain.
+            HeaderValue::from_bytes(&chain).ok()
+        } else {
+            None
+        };
+        let v = chain.unwrap_or_else(|| peer_value.clone());
+        out.push(Edit::Set(X_FORWARDED_FOR.clone(), v));
+    }
+    match real_ip(ctx, peer_value.as_ref()) {
+        Some(v) => out.push(Edit::Set(X_REAL_IP.clone(), v)),
+        None => out.push(Edit::Remove(X_REAL_IP.clone())),
+    }
+    if !(trusted && fields.has("x-forwarded-proto")) {
+        let proto = if https { &HTTPS } else { &HTTP };
+        out.push(Edit::Set(X_FORWARDED_PROTO.clone(), proto.clone()));
+    }
+    if !(trusted && fields.has("x-forwarded-host")) {
+        let host = match fields.get("host") {
+            Some(h) => HeaderValue::from_bytes(h).ok(),
+            None => authority.and_then(|a| HeaderValue::from_str(a).ok()),
+        };
+        if let Some(v) = host {
+            out.push(Edit::Set(X_FORWARDED_HOST.clone(), v));
+        }
+    }
+    if let Some(id) = &ctx.request_id {
+        out.push(Edit::Set(X_REQUEST_ID.clone(), id.clone()));
+    }
+}
+
+/// Whether a client field never goes upstream as sent: a [forged](is_forged)
+/// one, a forwarding field the gateway sets itself ([`forwarding`]), or a
+/// hop-by-hop field (pingora's transport drops those itself: it frames the
+/// upstream request from the rest).
+pub fn not_forwarded(name: &str, trusted: bool) -> bool {
+    is_forged(name, trusted) || {
+        let n = name.as_bytes();
+        match n.len() {
+            2 => name.eq_ignore_ascii_case("te"),
+            7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
+            9 => name.eq_ignore_ascii_case("x-real-ip"),
+            10 => {
+                name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive")
+            }
+            12 => name.eq_ignore_ascii_case("x-request-id"),
+            14 => name.eq_ignore_ascii_case("http2-settings"),
+            15 => name.eq_ignore_ascii_case("x-forwarded-for"),
+            16 => {
+                name.eq_ignore_ascii_case("proxy-connection")
+                    || (!trusted && name.eq_ignore_ascii_case("x-forwarded-host"))
+            }
+            17 => {
+                name.eq_ignore_ascii_case("transfer-encoding")
+                    || (!trusted && name.eq_ignore_ascii_case("x-forwarded-proto"))
+            }
+            18 => name.eq_ignore_ascii_case("proxy-authenticate"),
+            19 => name.eq_ignore_ascii_case("proxy-authorization"),
+            _ => false,
+        }
+    }
+}
 
 /// Edits of the upstream request, after the forwarding fields: the verified
 /// identity's fields, the pool's `Host`, then the route's `request_headers`.
@@ -35,7 +131,6 @@ pub fn request(ctx: &RequestCtx, route: &Route, out: &mut Edits) {
 
 /// Edits of the response to the client. `origin`: the request's `Origin`.
 pub fn response(ctx: &RequestCtx, https: bool, origin: Option<&[u8]>, out: &mut Edits) {
-    static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
     if let Some(id) = &ctx.request_id {
         out.push(Edit::Set(X_REQUEST_ID.clone(), id.clone()));
     }

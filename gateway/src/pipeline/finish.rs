@@ -45,6 +45,50 @@ pub fn pick_server<'a>(
     Some(i)
 }
 
+/// How an attempt at an upstream server failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection (refused, unreachable, timed out): nothing reached the server.
+    Connect { timeout: bool },
+    /// The request was (or may have been) sent, and no whole answer came back.
+    Exchange { timeout: bool },
+}
+
+/// Counts a failed attempt at the request's current server (passive
+/// ejection, the pool's metrics) and says whether another attempt may
+/// follow, for both transports: a failed connect goes to another server
+/// while retries last, whatever the method; after the request was sent,
+/// only an idempotent request that got no response yet (a POST may have
+/// been processed).
+pub fn attempt_failed(ctx: &RequestCtx, method: &http::Method, failure: Failure) -> bool {
+    let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) else {
+        return false;
+    };
+    pool.report_failure(i);
+    let (timeout, sent) = match failure {
+        Failure::Connect { timeout } => (timeout, false),
+        Failure::Exchange { timeout } => (timeout, true),
+    };
+    if timeout {
+        pool.metrics.timeout.inc();
+    } else if sent {
+        pool.metrics.error.inc();
+    } else {
+        pool.metrics.connect_error.inc();
+    }
+    let within = ctx.attempts <= pool.config.retries;
+    within && (!sent || (is_idempotent(method) && !ctx.response_started))
+}
+
+/// Counts an attempt whose response head arrived.
+pub fn attempt_answered(ctx: &mut RequestCtx) {
+    ctx.response_started = true;
+    if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
+        pool.report_success(i);
+        pool.metrics.ok.inc();
+    }
+}
+
 /// The end of every request, proxied by pingora or by the fast path: ends the
 /// attempt's in-flight count, records the route's metrics, writes the access log
 /// line and feeds the jails.

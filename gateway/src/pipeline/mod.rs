@@ -15,6 +15,7 @@
 //! counters move). [`finish`] ends every request (metrics, access log,
 //! jails).
 
+pub mod cached;
 mod ctx;
 pub mod edits;
 mod finish;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use http::{Method, Version};
 
 pub use ctx::{LocalReply, RequestCtx};
-pub use finish::{finish, is_idempotent, pick_server};
+pub use finish::{attempt_answered, attempt_failed, finish, is_idempotent, pick_server, Failure};
 pub use policy::policies;
 pub use reply::Reply;
 

@@ -4,14 +4,14 @@
 
 use std::time::SystemTime;
 
-use http::header;
 use pingora::cache::{CacheKey, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::RequestCtx;
-use crate::cache;
+use crate::cache::{self, store::FreshHit};
+use crate::fields::{self, Edits};
 
 /// Turns the cache on for this request when its route asks for it and nothing
 /// forbids it (method, credentials).
@@ -22,7 +22,8 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
     let Some(rc) = route.cache.as_ref() else {
         return;
     };
-    if cache::bypass(session.req_header(), rc).is_some() {
+    let req = session.req_header();
+    if cache::bypass(&req.method, &req.headers, rc).is_some() {
         ctx.cache_status = Some("BYPASS");
         return;
     }
@@ -38,49 +39,22 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
         .set_max_file_size_bytes(c.config.max_object_size as usize);
 }
 
-/// Answers a fresh, invariant cached object straight from the store, before
-/// pingora-cache's hit path (which costs about as much as proxying): same
-/// headers as that path (`Age`, our response decorations, `X-Cache-Status:
-/// HIT`), same eviction bookkeeping. Everything else (stale objects, variants,
-/// conditional and range requests, compressed routes, misses) is left to
-/// pingora-cache. Returns `Ok(true)` when the response was sent.
-pub async fn fast_hit(session: &mut Session, ctx: &mut RequestCtx, https: bool) -> Result<bool> {
-    let Some(route) = ctx.route.as_ref() else {
-        return Ok(false);
-    };
-    let Some(rc) = route.cache.as_ref() else {
-        return Ok(false);
-    };
-    let req = session.req_header();
-    // Routes that vary by request headers are left to pingora, which compares
-    // the variance on every lookup (entries stored before a reload added
-    // `vary_headers` carry none).
-    if route.compress.is_some()
-        || !rc.vary_headers.is_empty()
-        || !cache::fast_path_allowed(req)
-        || cache::bypass(req, rc).is_some()
-    {
-        return Ok(false);
-    }
-    let Some(c) = cache::get() else {
-        return Ok(false);
-    };
-    let k = key(session, ctx)?;
-    let Some(hit) = c.store.fresh_hit(&k, SystemTime::now(), c.eviction) else {
-        return Ok(false);
-    };
-    // Objects stored without a length are left to pingora (it writes them
-    // chunked), and so are varying ones.
-    let h = &hit.header.headers;
-    if !h.contains_key(header::CONTENT_LENGTH) || h.contains_key(header::VARY) {
-        return Ok(false);
-    }
-    let mut resp = hit.header;
+/// Writes a fresh hit (`pipeline::cached::fresh_hit`) straight from the
+/// store, before pingora-cache's hit path (which costs about as much as
+/// proxying): the stored head with the hit's and the pipeline's edits
+/// (`Age`, `Accept-Ranges`, our decorations, `X-Cache-Status: HIT`), the
+/// stored body.
+pub async fn write_hit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    hit: FreshHit,
+    https: bool,
+) -> Result<()> {
+    let mut resp = hit.header().clone();
     resp.set_version(http::Version::HTTP_11);
-    resp.insert_header(header::AGE, hit.age)?;
-    // As pingora's hit path: advertises `Accept-Ranges: bytes` (no Range here).
-    pingora::proxy::range_header_filter(session.req_header(), &mut resp, None);
-    ctx.cache_status = Some("HIT");
+    let mut edits = Edits::new();
+    crate::pipeline::cached::hit_edits(&hit, &mut edits);
+    crate::head::edit_response(&mut resp, edits.len(), |h| fields::apply(h, &edits))?;
     super::decorate::response(session, &mut resp, ctx, https)?;
     let header_only = session.req_header().method == http::Method::HEAD;
     // A failed write is the client's doing (gone, stream reset), not a 5xx.
@@ -90,11 +64,11 @@ pub async fn fast_hit(session: &mut Session, ctx: &mut RequestCtx, https: bool) 
         .map_err(|e| e.into_down())?;
     if !header_only {
         session
-            .write_response_body(Some(hit.body), true)
+            .write_response_body(Some(hit.body().clone()), true)
             .await
             .map_err(|e| e.into_down())?;
     }
-    Ok(true)
+    Ok(())
 }
 
 pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
@@ -104,7 +78,8 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
     let Some(rc) = route.cache.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "cache key without cache settings");
     };
-    let url = cache::url_key(&route.host, session.req_header(), rc);
+    let req = session.req_header();
+    let url = cache::url_key(&route.host, req.uri.path(), req.uri.query(), rc);
     let identity = if rc.private {
         ctx.identity.as_deref().map(|i| i.subject.as_str())
     } else {

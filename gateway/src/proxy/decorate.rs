@@ -26,6 +26,16 @@ pub fn upstream_request(
         let meta = session.cache.maybe_cache_meta();
         pingora::cache::filters::upstream::request_filter(upstream_request, meta);
     }
+    upstream_head(upstream_request, ctx, https)
+}
+
+/// The upstream request's head from the client's: the routed or rewritten
+/// path in origin form, then the pipeline's forwarding and request edits.
+pub fn upstream_head(
+    upstream_request: &mut RequestHeader,
+    ctx: &RequestCtx,
+    https: bool,
+) -> Result<()> {
     // Only an h2 request has no Host; its authority then names the site.
     let authority = if upstream_request.headers.contains_key(http::header::HOST) {
         None
@@ -53,18 +63,15 @@ pub fn upstream_request(
         }
     }
     let mut edits = Edits::new();
+    let client = &upstream_request.headers;
+    crate::pipeline::edits::forwarding(ctx, https, client, authority.as_deref(), &mut edits);
     if let Some(route) = ctx.route.as_deref() {
         crate::pipeline::edits::request(ctx, route, &mut edits);
     }
-    head::edit_request(
-        upstream_request,
-        forward::FORWARDED_COUNT + edits.len(),
-        |h| {
-            forward::forwarded_headers(h, authority.as_deref(), ctx, https)?;
-            forward::strip_forged(h, ctx.peer_trusted);
-            fields::apply(h, &edits)
-        },
-    )
+    head::edit_request(upstream_request, edits.len(), |h| {
+        forward::strip_forged(h, ctx.peer_trusted);
+        fields::apply(h, &edits)
+    })
 }
 
 pub fn response(

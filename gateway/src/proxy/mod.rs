@@ -6,7 +6,7 @@
 //! passive ejection; `logging` writes metrics and the access log, once.
 
 mod cache_phases;
-mod decorate;
+pub mod decorate;
 mod forward;
 pub mod respond;
 mod shaping;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::access_log;
 use crate::pipeline::{
-    self, finish, is_idempotent, pick_server, Env, LocalReply, Request, RequestCtx, Step,
+    self, finish, is_idempotent, pick_server, Env, Failure, LocalReply, Request, RequestCtx, Step,
 };
 use crate::shield::Shield;
 use crate::snapshot::SnapshotHandle;
@@ -46,6 +46,24 @@ impl GatewayProxy {
     }
 }
 
+/// The pipeline's view of a request pingora parsed.
+pub fn view(req: &RequestHeader, peer: Option<std::net::IpAddr>) -> Request<'_, http::HeaderMap> {
+    Request {
+        method: &req.method,
+        version: req.version,
+        target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        path: req.uri.path(),
+        host: req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host()),
+        fields: &req.headers,
+        peer,
+        head_size: headers_size(req),
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
@@ -68,31 +86,25 @@ impl ProxyHttp for GatewayProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let req = session.req_header();
-        let view = Request {
-            method: &req.method,
-            version: req.version,
-            target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            path: req.uri.path(),
-            host: req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.host()),
-            fields: &req.headers,
-            peer,
-            head_size: headers_size(req),
-        };
+        let view = view(session.req_header(), peer);
         let reply = match pipeline::route(&env, &view, ctx) {
             Step::Answer(r) => r,
             Step::Drop => return Error::e_explain(ErrorType::ConnectionClosed, "client is banned"),
             Step::Acme => pipeline::acme(&snap, view.path, ctx).await,
             Step::Route(route) => match pipeline::policies(&env, &view, ctx, &route).await {
                 Some(r) => r,
-                None if route.cache.is_some() => {
-                    return cache_phases::fast_hit(session, ctx, self.https).await;
+                None => {
+                    let hit = route
+                        .cache
+                        .as_ref()
+                        .and_then(|_| pipeline::cached::fresh_hit(&view, ctx, &route));
+                    return match hit {
+                        Some(hit) => cache_phases::write_hit(session, ctx, hit, self.https)
+                            .await
+                            .map(|()| true),
+                        None => Ok(false),
+                    };
                 }
-                None => return Ok(false),
             },
         };
         ctx.local = Some(reply.why);
@@ -220,11 +232,7 @@ impl ProxyHttp for GatewayProxy {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.response_started = true;
-        if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
-            pool.report_success(i);
-            pool.metrics.ok.inc();
-        }
+        pipeline::attempt_answered(ctx);
         Ok(())
     }
 
@@ -252,21 +260,18 @@ impl ProxyHttp for GatewayProxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
-            pool.report_failure(i);
-            if matches!(e.etype(), ErrorType::ConnectTimedout) {
-                pool.metrics.timeout.inc();
-            } else {
-                pool.metrics.connect_error.inc();
-            }
-            // Nothing reached the server, so any method may go elsewhere.
-            e.set_retry(ctx.attempts <= pool.config.retries);
-        }
+        let timeout = matches!(e.etype(), ErrorType::ConnectTimedout);
+        let failure = Failure::Connect { timeout };
+        e.set_retry(pipeline::attempt_failed(
+            ctx,
+            &session.req_header().method,
+            failure,
+        ));
         e
     }
 
@@ -280,23 +285,15 @@ impl ProxyHttp for GatewayProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         let upstream_fault = e.esource() == &ErrorSource::Upstream;
-        if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
-            if upstream_fault {
-                pool.report_failure(i);
-                if matches!(
-                    e.etype(),
-                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                ) {
-                    pool.metrics.timeout.inc();
-                } else {
-                    pool.metrics.error.inc();
-                }
-            }
+        if ctx.route.as_ref().and_then(|r| r.pool()).is_some() && ctx.server.is_some() {
+            let timeout = matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+            let method = &session.req_header().method;
             let retry_allowed = upstream_fault
-                && !ctx.response_started
-                && is_idempotent(&session.req_header().method)
-                && !session.as_ref().retry_buffer_truncated()
-                && ctx.attempts <= pool.config.retries;
+                && pipeline::attempt_failed(ctx, method, Failure::Exchange { timeout })
+                && !session.as_ref().retry_buffer_truncated();
             if retry_allowed {
                 e.set_retry(true);
             } else if client_reused && upstream_fault && !ctx.response_started {

@@ -64,10 +64,23 @@ pub enum Action {
 /// The route features only pingora's transport renders (the fast path's
 /// list of what it does not do): a route with one of them is proxied by
 /// pingora on every listener. Every feature of a route is rendered by both
-/// transports otherwise, through the pipeline.
-pub fn pingora_only(cache: bool, compress: bool, action: &Action) -> Option<&'static str> {
-    if cache {
-        return Some("cache");
+/// transports otherwise, through the pipeline. A cached route is the fast
+/// path's for its fresh hits (`pipeline::cached`); its misses go to
+/// pingora-cache request by request.
+pub fn pingora_only(
+    cache: Option<&crate::config::RouteCache>,
+    compress: bool,
+    action: &Action,
+) -> Option<&'static str> {
+    if let Some(c) = cache {
+        // The key of a private object holds the caller's identity, known only
+        // after access control: the fast path looks hits up before it.
+        if c.private {
+            return Some("private cache");
+        }
+        if !c.vary_headers.is_empty() {
+            return Some("cache varying by request headers");
+        }
     }
     if compress {
         return Some("compression");
