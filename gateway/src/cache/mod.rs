@@ -133,6 +133,23 @@ pub fn url_key(host: &str, path: &str, query: Option<&str>, rc: &RouteCache) -> 
     k
 }
 
+/// The key of a request to a cached route: [`url_key`] and, on a `private`
+/// route, the caller's identity (`None` there: the request has no key).
+pub fn request_key(
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    rc: &RouteCache,
+    identity: Option<&str>,
+) -> Option<CacheKey> {
+    let url = url_key(host, path, query, rc);
+    match (rc.private, identity) {
+        (false, _) => Some(key(url, None)),
+        (true, Some(id)) => Some(key(url, Some(id))),
+        (true, None) => None,
+    }
+}
+
 /// The cache key: the URL, plus the caller's identity on `private` routes (after a
 /// NUL, which no URL contains).
 pub fn key(url: String, identity: Option<&str>) -> CacheKey {

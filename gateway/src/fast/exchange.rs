@@ -351,25 +351,55 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             mut ctx,
         } = *local;
         ctx.local = Some(reply.why);
+        let (whole, keepalive) = self.keeps_open(c, &head, reply.close);
+        let head_request = head.method == Method::HEAD;
+        render(&mut c.resp, &reply, head_request, keepalive);
+        let bytes = if head_request { 0 } else { reply.body.len() };
+        self.send_answer(
+            stream,
+            c,
+            &head,
+            &mut ctx,
+            (reply.status, bytes),
+            (whole, keepalive),
+        )
+        .await
+    }
+
+    /// How much of the read buffer the request takes, and whether the
+    /// connection stays open after its local answer (an unread body is not
+    /// skipped: the connection closes after the answer).
+    fn keeps_open(&self, c: &Conn, head: &Head, close: bool) -> (usize, bool) {
         let whole = head
             .head_len
             .saturating_add(usize::try_from(head.body).unwrap_or(usize::MAX));
-        // An unread body is not skipped: the connection closes after the answer.
-        let keepalive = !reply.close
+        let keepalive = !close
             && !c.closing
             && self.keepalive_requests.is_none_or(|n| c.served < n)
             && c.len >= whole;
-        let head_request = head.method == Method::HEAD;
-        render(&mut c.resp, &reply, head_request, keepalive);
+        (whole, keepalive)
+    }
+
+    /// Sends the answer in `c.resp` and ends the request; `true` when the
+    /// client connection stays open.
+    async fn send_answer(
+        &self,
+        stream: &mut Stream,
+        c: &mut Conn,
+        head: &Head,
+        ctx: &mut RequestCtx,
+        (status, bytes): (u16, usize),
+        (whole, keepalive): (usize, bool),
+    ) -> bool {
         let limit = self.send_timeout;
         let sent = send(stream, &c.resp, limit).await && flush(stream, limit).await;
         let line = Line {
             host: std::str::from_utf8(&c.buf[head.host.clone()]).unwrap_or(""),
             method: &head.method,
             path: std::str::from_utf8(&c.buf[head.path.clone()]).unwrap_or("/"),
-            bytes: if head_request { 0 } else { reply.body.len() },
+            bytes,
         };
-        finish(&self.shield, &mut ctx, &line, reply.status).await;
+        finish(&self.shield, ctx, &line, status).await;
         c.served = c.served.saturating_add(1);
         if keepalive {
             c.consume(whole);
@@ -392,11 +422,7 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             mut ctx,
             response: edits,
         } = *hit;
-        let whole = head
-            .head_len
-            .saturating_add(usize::try_from(head.body).unwrap_or(usize::MAX));
-        let keepalive =
-            !c.closing && self.keepalive_requests.is_none_or(|n| c.served < n) && c.len >= whole;
+        let (whole, keepalive) = self.keeps_open(c, &head, false);
         let head_request = head.method == Method::HEAD;
         let deco = Decorations {
             edits: &edits,
@@ -411,20 +437,16 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
         if !head_request {
             c.resp.extend_from_slice(hit.body());
         }
-        let limit = self.send_timeout;
-        let sent = send(stream, &c.resp, limit).await && flush(stream, limit).await;
-        let line = Line {
-            host: std::str::from_utf8(&c.buf[head.host.clone()]).unwrap_or(""),
-            method: &head.method,
-            path: std::str::from_utf8(&c.buf[head.path.clone()]).unwrap_or("/"),
-            bytes: if head_request { 0 } else { hit.body().len() },
-        };
-        finish(&self.shield, &mut ctx, &line, status).await;
-        c.served = c.served.saturating_add(1);
-        if keepalive {
-            c.consume(whole);
-        }
-        keepalive && sent
+        let bytes = if head_request { 0 } else { hit.body().len() };
+        self.send_answer(
+            stream,
+            c,
+            &head,
+            &mut ctx,
+            (status, bytes),
+            (whole, keepalive),
+        )
+        .await
     }
 
     /// Proxies one planned request; `true` when the client connection stays open.

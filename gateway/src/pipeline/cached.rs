@@ -41,15 +41,9 @@ pub fn fresh_hit<F: Fields>(
     }
     let c = cache::get()?;
     let query = req.target.split_once('?').map(|(_, q)| q);
-    let url = cache::url_key(&route.host, req.path, query, rc);
-    let identity = if rc.private {
-        Some(ctx.identity.as_deref()?.subject.as_str())
-    } else {
-        None
-    };
-    let hit = c
-        .store
-        .fresh_hit(&cache::key(url, identity), SystemTime::now(), c.eviction)?;
+    let identity = ctx.identity.as_deref().map(|i| i.subject.as_str());
+    let key = cache::request_key(&route.host, req.path, query, rc, identity)?;
+    let hit = c.store.fresh_hit(&key, SystemTime::now(), c.eviction)?;
     ctx.cache_status = Some("HIT");
     Some(hit)
 }

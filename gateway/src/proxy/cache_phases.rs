@@ -79,13 +79,12 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         return Error::e_explain(ErrorType::InternalError, "cache key without cache settings");
     };
     let req = session.req_header();
-    let url = cache::url_key(&route.host, req.uri.path(), req.uri.query(), rc);
-    let identity = if rc.private {
-        ctx.identity.as_deref().map(|i| i.subject.as_str())
-    } else {
-        None
-    };
-    Ok(cache::key(url, identity))
+    let (path, query) = (req.uri.path(), req.uri.query());
+    let identity = ctx.identity.as_deref().map(|i| i.subject.as_str());
+    Ok(cache::request_key(&route.host, path, query, rc, identity)
+        // An anonymous caller of a private route: the object every anonymous
+        // caller shares.
+        .unwrap_or_else(|| cache::key(cache::url_key(&route.host, path, query, rc), None)))
 }
 
 pub fn cacheable(resp: &ResponseHeader, ctx: &RequestCtx) -> RespCacheable {

@@ -12,8 +12,6 @@ use pingora::proxy::Session;
 use crate::cache;
 use crate::pipeline::RequestCtx;
 
-pub const X_CACHE_STATUS: &str = "x-cache-status";
-
 /// `X-Cache-Status` on cached routes, and compression when the route wants it.
 pub fn response(
     session: &mut Session,
@@ -33,7 +31,7 @@ pub fn response(
             ctx.cache_status.unwrap_or("BYPASS")
         };
         ctx.cache_status = Some(status);
-        resp.insert_header(X_CACHE_STATUS, status)?;
+        resp.insert_header(crate::pipeline::cached::X_CACHE_STATUS.clone(), status)?;
     }
     if let Some(comp) = &compress {
         let length = resp
