@@ -195,6 +195,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     // `run`, not `run_forever` (which exits the process): the lines still queued
     // for the access log are written before the process ends.
     server.run(RunArgs::default());
+    // A fast shutdown (SIGINT) drops the background services without their
+    // shutdown step: a ban made just before it may not be on disk yet.
+    if let Some(dir) = &snapshot.load().config.store.state_dir {
+        shield.bans.save_if_dirty(dir);
+    }
     access_log.finish();
     Ok(())
 }

@@ -37,6 +37,9 @@ pub struct Bans {
     /// Wakes the protection service to save at once (a crash or a fast shutdown
     /// right after a ban must not lose it).
     pub save_now: tokio::sync::Notify,
+    /// Held while the state is written, so the last save at exit waits for one
+    /// still in flight on a background thread instead of racing it.
+    save_lock: Mutex<()>,
     /// Bans not yet confirmed stored in Redis (pushed at the next resync).
     pending: Mutex<HashSet<IpNet>>,
     /// Unbans made while Redis was unreachable (lifted there when it returns).
@@ -54,6 +57,7 @@ impl Default for Bans {
             jails: JailState::default(),
             dirty: AtomicBool::new(false),
             save_now: tokio::sync::Notify::new(),
+            save_lock: Mutex::new(()),
             pending: Mutex::new(HashSet::new()),
             pending_unbans: Mutex::new(HashSet::new()),
             recent: Mutex::new(HashMap::new()),
@@ -279,6 +283,7 @@ impl Bans {
 
     /// Writes the state when it changed since the last save.
     pub fn save_if_dirty(&self, dir: &Path) {
+        let _writing = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return;
         }
