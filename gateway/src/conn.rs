@@ -7,10 +7,8 @@
 //! `limits.ipv6_prefix` group — since no request has been read yet; trusted
 //! proxies are not counted, their clients are limited per request).
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -23,51 +21,43 @@ use pingora::listeners::ConnectionFilter;
 
 use crate::config::BanAction;
 use crate::metrics::metrics;
+use crate::sharded::ShardedMap;
 use crate::shield::Shield;
 use crate::snapshot::SnapshotHandle;
 
 const SHARDS: usize = 16;
 
 /// Open connections per client IP, sharded so accepts on different workers rarely
-/// meet on one lock.
+/// meet on one lock. An IP holding no slot has no entry.
 pub struct PerIp {
-    shards: Vec<Mutex<HashMap<IpAddr, u32>>>,
-    hasher: std::collections::hash_map::RandomState,
+    counts: ShardedMap<IpAddr, u32>,
 }
 
 impl Default for PerIp {
     fn default() -> Self {
         PerIp {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: Default::default(),
+            counts: ShardedMap::new(SHARDS, None),
         }
     }
 }
 
 impl PerIp {
-    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
-        &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
-    }
-
     /// Takes a slot for `ip` unless it already holds `max`.
     pub fn acquire(&self, ip: IpAddr, max: u32) -> bool {
-        let mut m = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return false;
-        }
-        *n += 1;
-        true
+        self.counts.update(ip, |n| {
+            let held = n.unwrap_or(0);
+            if held >= max {
+                return false;
+            }
+            *n = Some(held + 1);
+            true
+        })
     }
 
     pub fn release(&self, ip: IpAddr) {
-        let mut m = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&ip);
-            }
-        }
+        self.counts.update(ip, |n| {
+            *n = n.map(|n| n.saturating_sub(1)).filter(|&n| n > 0);
+        });
     }
 }
 

@@ -31,6 +31,7 @@ pub mod routing;
 pub mod security_headers;
 pub mod server;
 pub mod services;
+pub mod sharded;
 pub mod shield;
 pub mod signals;
 pub mod snapshot;

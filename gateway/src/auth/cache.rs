@@ -4,12 +4,11 @@
 //! `Arc` clone, with no bookkeeping on the request path. Bounded: a full shard first
 //! drops expired entries, then an eighth of its entries.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::identity::Identity;
+use crate::sharded::ShardedMap;
 
 /// Unix seconds now (0 before 1970: a broken clock refuses nothing by itself).
 pub fn now_secs() -> u64 {
@@ -21,66 +20,42 @@ pub fn now_secs() -> u64 {
 
 const SHARDS: usize = 16;
 
-type Shard = RwLock<HashMap<Arc<str>, Arc<Identity>>>;
-
 pub struct TokenCache {
-    shards: Vec<Shard>,
-    per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    /// Bounded: `max(capacity / SHARDS, 1)` tokens a shard.
+    map: ShardedMap<Arc<str>, Arc<Identity>>,
 }
 
 impl TokenCache {
     pub fn new(capacity: u64) -> Self {
-        let per_shard = ((capacity as usize) / SHARDS).max(1);
         TokenCache {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            per_shard,
-            hasher: Default::default(),
+            map: ShardedMap::new(SHARDS, Some(capacity as usize)),
         }
-    }
-
-    fn shard(&self, token: &str) -> &Shard {
-        &self.shards[(self.hasher.hash_one(token) as usize) % SHARDS]
     }
 
     pub fn get(&self, token: &str) -> Option<Arc<Identity>> {
-        let m = self.shard(token).read().unwrap_or_else(|p| p.into_inner());
-        m.get(token).cloned()
+        self.map.get(token)
     }
 
     pub fn insert(&self, token: &str, id: Arc<Identity>) {
-        let mut m = self.shard(token).write().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= self.per_shard {
-            let now = now_secs();
-            m.retain(|_, v| v.exp > now);
-            if m.len() >= self.per_shard {
-                let victims: Vec<Arc<str>> =
-                    m.keys().take(self.per_shard / 8 + 1).cloned().collect();
-                for k in victims {
-                    m.remove(&k);
-                }
-            }
-        }
-        m.insert(Arc::from(token), id);
+        // A full shard drops the expired first, then arbitrary ones. The clock is
+        // read only then.
+        let mut now = None;
+        self.map.insert_ranked(Arc::from(token), id, |_, v| {
+            (v.exp > *now.get_or_insert_with(now_secs)).then_some(0)
+        });
     }
 
     /// Drops every cached identity carrying this token id (revocation).
     pub fn forget_jti(&self, jti: &str) {
-        for s in &self.shards {
-            let mut m = s.write().unwrap_or_else(|p| p.into_inner());
-            m.retain(|_, v| v.jti.as_deref() != Some(jti));
-        }
+        self.map.retain(|_, v| v.jti.as_deref() != Some(jti));
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.map.is_empty()
     }
 }
 

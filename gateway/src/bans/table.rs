@@ -4,8 +4,6 @@
 //! banned by hand in a short list scanned after the map. An atomic count lets the
 //! common case — nobody banned — skip the lookup entirely.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,6 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::BanAction;
+use crate::sharded::ShardedMap;
 
 const SHARDS: usize = 16;
 
@@ -62,45 +61,33 @@ fn is_host(n: &IpNet, ipv6_prefix: u8) -> bool {
     }
 }
 
-type Shard = RwLock<HashMap<IpNet, Arc<Ban>>>;
-
 pub struct BanTable {
-    shards: Box<[Shard]>,
+    /// Hosts (`/32`, IPv6 groups): unbounded, bans are issued by the gateway's
+    /// jails or by hand and swept when they end.
+    hosts: ShardedMap<IpNet, Arc<Ban>>,
     nets: RwLock<Vec<Arc<Ban>>>,
     count: AtomicUsize,
     net_count: AtomicUsize,
-    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Default for BanTable {
     fn default() -> Self {
         BanTable {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hosts: ShardedMap::new(SHARDS, None),
             nets: RwLock::new(Vec::new()),
             count: AtomicUsize::new(0),
             net_count: AtomicUsize::new(0),
-            hasher: Default::default(),
         }
     }
 }
 
 impl BanTable {
-    fn shard(&self, n: &IpNet) -> &Shard {
-        &self.shards[(self.hasher.hash_one(n) as usize) % SHARDS]
-    }
-
     /// The active ban covering `ip` (whose group is `group`), if any.
     pub fn lookup(&self, ip: IpAddr, group: &IpNet, now: u64) -> Option<Arc<Ban>> {
         if self.count.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let hit = self
-            .shard(group)
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(group)
-            .cloned();
-        if let Some(b) = hit.filter(|b| b.until_ms > now) {
+        if let Some(b) = self.hosts.get(group).filter(|b| b.until_ms > now) {
             return Some(b);
         }
         if self.net_count.load(Ordering::Relaxed) == 0 {
@@ -117,19 +104,14 @@ impl BanTable {
     pub fn insert(&self, ban: Ban, ipv6_prefix: u8) {
         let ban = Arc::new(ban);
         if is_host(&ban.target, ipv6_prefix) {
-            let mut m = self
-                .shard(&ban.target)
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            match m.get(&ban.target) {
-                Some(cur) if cur.until_ms > ban.until_ms => {}
-                Some(_) => {
-                    m.insert(ban.target, ban);
+            let added = self.hosts.update(ban.target, |cur| {
+                if cur.as_ref().is_some_and(|c| c.until_ms > ban.until_ms) {
+                    return false;
                 }
-                None => {
-                    m.insert(ban.target, ban);
-                    self.count.fetch_add(1, Ordering::Relaxed);
-                }
+                cur.replace(ban).is_none()
+            });
+            if added {
+                self.count.fetch_add(1, Ordering::Relaxed);
             }
         } else {
             let mut nets = self.nets.write().unwrap_or_else(|p| p.into_inner());
@@ -147,13 +129,7 @@ impl BanTable {
 
     /// The ban of exactly `target`.
     pub fn get(&self, target: &IpNet) -> Option<Arc<Ban>> {
-        let hit = self
-            .shard(target)
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(target)
-            .cloned();
-        hit.or_else(|| {
+        self.hosts.get(target).or_else(|| {
             self.nets
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
@@ -164,17 +140,12 @@ impl BanTable {
     }
 
     pub fn remove(&self, target: &IpNet) -> Option<Arc<Ban>> {
-        let removed = self
-            .shard(target)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(target)
-            .or_else(|| {
-                let mut nets = self.nets.write().unwrap_or_else(|p| p.into_inner());
-                let i = nets.iter().position(|b| b.target == *target)?;
-                self.net_count.fetch_sub(1, Ordering::Relaxed);
-                Some(nets.swap_remove(i))
-            });
+        let removed = self.hosts.remove(target).or_else(|| {
+            let mut nets = self.nets.write().unwrap_or_else(|p| p.into_inner());
+            let i = nets.iter().position(|b| b.target == *target)?;
+            self.net_count.fetch_sub(1, Ordering::Relaxed);
+            Some(nets.swap_remove(i))
+        });
         if removed.is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
@@ -184,14 +155,7 @@ impl BanTable {
     /// Every ban, expired or not.
     pub fn all(&self) -> Vec<Arc<Ban>> {
         let mut out: Vec<Arc<Ban>> = Vec::new();
-        for s in self.shards.iter() {
-            out.extend(
-                s.read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .cloned(),
-            );
-        }
+        self.hosts.for_each(|_, b| out.push(b.clone()));
         out.extend(
             self.nets
                 .read()
@@ -204,13 +168,25 @@ impl BanTable {
 
     /// Drops expired bans; returns them.
     pub fn sweep(&self, now: u64) -> Vec<Arc<Ban>> {
-        let expired: Vec<IpNet> = self
-            .all()
-            .into_iter()
+        let mut out = Vec::new();
+        self.hosts.retain(|_, b| {
+            let keep = b.until_ms > now;
+            if !keep {
+                out.push(b.clone());
+            }
+            keep
+        });
+        self.count.fetch_sub(out.len(), Ordering::Relaxed);
+        let expired_nets: Vec<IpNet> = self
+            .nets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
             .filter(|b| b.until_ms <= now)
             .map(|b| b.target)
             .collect();
-        expired.iter().filter_map(|t| self.remove(t)).collect()
+        out.extend(expired_nets.iter().filter_map(|t| self.remove(t)));
+        out
     }
 
     pub fn len(&self) -> usize {

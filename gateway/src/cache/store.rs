@@ -9,9 +9,8 @@
 //! never admitted (pingora stops writing them; the client still gets the body).
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -26,6 +25,8 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 use pingora::Result;
+
+use crate::sharded::ShardedMap;
 
 const SHARDS: usize = 32;
 
@@ -132,49 +133,37 @@ struct Entry {
     compact: CompactCacheKey,
 }
 
-type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
-
 pub struct MemStore {
-    shards: Box<[Shard]>,
+    /// Not bounded by count: the eviction manager keeps the byte budget.
+    objects: ShardedMap<HashBinary, Arc<Entry>>,
     size: AtomicUsize,
 }
 
 impl Default for MemStore {
     fn default() -> Self {
         MemStore {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            objects: ShardedMap::new(SHARDS, None),
             size: AtomicUsize::new(0),
         }
     }
 }
 
 impl MemStore {
-    fn shard(&self, h: &HashBinary) -> &Shard {
-        &self.shards[h[0] as usize % SHARDS]
-    }
-
     /// Bytes of cached bodies (and their headers) currently held.
     pub fn size(&self) -> usize {
         self.size.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        self.objects.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.objects.is_empty()
     }
 
     fn remove(&self, h: &HashBinary) -> Option<Arc<Entry>> {
-        let e = self
-            .shard(h)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(h)?;
+        let e = self.objects.remove(h)?;
         self.size.fetch_sub(weight(&e), Ordering::Relaxed);
         Some(e)
     }
@@ -183,21 +172,18 @@ impl MemStore {
     /// prefix. Returns the compact keys removed (for the eviction manager).
     pub fn purge_matching(&self, url: &str, prefix: bool) -> Vec<CompactCacheKey> {
         let mut hits = Vec::new();
-        for s in self.shards.iter() {
-            let m = s.read().unwrap_or_else(|p| p.into_inner());
-            for (h, e) in m.iter() {
-                // The identity of private entries follows a NUL: not part of the URL.
-                let entry_url = e.primary.split('\0').next().unwrap_or("");
-                let matched = if prefix {
-                    entry_url.starts_with(url)
-                } else {
-                    entry_url == url
-                };
-                if matched {
-                    hits.push(*h);
-                }
+        self.objects.for_each(|h, e| {
+            // The identity of private entries follows a NUL: not part of the URL.
+            let entry_url = e.primary.split('\0').next().unwrap_or("");
+            let matched = if prefix {
+                entry_url.starts_with(url)
+            } else {
+                entry_url == url
+            };
+            if matched {
+                hits.push(*h);
             }
-        }
+        });
         hits.iter()
             .filter_map(|h| self.remove(h))
             .map(|e| e.compact.clone())
@@ -242,13 +228,7 @@ impl MemStore {
         now: SystemTime,
         eviction: &(dyn EvictionManager + Sync),
     ) -> Option<FreshHit> {
-        let h = key.combined_bin();
-        let e = self
-            .shard(&h)
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&h)
-            .cloned()?;
+        let e = self.objects.get(&key.combined_bin())?;
         let m = &e.meta;
         if m.variance.is_some() || m.wire.is_none() || m.fresh_until < now {
             return None;
@@ -345,12 +325,7 @@ impl HandleMiss for Miss {
             compact: self.compact,
         });
         let w = weight(&entry);
-        let old = self
-            .store
-            .shard(&self.hash)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(self.hash, entry);
+        let old = self.store.objects.insert(self.hash, entry);
         self.store.size.fetch_add(w, Ordering::Relaxed);
         if let Some(old) = old {
             self.store.size.fetch_sub(weight(&old), Ordering::Relaxed);
@@ -366,14 +341,7 @@ impl Storage for MemStore {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let h = key.combined_bin();
-        let Some(e) = self
-            .shard(&h)
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&h)
-            .cloned()
-        else {
+        let Some(e) = self.objects.get(&key.combined_bin()) else {
             return Ok(None);
         };
         let meta = e.meta.to_cache_meta();
@@ -425,21 +393,22 @@ impl Storage for MemStore {
     ) -> Result<bool> {
         let h = key.combined_bin();
         let decoded = Meta::of(meta)?;
-        let mut m = self.shard(&h).write().unwrap_or_else(|p| p.into_inner());
-        let Some(old) = m.get(&h).cloned() else {
-            return Ok(false);
-        };
-        let updated = Arc::new(Entry {
-            meta: decoded,
-            body: old.body.clone(),
-            primary: old.primary.clone(),
-            compact: old.compact.clone(),
-        });
-        let (before, after) = (weight(&old), weight(&updated));
-        m.insert(h, updated);
-        self.size.fetch_add(after, Ordering::Relaxed);
-        self.size.fetch_sub(before, Ordering::Relaxed);
-        Ok(true)
+        Ok(self.objects.update(h, |slot| {
+            let Some(old) = slot.take() else {
+                return false;
+            };
+            let updated = Arc::new(Entry {
+                meta: decoded,
+                body: old.body.clone(),
+                primary: old.primary.clone(),
+                compact: old.compact.clone(),
+            });
+            let (before, after) = (weight(&old), weight(&updated));
+            *slot = Some(updated);
+            self.size.fetch_add(after, Ordering::Relaxed);
+            self.size.fetch_sub(before, Ordering::Relaxed);
+            true
+        }))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {

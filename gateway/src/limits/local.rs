@@ -6,12 +6,11 @@
 //! lost), then the eighth of the keys closest to full. Sharding keeps two workers
 //! from meeting on one lock unless they decide for keys of the same shard.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use super::gcra::{decide, Outcome};
+use crate::sharded::ShardedMap;
 
 const SHARDS: usize = 64;
 
@@ -33,20 +32,17 @@ impl Hasher for IdentityHasher {
     }
 }
 
-/// Key hash → (TAT, bucket capacity in ns).
-type Shard = HashMap<u64, (u64, u64), BuildHasherDefault<IdentityHasher>>;
-
 pub struct LocalLimiter {
-    shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
+    /// Key hash → (TAT, bucket capacity in ns); `max(max_keys / SHARDS, 16)`
+    /// keys a shard.
+    keys: ShardedMap<u64, (u64, u64), BuildHasherDefault<IdentityHasher>>,
     epoch: Instant,
 }
 
 impl LocalLimiter {
     pub fn new(max_keys: usize) -> Self {
         LocalLimiter {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: (max_keys / SHARDS).max(16),
+            keys: ShardedMap::new(SHARDS, Some(max_keys.max(16 * SHARDS))),
             epoch: Instant::now(),
         }
     }
@@ -61,49 +57,32 @@ impl LocalLimiter {
     }
 
     pub fn check_at(&self, key: u64, interval_ns: u64, burst: u64, now: u64) -> Outcome {
-        // The high bits pick the shard; the map's own buckets use the low bits.
-        let shard = &self.shards[((key >> 58) as usize) % SHARDS];
-        let mut m = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = m.get(&key).map_or(0, |v| v.0);
-        let (outcome, next) = decide(tat, now, interval_ns, burst);
-        if let Some(next) = next {
-            if tat == 0 && m.len() >= self.per_shard {
-                evict(&mut m, now, self.per_shard);
+        // A full shard forgets the keys whose bucket is full again, then those
+        // that owe the least, relative to their own bucket: a client that
+        // exhausted a tight limit is the last to be given a fresh start.
+        let rank = |_: &u64, v: &(u64, u64)| (v.0 > now).then(|| debt(now, *v));
+        self.keys.update_ranked(key, rank, |state| {
+            let tat = state.map_or(0, |v| v.0);
+            let (outcome, next) = decide(tat, now, interval_ns, burst);
+            if let Some(next) = next {
+                *state = Some((next, interval_ns.saturating_mul(burst).max(1)));
             }
-            m.insert(key, (next, interval_ns.saturating_mul(burst).max(1)));
-        }
-        outcome
+            outcome
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.keys.is_empty()
     }
 }
 
 /// How used a bucket is, in millionths of its capacity (0: full again, 10^6: empty).
 fn debt(now: u64, (tat, capacity): (u64, u64)) -> u64 {
     (u128::from(tat.saturating_sub(now)) * 1_000_000 / u128::from(capacity.max(1))) as u64
-}
-
-fn evict(m: &mut Shard, now: u64, cap: usize) {
-    m.retain(|_, v| v.0 > now);
-    if m.len() < cap {
-        return;
-    }
-    // Forget the keys that owe the least, relative to their own bucket: a client
-    // that exhausted a tight limit is the last to be given a fresh start.
-    let mut debts: Vec<u64> = m.values().map(|v| debt(now, *v)).collect();
-    let cut = (cap / 8).max(1).min(debts.len() - 1);
-    let (_, threshold, _) = debts.select_nth_unstable(cut);
-    let threshold = *threshold;
-    m.retain(|_, v| debt(now, *v) > threshold);
 }
 
 #[cfg(test)]
