@@ -8,6 +8,7 @@ use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::deadline::Deadline;
 use super::request::{Head, Hit, Local, Plan};
 use super::response::{self, Chunked, Decorations, Framing, Parsed, RespHead};
 use super::upstream::{self, ConnectError, Held};
@@ -75,8 +76,13 @@ enum Failed {
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 
 /// Reads with the pool's read timeout; a timeout is an error of its own kind.
-async fn read_timed(up: &mut TcpStream, buf: &mut [u8], limit: Duration) -> Result<usize, Failed> {
-    match pingora_timeout::tokio_timeout(limit, up.read(buf)).await {
+async fn read_timed(
+    up: &mut TcpStream,
+    buf: &mut [u8],
+    limit: Duration,
+    timer: &mut Deadline,
+) -> Result<usize, Failed> {
+    match timer.within(limit, up.read(buf)).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(_)) => Err(Failed::Broken),
         Err(_) => Err(Failed::Timeout),
@@ -93,7 +99,7 @@ async fn attempt(
     ubuf: &mut Vec<u8>,
     head_out: &mut Vec<u8>,
     deco: &Decorations<'_>,
-    limit: Duration,
+    (limit, timer): (Duration, &mut Deadline),
 ) -> Result<(RespHead, usize, usize), Failed> {
     let stale = |e| if reused { Failed::Stale } else { e };
     // The head fits in an idle socket's buffer; the read timeout bounds the
@@ -114,7 +120,7 @@ async fn attempt(
             }
             ubuf.resize((ubuf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
-        let n = match read_timed(up, &mut ubuf[filled..], limit).await {
+        let n = match read_timed(up, &mut ubuf[filled..], limit, timer).await {
             // A pooled connection the server reset before answering is stale,
             // like one it closed (pingora retries both).
             Err(Failed::Broken) if filled == 0 => return Err(stale(Failed::Broken)),
@@ -189,7 +195,7 @@ struct Relayed {
 
 /// Writes the client's head and the body bytes read along with it, then relays
 /// the rest of the body. `limits`: the upstream's read timeout, the client's
-/// send timeout.
+/// send timeout, the connection's timer for upstream reads.
 async fn relay(
     stream: &mut Stream,
     up: &mut TcpStream,
@@ -197,7 +203,7 @@ async fn relay(
     head_out: &[u8],
     ubuf: &mut [u8],
     early: std::ops::Range<usize>,
-    (limit, send_limit): (Duration, Duration),
+    (limit, send_limit, timer): (Duration, Duration, &mut Deadline),
 ) -> Relayed {
     let mut r = Relayed {
         sent: 0,
@@ -253,7 +259,7 @@ async fn relay(
         return r;
     }
     while !r.complete {
-        let n = match read_timed(up, ubuf, limit).await {
+        let n = match read_timed(up, ubuf, limit, timer).await {
             Ok(0) if head.framing == Framing::UntilClose => {
                 r.complete = true;
                 break;
@@ -502,6 +508,7 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             resp,
             ubuf,
             upstream: held,
+            up_wait,
             ..
         } = c;
         let path_str = std::str::from_utf8(&buf[path]).unwrap_or("/");
@@ -546,7 +553,17 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
                         }
                     },
                 };
-                match attempt(&mut up, reused, out, ubuf, resp, &deco, limit).await {
+                match attempt(
+                    &mut up,
+                    reused,
+                    out,
+                    ubuf,
+                    resp,
+                    &deco,
+                    (limit, &mut *up_wait),
+                )
+                .await
+                {
                     Ok((head, start, filled)) => break 'servers Ok((i, up, head, start, filled)),
                     // A pooled connection closed under us: pingora retries
                     // it only for requests that cannot have been processed.
@@ -580,7 +597,7 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
         };
         attempt_answered(&mut ctx);
         let early = start + head.head_len..filled;
-        let limits = (limit, self.send_timeout);
+        let limits = (limit, self.send_timeout, up_wait);
         let r = relay(stream, &mut up, &head, resp, ubuf, early, limits).await;
         if ubuf.len() > BODY_BUF {
             // A large head was read: the connection keeps the usual buffer.

@@ -28,8 +28,11 @@
 //! Timeouts here are tokio's (`pingora_timeout::tokio_timeout`: armed only when
 //! the I/O waits, kept in the runtime's own timer wheel), not pingora's fast
 //! timeouts, whose clock thread wakes every 10 ms on the proxy's core and takes
-//! each worker's timer lock.
+//! each worker's timer lock. The two waits every request has (the client's
+//! next head, the upstream's answer) reuse one timer each per connection
+//! (`deadline`).
 
+mod deadline;
 mod exchange;
 // Public for the fuzz targets (`fuzz/`), which feed them arbitrary bytes.
 pub mod request;
@@ -124,6 +127,10 @@ struct Conn {
     max_head: usize,
     /// `server.header_timeout` and `server.min_body_rate`, for bodies.
     pace: (Duration, u64),
+    /// The wait for the client's next request (`HOLD`).
+    hold: deadline::Deadline,
+    /// The waits for the upstream's answer (the pool's read timeout).
+    up_wait: deadline::Deadline,
 }
 
 impl Conn {
@@ -209,7 +216,7 @@ impl Conn {
         }
         // A busy client's next request comes within HOLD: one timer, no shutdown
         // watch (registering one per request costs more than the timer).
-        let n = match pingora_timeout::tokio_timeout(HOLD, stream.read(free)).await {
+        let n = match self.hold.within(HOLD, stream.read(free)).await {
             Ok(r) => r,
             Err(_) => {
                 // Idle: the upstream connection and the body buffer go.
@@ -286,6 +293,8 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
             head: HeadDeadline::new(header_timeout),
             max_head: max_head.max(HEAD_BUF),
             pace: (header_timeout, min_body_rate),
+            hold: deadline::Deadline::new(),
+            up_wait: deadline::Deadline::new(),
         };
         loop {
             // No return on shutdown here: the last answer may have promised

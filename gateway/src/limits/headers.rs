@@ -23,8 +23,16 @@ pub fn ratelimit_value(policy: &RatePolicy, o: &Outcome) -> HeaderValue {
     } else {
         ceil_secs(o.retry_after_ns).max(1)
     };
-    let s = format!("\"{}\";r={};t={}", policy.name, o.remaining, t);
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("\"default\";r=0;t=1"))
+    // Every response of a limited route carries it: built without the
+    // formatting machinery, one allocation (the value's own).
+    let mut v = smallvec::SmallVec::<[u8; 96]>::new();
+    v.push(b'"');
+    v.extend_from_slice(policy.name.as_bytes());
+    v.extend_from_slice(b"\";r=");
+    v.extend_from_slice(itoa::Buffer::new().format(o.remaining).as_bytes());
+    v.extend_from_slice(b";t=");
+    v.extend_from_slice(itoa::Buffer::new().format(t).as_bytes());
+    HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static("\"default\";r=0;t=1"))
 }
 
 pub fn retry_after(o: &Outcome) -> u64 {
