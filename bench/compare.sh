@@ -45,7 +45,8 @@
 #                                     revocation feed) and one nginx doing the same header work (limit_req,
 #                                     add_header, forwarded headers; it cannot verify a JWT). Targets
 #                                     "nginx_prod gw_pub gw_jwt nginx_post gw_post": GET /api/v1/pub (public),
-#                                     GET /api/v1/jwt (Bearer token), POST /api/v1/post (token + 1 KiB JSON), all with an Origin
+#                                     GET /api/v1/jwt, POST /api/v1/post (+ 1 KiB JSON), all with the same
+#                                     Bearer token (checked on jwt and post only) and an Origin
 #                                     header (BENCH_ORIGIN); ratios gw_pub, gw_jwt / nginx_prod,
 #                                     gw_post / nginx_post, gw_jwt / gw_pub. POST targets answer "small" only
 #   BENCH_ORIGIN=https://galion.app   MODE=prod: the Origin header the load generator sends (an allowed one)
@@ -652,7 +653,10 @@ for p in $PROXIES; do
     auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
     https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     cache:nginx_cache | cache:gateway_cache) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
-    prod:gw_pub) URL_OF[$p]=$SCHEME://127.0.0.1:$P_GATEWAY/api/v1/pub; PROC_OF[$p]=gateway; HDR_OF[$p]="Origin: $BENCH_ORIGIN" ;;
+    # Every GET target sends the same request (token included): the public
+    # route forwards the Authorization header it does not check, so gw_jwt/gw_pub
+    # is what checking the token costs, and gw_pub/nginx_prod is like for like.
+    prod:gw_pub) URL_OF[$p]=$SCHEME://127.0.0.1:$P_GATEWAY/api/v1/pub; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_JWT_HDR ;;
     prod:gw_jwt) URL_OF[$p]=$SCHEME://127.0.0.1:$P_GATEWAY/api/v1/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_JWT_HDR ;;
     prod:gw_post) URL_OF[$p]=$SCHEME://127.0.0.1:$P_GATEWAY/api/v1/post; PROC_OF[$p]=gateway; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
     # nginx_prod gets the gateway's JWT request, token included (forwarded, not verified).

@@ -22,7 +22,10 @@ const SHARDS: usize = 16;
 
 pub struct TokenCache {
     /// Bounded: `max(capacity / SHARDS, 1)` tokens a shard.
-    map: ShardedMap<Arc<str>, Arc<Identity>>,
+    /// foldhash, not SipHash: a token is a few hundred bytes hashed on every
+    /// request, and only tokens whose signature was verified are ever
+    /// inserted, so a client cannot choose colliding keys.
+    map: ShardedMap<Arc<str>, Arc<Identity>, foldhash::fast::RandomState>,
 }
 
 impl TokenCache {

@@ -183,16 +183,24 @@ impl JwtVerifier {
         self.cache.forget_jti(jti);
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Reject> {
+    /// The verdict on a token when it needs no signature check: too long, or
+    /// verified before (then only its expiry is checked). `None`: not cached.
+    pub fn cached(&self, token: &str) -> Option<Result<Arc<Identity>, Reject>> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(Reject::Oversized);
+            return Some(Err(Reject::Oversized));
         }
-        if let Some(id) = self.cache.get(token) {
-            // The cache expires entries at `exp`; check anyway, it is one compare.
-            if id.exp > now_secs().saturating_sub(self.config.leeway.as_secs()) {
-                return Ok(id);
-            }
-            return Err(Reject::Expired);
+        let id = self.cache.get(token)?;
+        // The cache expires entries at `exp`; check anyway, it is one compare.
+        if id.exp > now_secs().saturating_sub(self.config.leeway.as_secs()) {
+            Some(Ok(id))
+        } else {
+            Some(Err(Reject::Expired))
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Reject> {
+        if let Some(decided) = self.cached(token) {
+            return decided;
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Reject::Malformed)?;
         let (key, alg) = if header.alg == Algorithm::HS256 {

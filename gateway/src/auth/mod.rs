@@ -81,34 +81,65 @@ impl Authenticator {
         headers: &impl Fields,
         rule: &AccessRule,
     ) -> Result<Option<Arc<Identity>>, Reject> {
+        if let Some(decided) = self.check_cached(headers, rule) {
+            return decided;
+        }
+        // A bearer token not verified before (both modes that reach here).
+        let id = self.jwt_identity(headers).await;
+        admit(id, rule)
+    }
+
+    /// [`Authenticator::check`] without waiting: `None` only for a bearer
+    /// token that is not in the verified-token cache (its check may fetch
+    /// keys). Every other request, including each refusal, is decided here, so
+    /// the usual request (a cached token, an API key) builds no future.
+    pub fn check_cached(
+        &self,
+        headers: &impl Fields,
+        rule: &AccessRule,
+    ) -> Option<Result<Option<Arc<Identity>>, Reject>> {
         let id = match rule.mode {
-            AuthMode::Public => return Ok(None),
-            AuthMode::Jwt => self.jwt_identity(headers).await?,
-            AuthMode::ApiKey => self.api_key_identity(headers)?,
+            AuthMode::Public => return Some(Ok(None)),
+            AuthMode::Jwt => self.cached_jwt_identity(headers)?,
+            AuthMode::ApiKey => self.api_key_identity(headers),
             AuthMode::Any => {
                 if headers.has("x-api-key") {
-                    self.api_key_identity(headers)?
+                    self.api_key_identity(headers)
                 } else {
-                    self.jwt_identity(headers).await?
+                    self.cached_jwt_identity(headers)?
                 }
             }
         };
-        if !id.has_any_role(&rule.roles) {
-            return Err(Reject::Forbidden);
-        }
-        Ok(Some(id))
+        Some(admit(id, rule))
     }
 
-    async fn jwt_identity(&self, headers: &impl Fields) -> Result<Arc<Identity>, Reject> {
-        let verifier = self.jwt.as_ref().ok_or(Reject::Missing)?;
-        let token = bearer_token(headers, verifier.config.cookie.as_deref())?;
-        let id = verifier.verify(token).await?;
+    /// The bearer token's identity when the verified-token cache decides it.
+    fn cached_jwt_identity(&self, headers: &impl Fields) -> Option<Result<Arc<Identity>, Reject>> {
+        let Some(verifier) = self.jwt.as_ref() else {
+            return Some(Err(Reject::Missing));
+        };
+        let token = match bearer_token(headers, verifier.config.cookie.as_deref()) {
+            Ok(t) => t,
+            Err(r) => return Some(Err(r)),
+        };
+        let id = verifier.cached(token)?;
+        Some(id.and_then(|id| self.unrevoked(id)))
+    }
+
+    fn unrevoked(&self, id: Arc<Identity>) -> Result<Arc<Identity>, Reject> {
         if let (Some(jti), Some(rev)) = (&id.jti, &self.revocations) {
             if rev.is_revoked(jti) {
                 return Err(Reject::Revoked);
             }
         }
         Ok(id)
+    }
+
+    async fn jwt_identity(&self, headers: &impl Fields) -> Result<Arc<Identity>, Reject> {
+        let verifier = self.jwt.as_ref().ok_or(Reject::Missing)?;
+        let token = bearer_token(headers, verifier.config.cookie.as_deref())?;
+        let id = verifier.verify(token).await?;
+        self.unrevoked(id)
     }
 
     fn api_key_identity(&self, headers: &impl Fields) -> Result<Arc<Identity>, Reject> {
@@ -130,6 +161,18 @@ impl Authenticator {
         }
         found.ok_or(Reject::BadApiKey)
     }
+}
+
+/// An identity (or a refusal) against the route's roles.
+fn admit(
+    id: Result<Arc<Identity>, Reject>,
+    rule: &AccessRule,
+) -> Result<Option<Arc<Identity>>, Reject> {
+    let id = id?;
+    if !id.has_any_role(&rule.roles) {
+        return Err(Reject::Forbidden);
+    }
+    Ok(Some(id))
 }
 
 /// The bearer token from `Authorization` or the configured cookie; both at once, or

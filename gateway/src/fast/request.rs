@@ -343,9 +343,12 @@ fn write_request_headers(
 ) {
     let trusted = ctx.peer_trusted;
     let start = out.len();
+    // Where each line went, for the edits: no second pass over the bytes
+    // (a bearer token alone is a few hundred of them).
+    let mut lines = Lines::new();
     for h in fields.0 {
         if !pipeline::edits::not_forwarded(h.name, trusted) {
-            header(out, h.name.as_bytes(), h.value);
+            line_at(out, &mut lines, h.name.as_bytes(), h.value);
         }
     }
     let mut forwarding = Edits::new();
@@ -353,33 +356,29 @@ fn write_request_headers(
     // Every field they set was left out above: nothing to resolve.
     for e in &forwarding {
         if let Edit::Set(n, v) = e {
-            header(out, n.as_str().as_bytes(), v.as_bytes());
+            line_at(out, &mut lines, n.as_str().as_bytes(), v.as_bytes());
         }
     }
     if !edits.is_empty() {
-        apply_edits(out, start, edits);
+        apply_edits(out, start, &lines, edits);
     }
     out.extend_from_slice(b"\r\n");
 }
 
-/// Applies `edits` to the header lines written from `start` on: lines an
-/// edit replaces or removes are cut out, the edits' own lines appended.
-fn apply_edits(out: &mut Vec<u8>, start: usize, edits: &[Edit]) {
-    // (line start, name end, line end) of every line.
-    let mut lines: SmallVec<[(usize, usize, usize); 40]> = SmallVec::new();
-    let mut at = start;
-    while at < out.len() {
-        let end = out[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(out.len(), |i| at + i + 1);
-        let colon = out[at..end]
-            .iter()
-            .position(|&b| b == b':')
-            .map_or(end, |i| at + i);
-        lines.push((at, colon, end));
-        at = end;
-    }
+/// (line start, name end, line end) of each header line written.
+type Lines = SmallVec<[(usize, usize, usize); 40]>;
+
+/// Writes one header line and records where it is.
+fn line_at(out: &mut Vec<u8>, lines: &mut Lines, name: &[u8], value: &[u8]) {
+    let s = out.len();
+    header(out, name, value);
+    lines.push((s, s + name.len(), out.len()));
+}
+
+/// Applies `edits` to the header lines written from `start` on (`lines`):
+/// lines an edit replaces or removes are cut out, the edits' own lines
+/// appended.
+fn apply_edits(out: &mut Vec<u8>, start: usize, lines: &Lines, edits: &[Edit]) {
     let mut keep: SmallVec<[bool; 40]> = SmallVec::from_elem(true, lines.len());
     let mut live: SmallVec<[bool; 16]> = SmallVec::from_elem(false, edits.len());
     {
@@ -388,7 +387,9 @@ fn apply_edits(out: &mut Vec<u8>, start: usize, edits: &[Edit]) {
     }
     let mut w = start;
     for (&(s, _, e), _) in lines.iter().zip(&keep).filter(|(_, k)| **k) {
-        out.copy_within(s..e, w);
+        if w != s {
+            out.copy_within(s..e, w);
+        }
         w += e - s;
     }
     out.truncate(w);

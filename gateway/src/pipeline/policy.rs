@@ -38,7 +38,15 @@ pub async fn policies<F: Fields>(
         }
     }
     if route.access.mode != AuthMode::Public {
-        match env.snap.auth.check(req.fields, &route.access).await {
+        let auth = &env.snap.auth;
+        // A token seen before is decided without a future; only a new one
+        // (a signature to check, maybe keys to fetch) waits, in its own box so
+        // every request's state stays small.
+        let checked = match auth.check_cached(req.fields, &route.access) {
+            Some(decided) => decided,
+            None => Box::pin(auth.check(req.fields, &route.access)).await,
+        };
+        match checked {
             Ok(id) => ctx.identity = id,
             Err(reason) => {
                 env.snap.auth.count(reason);
