@@ -389,12 +389,14 @@ nginx_prod_location() { # METHOD MAX_BODY
 $(nginx_eq_headers)
       add_header Access-Control-Allow-Origin \$cors_origin always;
       add_header Access-Control-Allow-Credentials \$cors_credentials always;
-      add_header Vary \$cors_vary always;
+      add_header Vary \$cors_vary always;$NGINX_PROD_HSTS
 EOF
 }
 if [[ "$MODE" == prod ]]; then
-  NGINX_PROD_SSL=; NGINX_PROD_CERTS=
+  NGINX_PROD_SSL=; NGINX_PROD_CERTS=; NGINX_PROD_HSTS=
   if [[ "$TLS" == 1 ]]; then
+    # The gateway's default on HTTPS.
+    NGINX_PROD_HSTS=$'\n''      add_header Strict-Transport-Security "max-age=31536000" always;'
     NGINX_PROD_SSL=' ssl'
     NGINX_PROD_CERTS=$'\n'"    ssl_certificate $TMP/certs/galion.app.pem; ssl_certificate_key $TMP/certs/galion.app.key; ssl_protocols TLSv1.2 TLSv1.3;"
   fi
@@ -732,7 +734,7 @@ done
 # HTTP/1.1 persistence implicit.
 names_of() {
   req_flags "$1" curl
-  curl -sS -D - -o /dev/null "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$1]}/small" | tr -d '\r' | tee "$RUN_DIR/head-$1.txt" |
+  curl -sSk --http1.1 -D - -o /dev/null "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$1]}/small" | tr -d '\r' | tee "$RUN_DIR/head-$1.txt" |
     awk -F': ' 'NR > 1 && NF > 1 && tolower($1) != "connection" {print tolower($1)}' | sort | tr '\n' ' '
 }
 if [[ " $PROXIES " == *" nginx_eq "* && " $PROXIES " == *" gateway "* ]]; then
@@ -770,7 +772,7 @@ head_of() { # TARGET [ORIGIN]: the answer's head, CR stripped; ORIGIN: another O
     h+=(-H "${REQ_H[i + 1]}")
   done
   [[ -n "${2:-}" ]] && h+=(-H "Origin: $2")
-  curl -sS -D - -o /dev/null "${h[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" | tr -d '\r'
+  curl -sSk --http1.1 -D - -o /dev/null "${h[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" | tr -d '\r'
 }
 field_of() { awk -F': ' -v n="$1" 'tolower($1) == n { print substr($0, length($1) + 3); exit }'; }
 if [[ "$MODE" == prod ]]; then
@@ -799,16 +801,16 @@ if [[ "$MODE" == prod ]]; then
   for p in gw_jwt gw_post; do
     [[ " $PROXIES " == *" $p "* ]] || continue
     req_flags "$p" curl
-    got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Origin: $BENCH_ORIGIN" "${REQ_B[@]}" "${URL_OF[$p]}/small")
+    got=$(curl -sSk -o /dev/null -w '%{http_code}' -H "Origin: $BENCH_ORIGIN" "${REQ_B[@]}" "${URL_OF[$p]}/small")
     [[ "$got" == 401 ]] || die "$p without a token answered $got, expected 401"
     sig=${JWT_TOKEN##*.}; [[ "${sig:0:1}" == A ]] && bad=B || bad=A   # the signature's first 6 bits changed
-    got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%.*}.$bad${sig:1}" "${REQ_B[@]}" "${URL_OF[$p]}/small")
+    got=$(curl -sSk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%.*}.$bad${sig:1}" "${REQ_B[@]}" "${URL_OF[$p]}/small")
     [[ "$got" == 401 ]] || die "$p with a bad signature answered $got, expected 401"
   done
   for p in nginx_post gw_post; do
     [[ " $PROXIES " == *" $p "* ]] || continue
     req_flags "$p" curl
-    got=$(curl -sS -o /dev/null -o /dev/null -w '%{http_code}/%{num_connects} ' "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" "${URL_OF[$p]}/small")
+    got=$(curl -sSk -o /dev/null -o /dev/null -w '%{http_code}/%{num_connects} ' "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" "${URL_OF[$p]}/small")
     [[ "$got" == "200/1 200/0 " ]] || die "$p: two POSTs on one connection answered '$got', expected '200/1 200/0 '"
   done
   log "prod check: 200 with request id, security headers, CORS grant for $BENCH_ORIGIN (none for another origin), RateLimit from the gateway; JWT routes 401 without or with a bad token; POST keep-alive"

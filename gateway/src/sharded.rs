@@ -360,7 +360,11 @@ mod tests {
         let rank = |_: &u64, v: &(u64, u64)| (v.0 > now).then_some(v.1);
         for k in 0..16 {
             // Keys 0, 5 and 10 have expired; the others rank by key, reversed.
-            let exp = if [0, 5, 10].contains(&k) { now } else { now + 1 };
+            let exp = if [0, 5, 10].contains(&k) {
+                now
+            } else {
+                now + 1
+            };
             m.insert(k, (exp, 100 - k));
         }
         m.insert_ranked(16, (now + 1, 0), rank);
