@@ -1,4 +1,5 @@
-//! Configuration errors that point at the offending place: file, line and key path.
+//! Configuration errors (and warnings) that point at the offending place: file, line
+//! and key path.
 //!
 //! Operators read these in a terminal (`galion-gateway check`) or in the log after a
 //! refused reload, so every message names where to look, e.g.
@@ -124,6 +125,14 @@ impl ConfigErrors {
             message: message.into(),
         }])
     }
+}
+
+/// A non-fatal finding (e.g. a route that can never match).
+#[derive(Debug, Clone)]
+pub struct ConfigWarning {
+    pub line: Option<usize>,
+    pub path: String,
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -1,14 +1,136 @@
-//! Validation of `hosts:` and their ordered routes, including shadowing warnings.
+//! The `hosts:` section: hosts and their ordered routes, their validated types and
+//! the validation that builds them, including shadowing warnings.
 
 use std::collections::{HashMap, HashSet};
 
+use http::{HeaderName, HeaderValue, Method};
 use indexmap::IndexMap;
+use regex::Regex;
 
+use super::check::{duplicates, expand_env, header_name, method, parse_size, regex, Checker};
 use super::error::KeyPath;
-use super::policy::{access_rule, cors_of, parse_size, security_headers_of};
-use super::raw::{Lenient, RawDeny, RawHost, RawRoute};
-use super::types::*;
-use super::validate::{duplicates, header_ops, method, regex, Checker};
+use super::policy::{
+    access_rule, cors_of, security_headers_of, AccessRule, AuthConfig, AuthMode, CorsConfig,
+    Limits, SecurityHeaders,
+};
+use super::protect::RatePolicy;
+use super::raw::{Lenient, RawDeny, RawHeaderOps, RawHost, RawRoute};
+use super::shaping::{Compression, RouteCache};
+
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub is_default: bool,
+    pub routes: Vec<RouteConfig>,
+    pub security: SecurityHeaders,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl PathMatch {
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatch::Exact(p) => format!("exact {p}"),
+            PathMatch::Prefix(p) => format!("prefix {p}"),
+            PathMatch::Regex(r) => format!("regex {}", r.as_str()),
+        }
+    }
+}
+
+/// What a route does with a request that passed its policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Proxy to the named upstream pool.
+    Upstream(String),
+    /// Refuse at the gateway (403 or 404), before any policy: the path is
+    /// treated as if nothing were there.
+    Deny {
+        status: u16,
+    },
+    /// A fixed answer (`/robots.txt`, a maintenance page).
+    Respond(std::sync::Arc<FixedResponse>),
+    Redirect(std::sync::Arc<RedirectConfig>),
+}
+
+impl RouteAction {
+    pub fn upstream(&self) -> Option<&str> {
+        match self {
+            RouteAction::Upstream(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            RouteAction::Upstream(u) => format!("upstream {u}"),
+            RouteAction::Deny { status } => format!("deny {status}"),
+            RouteAction::Respond(r) => format!("respond {}", r.status),
+            RouteAction::Redirect(r) => format!("redirect {} {}", r.status, r.to),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedResponse {
+    pub status: u16,
+    pub body: bytes::Bytes,
+    pub content_type: HeaderValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    pub status: u16,
+    pub to: String,
+    pub preserve_path: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    None,
+    /// Remove the matched prefix (keeping a leading `/`).
+    StripPrefix,
+    /// Exact/prefix: replace the matched part; regex: expand `$1`-style captures.
+    Replace(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: PathMatch,
+    /// `None` accepts every method.
+    pub methods: Option<Vec<Method>>,
+    pub action: RouteAction,
+    pub rewrite: Rewrite,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub access: AccessRule,
+    pub cors: Option<CorsConfig>,
+    pub max_body: Option<u64>,
+    pub allow_plain: bool,
+    /// The route's own policy, else `rate_limits.default`; `None` when off.
+    pub rate_limit: Option<std::sync::Arc<RatePolicy>>,
+    pub cache: Option<std::sync::Arc<RouteCache>>,
+    pub compress: Option<std::sync::Arc<Compression>>,
+}
 
 pub fn hosts_of(
     c: &mut Checker,
@@ -439,4 +561,44 @@ fn shadow_check(c: &mut Checker, at: &KeyPath, earlier: &[RouteConfig], route: &
             return;
         }
     }
+}
+
+pub fn header_ops(c: &mut Checker, at: &KeyPath, raw: RawHeaderOps) -> HeaderOps {
+    let mut ops = HeaderOps::default();
+    let pairs = |c: &mut Checker, key: &str, map: IndexMap<String, String>| {
+        let mut out = Vec::new();
+        for (name, value) in map {
+            let p = at.key(key).key(&name);
+            let n = header_name(c, &p, &name);
+            // `${VAR}` lets a value come from the environment (e.g. a service token
+            // sent upstream); such values are marked sensitive so they are never
+            // logged.
+            let from_env = value.contains("${");
+            let value = match expand_env(&value) {
+                Ok(v) => v,
+                Err(e) => {
+                    c.err(&p, e);
+                    continue;
+                }
+            };
+            let v = HeaderValue::from_str(&value).map(|mut v| {
+                v.set_sensitive(from_env);
+                v
+            });
+            match (n, v) {
+                (Some(n), Ok(v)) => out.push((n, v)),
+                (_, Err(_)) => c.err(&p, "header value has characters not allowed in HTTP"),
+                _ => {}
+            }
+        }
+        out
+    };
+    ops.set = pairs(c, "set", raw.set);
+    ops.add = pairs(c, "add", raw.add);
+    for (i, name) in raw.remove.iter().enumerate() {
+        if let Some(n) = header_name(c, &at.key("remove").index(i), name) {
+            ops.remove.push(n);
+        }
+    }
+    ops
 }

@@ -3,7 +3,15 @@
 //! [`raw`] mirrors the YAML with serde (`deny_unknown_fields`), [`validate`] turns it
 //! into the typed [`types::Config`] and reports every problem with file, line and key
 //! path ([`error`], [`locate`]). Nothing downstream re-validates.
+//!
+//! The modules stand in layers, each importing only those below it: `error` and
+//! `locate`; the serde mirrors (`raw`, `raw_protect`); `check` (the checker and the
+//! value checkers); the sections, each with its validated types and their validation
+//! (`policy`, `protect`, `shaping`, `trust`, `tls`, `upstream`, `hosts`, the last
+//! using some of the others); `types`, which hands every validated type on; and
+//! `validate`, which runs them all.
 
+mod check;
 pub mod error;
 mod hosts;
 pub mod locate;

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use super::check::{header_name, method, Checker};
 use super::error::KeyPath;
 use super::raw::*;
-use super::validate::{header_name, method, Checker};
+
+// Shared with other sections, these two live in `check`; they stay reachable here
+// at their old paths.
+pub use super::check::{parse_size, read_private_file};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuthMode {
@@ -111,43 +115,6 @@ pub struct SecurityHeaders {
     pub override_upstream: bool,
 }
 
-pub fn parse_size(c: &mut Checker, at: &KeyPath, s: &RawSize) -> Option<u64> {
-    let text = match s {
-        RawSize::Bytes(n) => return Some(*n),
-        RawSize::Text(t) => t.trim(),
-    };
-    let split = text
-        .find(|ch: char| !ch.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1024,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1024 * 1024,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1024 * 1024 * 1024,
-        _ => {
-            c.err(
-                at,
-                format!("{text:?} is not a size (e.g. 512KiB, 10MB, 1048576)"),
-            );
-            return None;
-        }
-    };
-    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
-        Some(n) => Some(n),
-        None => {
-            c.err(
-                at,
-                format!("{text:?} is not a size (e.g. 512KiB, 10MB, 1048576)"),
-            );
-            None
-        }
-    }
-}
-
 pub fn access_rule(
     c: &mut Checker,
     at: &KeyPath,
@@ -221,20 +188,6 @@ fn secret_from(
             None
         }
     }
-}
-
-/// Reads a secret file, refusing files readable by group or others.
-pub fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{}: secret file must not be readable by group or others (chmod 600)",
-            path.display()
-        ));
-    }
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(String::from_utf8_lossy(&data).trim().as_bytes().to_vec())
 }
 
 pub fn auth_of(c: &mut Checker, a: RawAuth) -> AuthConfig {

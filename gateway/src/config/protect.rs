@@ -10,11 +10,10 @@ use http::{HeaderName, HeaderValue};
 use indexmap::IndexMap;
 use ipnet::IpNet;
 
+use super::check::{cidrs, expand_env, header_name, Checker};
 use super::error::KeyPath;
 use super::raw::Lenient;
 use super::raw_protect::*;
-use super::tls::expand_env;
-use super::validate::{cidrs, header_name, Checker};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {

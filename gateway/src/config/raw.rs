@@ -74,7 +74,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub server: Lenient<RawServer>,
     #[serde(default)]
-    pub trusted_proxies: Lenient<super::trust::RawTrustedProxies>,
+    pub trusted_proxies: Lenient<RawTrustedProxies>,
     #[serde(default)]
     pub admin: Lenient<RawAdmin>,
     #[serde(default)]
@@ -86,7 +86,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: Lenient<RawLimits>,
     #[serde(default)]
-    pub cache: Lenient<super::shaping::RawCacheStore>,
+    pub cache: Lenient<RawCacheStore>,
     #[serde(default)]
     pub store: Lenient<RawStore>,
     #[serde(default)]
@@ -135,6 +135,36 @@ pub struct RawServer {
     pub min_body_rate: Option<RawSize>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
+}
+
+/// `trusted_proxies:`: a list of CIDRs, or `{networks, cloudflare}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTrustedProxies {
+    List(Vec<String>),
+    Full(RawTrustedFull),
+}
+
+impl Default for RawTrustedProxies {
+    fn default() -> Self {
+        RawTrustedProxies::List(Vec::new())
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedFull {
+    #[serde(default)]
+    pub networks: Vec<String>,
+    pub cloudflare: Option<RawCdnRanges>,
+}
+
+/// `builtin`, or the CIDRs themselves.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawCdnRanges {
+    Named(String),
+    List(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -278,8 +308,8 @@ pub struct RawRoute {
     pub allow_plain: bool,
     /// `off`, or `{rate, burst, key, per_route}` (checked in stage two).
     pub rate_limit: Option<serde_norway::Value>,
-    pub cache: Option<super::shaping::RawRouteCache>,
-    pub compress: Option<super::shaping::RawCompress>,
+    pub cache: Option<RawRouteCache>,
+    pub compress: Option<RawCompress>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -326,6 +356,54 @@ pub struct RawHeaderOps {
 pub enum RawSize {
     Bytes(u64),
     Text(String),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheStore {
+    /// Total bytes of cached bodies kept in memory (default 256MiB).
+    pub max_size: Option<RawSize>,
+    /// Larger responses are passed through, never stored (default 8MiB).
+    pub max_object_size: Option<RawSize>,
+    /// How long concurrent misses wait for the one request that fills the entry.
+    #[serde(default, with = "humantime_serde")]
+    pub lock_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Freshness when the upstream gives none (no max-age/s-maxage/Expires).
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Upper bound on any freshness, including the upstream's.
+    #[serde(default, with = "humantime_serde")]
+    pub max_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stale_while_revalidate: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stale_if_error: Option<Duration>,
+    /// Request headers that select a variant even when the upstream's Vary omits them.
+    #[serde(default)]
+    pub vary_headers: Vec<String>,
+    /// `all` (default), `none`, or a list of query parameter names.
+    pub key_query: Option<serde_norway::Value>,
+    /// Cache answers to requests with credentials, keyed by the caller's identity.
+    #[serde(default)]
+    pub private: bool,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompress {
+    /// Any of gzip, br, zstd (default: all three); the client's preference picks.
+    pub encodings: Option<Vec<String>>,
+    /// Smaller bodies are sent as they are (default 1KiB).
+    pub min_size: Option<RawSize>,
+    /// Content-type prefixes to compress (default: text/, JSON, JS, XML, SVG, wasm).
+    pub types: Option<Vec<String>>,
+    /// 1..=9 (default 5).
+    pub level: Option<u32>,
 }
 
 /// `public | jwt | api_key | any`, or `{any: [jwt, api_key]}`.

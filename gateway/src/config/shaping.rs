@@ -1,63 +1,16 @@
 //! The response cache and compression settings: the global store (`cache:`) and
-//! each route's `cache:` / `compress:` (serde mirrors and their validation).
+//! each route's `cache:` / `compress:` (validated types and their validation; the
+//! serde mirrors are in `raw`).
 
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::Deserialize;
 
+use super::check::{header_name, parse_size, Checker};
 use super::error::KeyPath;
-use super::policy::parse_size;
-use super::raw::RawSize;
-use super::validate::{header_name, Checker};
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawCacheStore {
-    /// Total bytes of cached bodies kept in memory (default 256MiB).
-    pub max_size: Option<RawSize>,
-    /// Larger responses are passed through, never stored (default 8MiB).
-    pub max_object_size: Option<RawSize>,
-    /// How long concurrent misses wait for the one request that fills the entry.
-    #[serde(default, with = "humantime_serde")]
-    pub lock_timeout: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RawRouteCache {
-    /// Freshness when the upstream gives none (no max-age/s-maxage/Expires).
-    #[serde(default, with = "humantime_serde")]
-    pub ttl: Option<Duration>,
-    /// Upper bound on any freshness, including the upstream's.
-    #[serde(default, with = "humantime_serde")]
-    pub max_ttl: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub stale_while_revalidate: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub stale_if_error: Option<Duration>,
-    /// Request headers that select a variant even when the upstream's Vary omits them.
-    #[serde(default)]
-    pub vary_headers: Vec<String>,
-    /// `all` (default), `none`, or a list of query parameter names.
-    pub key_query: Option<serde_norway::Value>,
-    /// Cache answers to requests with credentials, keyed by the caller's identity.
-    #[serde(default)]
-    pub private: bool,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RawCompress {
-    /// Any of gzip, br, zstd (default: all three); the client's preference picks.
-    pub encodings: Option<Vec<String>>,
-    /// Smaller bodies are sent as they are (default 1KiB).
-    pub min_size: Option<RawSize>,
-    /// Content-type prefixes to compress (default: text/, JSON, JS, XML, SVG, wasm).
-    pub types: Option<Vec<String>>,
-    /// 1..=9 (default 5).
-    pub level: Option<u32>,
-}
+// The serde mirrors are in `raw`; they stay reachable here at their old paths.
+pub use super::raw::{RawCacheStore, RawCompress, RawRouteCache};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheStoreConfig {

@@ -1,40 +1,24 @@
 //! Validation of `tls:`: certificates are loaded (and checked against their keys)
 //! while the file is validated, so a bad certificate refuses the whole reload.
+//! The [`TlsConfig`] it yields is defined here too.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::check::{expand_env, Checker};
 use super::error::KeyPath;
 use super::raw::RawTls;
-use super::types::TlsConfig;
-use super::validate::Checker;
 
-/// Expands `${VAR}` and `${VAR:-default}` (e.g. `${GALION_DATA_DIR:-./data}/certs`).
-pub fn expand_env(s: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
-        let expr = &after[..end];
-        let (name, default) = match expr.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (expr, None),
-        };
-        match (std::env::var(name).ok().filter(|v| !v.is_empty()), default) {
-            (Some(v), _) => out.push_str(&v),
-            (None, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!("environment variable {name} is not set")),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub certs: Vec<std::sync::Arc<crate::tls::certs::LoadedCert>>,
+    pub default: Option<usize>,
+    pub acme_webroot: Option<PathBuf>,
+    pub redirect_http: bool,
+    /// SHA-256 over every certificate and key file: a reload applies when it changes.
+    pub fingerprint: String,
 }
 
 pub fn tls_of(c: &mut Checker, t: RawTls) -> TlsConfig {
@@ -96,21 +80,5 @@ pub fn tls_of(c: &mut Checker, t: RawTls) -> TlsConfig {
         acme_webroot,
         redirect_http: t.redirect_http.unwrap_or(true),
         fingerprint: hex::encode(fp.finalize()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_expansion() {
-        assert_eq!(
-            expand_env("a/${GALION_SURELY_UNSET_VAR:-./data}/b").as_deref(),
-            Ok("a/./data/b")
-        );
-        assert!(expand_env("${GALION_SURELY_UNSET_VAR}").is_err());
-        assert!(expand_env("${OOPS").is_err());
-        assert_eq!(expand_env("plain").as_deref(), Ok("plain"));
     }
 }

@@ -16,10 +16,12 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Deserialize;
 
+use super::check::{cidrs, Checker};
 use super::error::KeyPath;
-use super::validate::{cidrs, Checker};
+
+// The serde mirrors are in `raw`; they stay reachable here at their old paths.
+pub use super::raw::{RawCdnRanges, RawTrustedFull, RawTrustedProxies};
 
 /// Cloudflare's published ranges (<https://www.cloudflare.com/ips-v4>,
 /// `ips-v6`). `scripts/cloudflare-ips.sh` prints the current list as YAML for
@@ -53,35 +55,6 @@ pub const CLOUDFLARE: &[&str] = &[
 /// warning from `check`: everyone in them can choose their own client address.
 const WIDE_V4: u8 = 8;
 const WIDE_V6: u8 = 32;
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawTrustedProxies {
-    List(Vec<String>),
-    Full(RawTrustedFull),
-}
-
-impl Default for RawTrustedProxies {
-    fn default() -> Self {
-        RawTrustedProxies::List(Vec::new())
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawTrustedFull {
-    #[serde(default)]
-    pub networks: Vec<String>,
-    pub cloudflare: Option<RawCdnRanges>,
-}
-
-/// `builtin`, or the CIDRs themselves.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawCdnRanges {
-    Named(String),
-    List(Vec<String>),
-}
 
 /// The validated peers that may speak for clients.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

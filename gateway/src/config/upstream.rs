@@ -1,12 +1,84 @@
-//! Validation of `upstreams:` pools.
+//! `upstreams:` pools: their validated types and the validation that builds them.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::HeaderName;
+
+use super::check::{expand_env, header_name, read_private_file, socket_addr, Checker};
 use super::error::KeyPath;
 use super::raw::{RawServerEntry, RawUpstream};
-use super::types::UpstreamTls;
-use super::types::*;
-use super::validate::{header_name, socket_addr, Checker};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HashKey {
+    Ip,
+    Path,
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    ConsistentHash(HashKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: usize,
+    pub unhealthy_threshold: usize,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    /// Per-write timeout; off by default (each timed write costs a timer, and the
+    /// read timeout already bounds a stalled upstream).
+    pub write: Option<Duration>,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PassiveConfig {
+    /// Consecutive failures before a server is ejected; 0 disables ejection.
+    pub max_fails: u32,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<ServerConfig>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheckConfig>,
+    pub timeouts: Timeouts,
+    /// Extra attempts after the first one (on another server when possible).
+    pub retries: u32,
+    pub passive: PassiveConfig,
+    pub host_header: Option<String>,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to upstream servers; certificates are kept as DER (checked at load).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+    pub ca: Option<Vec<Vec<u8>>>,
+    /// (certificate chain, PKCS#8/PKCS#1/SEC1 key) for mTLS.
+    pub client: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+}
 
 pub fn upstream_of(
     c: &mut Checker,
@@ -158,7 +230,7 @@ pub fn upstream_of(
 }
 
 fn pem_certs(c: &mut Checker, at: &KeyPath, path: &str) -> Option<Vec<Vec<u8>>> {
-    let path = match super::tls::expand_env(path) {
+    let path = match expand_env(path) {
         Ok(p) => p,
         Err(e) => {
             c.err(at, e);
@@ -202,18 +274,16 @@ fn upstream_tls(
         (None, None) => None,
         (Some(cert), Some(key)) => {
             let chain = pem_certs(c, &at.key("client_cert"), cert);
-            let key_der = super::tls::expand_env(key)
+            let key_der = expand_env(key)
                 .map_err(|e| c.err(&at.key("client_key"), e))
                 .ok()
-                .and_then(
-                    |p| match super::policy::read_private_file(std::path::Path::new(&p)) {
-                        Ok(_) => std::fs::read(&p).ok(),
-                        Err(e) => {
-                            c.err(&at.key("client_key"), e);
-                            None
-                        }
-                    },
-                )
+                .and_then(|p| match read_private_file(std::path::Path::new(&p)) {
+                    Ok(_) => std::fs::read(&p).ok(),
+                    Err(e) => {
+                        c.err(&at.key("client_key"), e);
+                        None
+                    }
+                })
                 .and_then(
                     |pem| match rustls_pemfile::private_key(&mut pem.as_slice()) {
                         Ok(Some(k)) => Some(k.secret_der().to_vec()),

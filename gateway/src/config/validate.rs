@@ -1,67 +1,28 @@
 //! `RawConfig` → `Config`: checks every value and cross-reference, collecting all
 //! errors (with file, line and key path) instead of stopping at the first.
+//!
+//! This is the orchestration on top of the section modules: each section is handed
+//! to its own module (`trust`, `tls`, `policy`, `upstream`, `shaping`, `protect`,
+//! `hosts`); the top-level settings (`listen`, `server`, `admin`, `access_log`) are
+//! checked here, and so are the rules that tie sections together.
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
 use indexmap::IndexMap;
-use ipnet::IpNet;
-use regex::RegexBuilder;
 
-use super::error::{ConfigError, ConfigErrors, KeyPath};
+use super::check::parse_size;
+use super::error::{ConfigErrors, KeyPath};
 use super::locate::LineIndex;
 use super::raw::*;
 use super::types::*;
 
-/// Collects errors and warnings with their locations.
-pub struct Checker<'a> {
-    file: &'a Path,
-    index: &'a LineIndex,
-    pub errors: Vec<ConfigError>,
-    pub warnings: Vec<ConfigWarning>,
-}
-
-impl<'a> Checker<'a> {
-    pub fn new(file: &'a Path, index: &'a LineIndex) -> Self {
-        Checker {
-            file,
-            index,
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
-    }
-
-    pub fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            file: self.file.to_owned(),
-            line: self.index.line_of(path),
-            path: path.clone(),
-            message: message.into(),
-        });
-    }
-
-    pub fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
-        self.warnings.push(ConfigWarning {
-            line: self.index.line_of(path),
-            path: path.to_string(),
-            message: message.into(),
-        });
-    }
-
-    /// Unwraps a lenient item, recording its deserialization error under `at`.
-    pub fn take<T>(&mut self, at: &KeyPath, item: Lenient<T>) -> Option<T> {
-        match item {
-            Lenient::Ok(t) => Some(t),
-            Lenient::Err { path, message } => {
-                self.err(&at.join(&path), message);
-                None
-            }
-        }
-    }
-}
+// The checker and the value checkers live in `check` (and `header_ops` with the
+// routes, in `hosts`); they stay reachable here at their old paths.
+pub use super::check::{cidrs, duplicates, header_name, method, regex, socket_addr, Checker};
+pub use super::hosts::header_ops;
 
 pub fn validate(
     raw: RawConfig,
@@ -200,20 +161,6 @@ fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
-/// Parses `host:port`, resolving names once at load time (never on the request path).
-pub fn socket_addr(c: &mut Checker, at: &KeyPath, s: &str) -> Option<SocketAddr> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Some(a);
-    }
-    match s.to_socket_addrs().map(|mut it| it.next()) {
-        Ok(Some(a)) => Some(a),
-        _ => {
-            c.err(at, format!("{s:?} is not an address of the form host:port"));
-            None
-        }
-    }
-}
-
 fn listen_of(c: &mut Checker, l: RawListen) -> Listen {
     let at = KeyPath::root().key("listen");
     let http = l.http.and_then(|s| socket_addr(c, &at.key("http"), &s));
@@ -252,7 +199,7 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
     // and h2 bodies are flushed as they come), and each client connection holds
     // this buffer (pingora allocates it up front, beside its 64 KiB read buffer).
     let write_buffer = match &s.write_buffer {
-        Some(v) => super::policy::parse_size(c, &at.key("write_buffer"), v)
+        Some(v) => parse_size(c, &at.key("write_buffer"), v)
             .filter(|n| {
                 let ok = (1024..=1 << 20).contains(n);
                 if !ok {
@@ -280,7 +227,7 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
         None => DEFAULT_HEADER_TIMEOUT,
     };
     let min_body_rate = match &s.min_body_rate {
-        Some(v) => super::policy::parse_size(c, &at.key("min_body_rate"), v).unwrap_or(0),
+        Some(v) => parse_size(c, &at.key("min_body_rate"), v).unwrap_or(0),
         None => DEFAULT_MIN_BODY_RATE,
     };
     ServerSettings {
@@ -300,20 +247,6 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
         pid_file: s.pid_file,
         upgrade_sock: s.upgrade_sock,
     }
-}
-
-pub fn cidrs(c: &mut Checker, at: &KeyPath, list: &[String]) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    for (i, s) in list.iter().enumerate() {
-        if let Ok(net) = s.parse::<IpNet>() {
-            out.push(net.trunc());
-        } else if let Ok(ip) = s.parse::<IpAddr>() {
-            out.push(IpNet::from(ip));
-        } else {
-            c.err(&at.index(i), format!("{s:?} is not an IP address or CIDR"));
-        }
-    }
-    out
 }
 
 fn admin_of(c: &mut Checker, a: RawAdmin) -> AdminSettings {
@@ -341,91 +274,4 @@ fn access_log_of(a: RawAccessLog) -> AccessLogSettings {
         enabled: a.enabled.unwrap_or(true),
         target,
     }
-}
-
-pub fn header_name(c: &mut Checker, at: &KeyPath, s: &str) -> Option<HeaderName> {
-    match HeaderName::from_bytes(s.trim().to_ascii_lowercase().as_bytes()) {
-        Ok(h) => Some(h),
-        Err(_) => {
-            c.err(at, format!("{s:?} is not a valid header name"));
-            None
-        }
-    }
-}
-
-pub fn header_ops(c: &mut Checker, at: &KeyPath, raw: RawHeaderOps) -> HeaderOps {
-    let mut ops = HeaderOps::default();
-    let pairs = |c: &mut Checker, key: &str, map: IndexMap<String, String>| {
-        let mut out = Vec::new();
-        for (name, value) in map {
-            let p = at.key(key).key(&name);
-            let n = header_name(c, &p, &name);
-            // `${VAR}` lets a value come from the environment (e.g. a service token
-            // sent upstream); such values are marked sensitive so they are never
-            // logged.
-            let from_env = value.contains("${");
-            let value = match super::tls::expand_env(&value) {
-                Ok(v) => v,
-                Err(e) => {
-                    c.err(&p, e);
-                    continue;
-                }
-            };
-            let v = HeaderValue::from_str(&value).map(|mut v| {
-                v.set_sensitive(from_env);
-                v
-            });
-            match (n, v) {
-                (Some(n), Ok(v)) => out.push((n, v)),
-                (_, Err(_)) => c.err(&p, "header value has characters not allowed in HTTP"),
-                _ => {}
-            }
-        }
-        out
-    };
-    ops.set = pairs(c, "set", raw.set);
-    ops.add = pairs(c, "add", raw.add);
-    for (i, name) in raw.remove.iter().enumerate() {
-        if let Some(n) = header_name(c, &at.key("remove").index(i), name) {
-            ops.remove.push(n);
-        }
-    }
-    ops
-}
-
-pub fn method(c: &mut Checker, at: &KeyPath, s: &str) -> Option<Method> {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    let up = s.trim().to_ascii_uppercase();
-    if !KNOWN.contains(&up.as_str()) {
-        c.err(at, format!("unknown HTTP method {s:?}"));
-        return None;
-    }
-    Method::from_bytes(up.as_bytes()).ok()
-}
-
-pub fn regex(c: &mut Checker, at: &KeyPath, s: &str) -> Option<regex::Regex> {
-    // Bounded compiled size: a config regex must not become a memory bomb.
-    match RegexBuilder::new(s).size_limit(1 << 20).build() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            c.err(at, format!("invalid regex: {e}"));
-            None
-        }
-    }
-}
-
-/// Returns the set of names that appear more than once.
-pub fn duplicates<'s>(names: impl Iterator<Item = &'s str>) -> Vec<&'s str> {
-    let mut seen = HashMap::new();
-    let mut dups = Vec::new();
-    for n in names {
-        let count = seen.entry(n).or_insert(0);
-        *count += 1;
-        if *count == 2 {
-            dups.push(n);
-        }
-    }
-    dups
 }
