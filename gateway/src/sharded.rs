@@ -23,8 +23,28 @@
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// For keys that are already uniformly distributed hashes (the rate limiter's
+/// 64-bit key hashes, the cache's 128-bit object hashes): hashing them again is
+/// waste. The hash is the key's last eight bytes.
+#[derive(Default, Clone)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// One shard on its own cache lines (128 bytes: the pair of lines adjacent-line
 /// prefetchers fetch together), so that workers writing neighbouring shards do

@@ -9,6 +9,7 @@
 //! never admitted (pingora stops writing them; the client still gets the body).
 
 use std::any::Any;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -26,7 +27,7 @@ use pingora::cache::{CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 use pingora::Result;
 
-use crate::sharded::ShardedMap;
+use crate::sharded::{IdentityHasher, ShardedMap};
 
 const SHARDS: usize = 32;
 
@@ -134,8 +135,9 @@ struct Entry {
 }
 
 pub struct MemStore {
-    /// Not bounded by count: the eviction manager keeps the byte budget.
-    objects: ShardedMap<HashBinary, Arc<Entry>>,
+    /// Not bounded by count: the eviction manager keeps the byte budget. Keys
+    /// are pingora's cryptographic object hashes: not hashed again.
+    objects: ShardedMap<HashBinary, Arc<Entry>, BuildHasherDefault<IdentityHasher>>,
     size: AtomicUsize,
 }
 

@@ -6,31 +6,13 @@
 //! lost), then the eighth of the keys closest to full. Sharding keeps two workers
 //! from meeting on one lock unless they decide for keys of the same shard.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::time::Instant;
 
 use super::gcra::{decide, Outcome};
-use crate::sharded::ShardedMap;
+use crate::sharded::{IdentityHasher, ShardedMap};
 
 const SHARDS: usize = 64;
-
-/// Keys are already uniformly distributed 64-bit hashes: hashing them again is waste.
-#[derive(Default)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
 
 pub struct LocalLimiter {
     /// Key hash → (TAT, bucket capacity in ns); `max(max_keys / SHARDS, 16)`
