@@ -26,8 +26,51 @@ pub trait Fields {
 
 impl Fields for HeaderMap {
     fn all<'s>(&'s self, name: &'s str) -> impl DoubleEndedIterator<Item = &'s [u8]> {
-        self.get_all(name).iter().map(HeaderValue::as_bytes)
+        let values = match well_known(name) {
+            Some(n) => self.get_all(n),
+            None => self.get_all(name),
+        };
+        values.iter().map(HeaderValue::as_bytes)
     }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
+static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The names the pipeline reads on every request, as ready `HeaderName`s: a
+/// `HeaderMap` lookup by `&str` first parses and lower-cases the name, which
+/// cost more than the lookup itself, several times per request.
+fn well_known(name: &str) -> Option<&'static HeaderName> {
+    use http::header;
+    Some(match name {
+        "host" => &header::HOST,
+        "content-length" => &header::CONTENT_LENGTH,
+        "transfer-encoding" => &header::TRANSFER_ENCODING,
+        "authorization" => &header::AUTHORIZATION,
+        "cookie" => &header::COOKIE,
+        "origin" => &header::ORIGIN,
+        "access-control-request-method" => &header::ACCESS_CONTROL_REQUEST_METHOD,
+        "access-control-request-headers" => &header::ACCESS_CONTROL_REQUEST_HEADERS,
+        "range" => &header::RANGE,
+        "if-range" => &header::IF_RANGE,
+        "if-match" => &header::IF_MATCH,
+        "if-none-match" => &header::IF_NONE_MATCH,
+        "if-modified-since" => &header::IF_MODIFIED_SINCE,
+        "if-unmodified-since" => &header::IF_UNMODIFIED_SINCE,
+        "x-request-id" => &X_REQUEST_ID,
+        "x-forwarded-for" => &X_FORWARDED_FOR,
+        "x-forwarded-proto" => &X_FORWARDED_PROTO,
+        "x-forwarded-host" => &X_FORWARDED_HOST,
+        "cf-connecting-ip" => &CF_CONNECTING_IP,
+        "true-client-ip" => &TRUE_CLIENT_IP,
+        "x-api-key" => &X_API_KEY,
+        _ => return None,
+    })
 }
 
 /// The fast path's parsed head.
@@ -135,6 +178,45 @@ mod tests {
     }
     fn v(s: &'static str) -> HeaderValue {
         HeaderValue::from_static(s)
+    }
+
+    /// A well-known name is the very name asked for: a typo in the table
+    /// would read another field.
+    #[test]
+    fn well_known_names_are_themselves() {
+        for name in [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "authorization",
+            "cookie",
+            "origin",
+            "access-control-request-method",
+            "access-control-request-headers",
+            "range",
+            "if-range",
+            "if-match",
+            "if-none-match",
+            "if-modified-since",
+            "if-unmodified-since",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "cf-connecting-ip",
+            "true-client-ip",
+            "x-api-key",
+        ] {
+            assert_eq!(well_known(name).map(HeaderName::as_str), Some(name));
+        }
+        assert!(well_known("x-other").is_none());
+        let mut map = HeaderMap::new();
+        map.append("x-forwarded-for", v("1.1.1.1"));
+        map.append("x-forwarded-for", v("2.2.2.2"));
+        map.append("x-other", v("o"));
+        let all: Vec<_> = map.all("x-forwarded-for").collect();
+        assert_eq!(all, [&b"1.1.1.1"[..], b"2.2.2.2"]);
+        assert_eq!(Fields::get(&map, "x-other"), Some(&b"o"[..]));
     }
 
     /// The byte transport's resolution gives the same fields as the map's.

@@ -305,6 +305,9 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
             // instead failed that next request during graceful upgrades.
             // Every HTTP/1 head is read here, with or without the fast path:
             // pingora's reader times each read, not the whole head.
+            // With the fast path off, the first request's length as the one
+            // parse of its head found it.
+            let mut first = None;
             let decision = loop {
                 if c.len > 0 {
                     let d = if self.enabled {
@@ -316,7 +319,13 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
                         };
                         request::decide(&c.buf[..c.len], &env, c.peer, &mut c.out).await
                     } else {
-                        request::framed(&c.buf[..c.len])
+                        match request::framed(&c.buf[..c.len]) {
+                            request::Framed::Partial => Decision::Partial,
+                            request::Framed::Whole(len) => {
+                                first = Some(len);
+                                Decision::Delegate
+                            }
+                        }
                     };
                     match d {
                         Decision::Partial if c.len == c.buf.len() && !c.grow() => {
@@ -344,7 +353,7 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
                 Decision::Hit(hit) => self.answer_hit(&mut stream, &mut c, hit).await,
                 Decision::Drop => return None,
                 Decision::Partial | Decision::Delegate => {
-                    stream = self.delegate(stream, &mut c, shutdown).await?;
+                    stream = self.delegate(stream, &mut c, first, shutdown).await?;
                     continue;
                 }
             };
@@ -365,17 +374,22 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
 impl<P: HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
     /// Hands the buffered request (and the connection) to pingora-proxy for one
     /// request; the connection comes back when pingora keeps it alive.
+    /// `first`: the first request's length, when the head was parsed for it
+    /// already.
     async fn delegate(
         &self,
         mut stream: Stream,
         c: &mut Conn,
+        first: Option<Option<usize>>,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if c.len > 0 {
             // pingora gets this request only: what the client pipelined
             // behind it stays here for this loop (pingora would read it
             // along and drop it with the session).
-            let first = request::first_request_len(&c.buf[..c.len]).unwrap_or(c.len);
+            let first = first
+                .unwrap_or_else(|| request::first_request_len(&c.buf[..c.len]))
+                .unwrap_or(c.len);
             stream = rewind::rewind(stream, &c.buf[..first])?;
             c.consume(first);
         }

@@ -85,15 +85,26 @@ fn target_byte_ok(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
-/// With the fast path off: only whether the head is whole (pingora takes
-/// every request, read here first for the head's deadline).
-pub fn framed(buf: &[u8]) -> Decision {
+/// What the fast path, when it is off, needs of a head: whether it is whole
+/// (pingora takes every request, read here first for the head's deadline).
+pub enum Framed {
+    Partial,
+    /// Whole, or something pingora will refuse in its own words; with how
+    /// many bytes of the buffer the first request takes, when that can be told
+    /// ([`first_request_len`]).
+    Whole(Option<usize>),
+}
+
+/// With the fast path off: one parse says both whether the head is whole
+/// and how long the first request is.
+pub fn framed(buf: &[u8]) -> Framed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf) {
-        Ok(httparse::Status::Partial) => Decision::Partial,
-        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => Decision::Partial,
-        // Complete, or something pingora will refuse in its own words.
-        _ => Decision::Delegate,
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Framed::Partial,
+        Ok(httparse::Status::Complete(head)) => Framed::Whole(request_len(&req, head, buf.len())),
+        Err(httparse::Error::TooManyHeaders) if !head_is_whole(buf) => Framed::Partial,
+        Err(_) => Framed::Whole(None),
     }
 }
 
@@ -107,6 +118,12 @@ pub fn first_request_len(buf: &[u8]) -> Option<usize> {
     let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
         return None;
     };
+    request_len(&req, head, buf.len())
+}
+
+/// The first request's length from its parsed head (`head` bytes) when the
+/// `read` bytes hold all of its body.
+fn request_len(req: &httparse::Request<'_, '_>, head: usize, read: usize) -> Option<usize> {
     let mut body = 0;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -117,7 +134,7 @@ pub fn first_request_len(buf: &[u8]) -> Option<usize> {
         }
     }
     let end = head.checked_add(body)?;
-    (end <= buf.len()).then_some(end)
+    (end <= read).then_some(end)
 }
 
 /// Whether the blank line ending a head is in `buf`. For heads with more

@@ -1,7 +1,7 @@
 //! A client connection with bytes put back in front of it: the fast path read
 //! a request head it leaves to pingora, which must read the same bytes again.
-//! pingora's own `Stream::rewind` exists only on the plain TCP stream, not on
-//! the TLS one, so the connection (whatever it is) is wrapped once.
+//! pingora's own `Stream::rewind` exists only on the plain TCP stream: that
+//! one is used as it is, a TLS connection is wrapped once ([`Rewound`]).
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -29,6 +30,14 @@ pub struct Rewound {
 /// not wrapped again). `None` only if a wrapped stream failed to downcast,
 /// which `is` rules out.
 pub fn rewind(stream: Stream, bytes: &[u8]) -> Option<Stream> {
+    if stream.as_any().is::<TcpStream>() {
+        // Plain TCP: pingora's stream takes the bytes back itself (unread
+        // bytes go in front of anything put back before, as here), and no
+        // wrapper sits in every later read and write.
+        let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        tcp.rewind(bytes);
+        return Some(tcp);
+    }
     if stream.as_any().is::<Rewound>() {
         let mut r = stream.into_any().downcast::<Rewound>().ok()?;
         r.prefix.drain(..r.pos);

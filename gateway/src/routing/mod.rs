@@ -310,7 +310,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 pub struct Router {
     pub hosts: Vec<HostRoutes>,
-    by_name: HashMap<String, usize>,
+    /// foldhash: the names are the operator's, so a client's `Host` cannot
+    /// pick colliding keys, and SipHash was most of a lookup's cost.
+    by_name: HashMap<String, usize, foldhash::fast::RandomState>,
     /// (suffix including the dot, host index), longest suffix first.
     wildcards: Vec<(String, usize)>,
     default: Option<usize>,
@@ -318,7 +320,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(hosts: &[HostConfig], compiled: Vec<HostRoutes>) -> Self {
-        let mut by_name = HashMap::new();
+        let mut by_name = HashMap::with_hasher(foldhash::fast::RandomState::default());
         let mut wildcards = Vec::new();
         let mut default = None;
         for (i, h) in hosts.iter().enumerate() {
@@ -366,40 +368,37 @@ impl Router {
 /// empty names are refused on both paths, as nginx refuses them: an upstream
 /// that parses the value differently must not be handed it.
 pub fn valid_authority(host: &str) -> bool {
-    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+    if let Some(rest) = host.strip_prefix('[') {
         let Some((v6, after)) = rest.split_once(']') else {
             return false;
         };
-        if v6.parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
+        return v6.parse::<std::net::Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(valid_port));
+    }
+    // One pass over the name (this runs on every request): allowed bytes, no
+    // leading dot, no two dots in a row, up to the port's colon.
+    let b = host.as_bytes();
+    let mut prev_dot = true;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'.' if prev_dot => return false,
+            b'.' => prev_dot = true,
+            b':' => {
+                return i > 0 && i <= 253 && valid_port(&host[i + 1..]);
+            }
+            c if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' => prev_dot = false,
+            _ => return false,
         }
-        match after {
-            "" => return true,
-            p => match p.strip_prefix(':') {
-                Some(port) => ("v6", Some(port)),
-                None => return false,
-            },
-        }
-    } else {
-        match host.split_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (host, None),
-        }
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 253
-        && !name.starts_with('.')
-        && !name.contains("..")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 5
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u16>().is_ok()
-    });
-    name_ok && port_ok
+    }
+    !b.is_empty() && b.len() <= 253
+}
+
+/// 1 to 5 digits that fit a port number.
+fn valid_port(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u16>().is_ok()
 }
 
 /// Lower-cases and strips the port and a trailing dot; borrows when nothing changes.

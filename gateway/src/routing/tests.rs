@@ -182,7 +182,51 @@ fn unsafe_paths() {
     }
 }
 
+/// `valid_authority` as first written (split, then check each part): the
+/// one-pass version must agree with it.
+fn authority_model(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(port) => ("v6", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    name_ok && port_ok
+}
+
 proptest::proptest! {
+    #[test]
+    fn authority_check_agrees_with_its_model(h in "[a-z0-9_.:@/ \\[\\]-]{0,12}|[a-z.]{250,256}(:[0-9]{1,6})?") {
+        proptest::prop_assert_eq!(valid_authority(&h), authority_model(&h), "{:?}", h);
+    }
+
     #[test]
     fn path_checker_never_panics(p in "\\PC*") {
         let _ = path_is_safe(&p);
