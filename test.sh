@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit, property and end-to-end tests
-# (real processes on loopback; the cluster-mode tests use the Redis and PostgreSQL
-# on 127.0.0.1, started here when they are not running).
+# (real processes on loopback). The cluster-mode tests use the Redis and PostgreSQL
+# named by GALION_TEST_REDIS_URL / GALION_TEST_PG_URL, else the ones answering on
+# 127.0.0.1:6379 and :5432, else private ones started under target/test-services
+# and stopped at the end (scripts/prereqs.sh). Nothing outside the checkout changes,
+# apart from Debian packages installed when missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/prereqs.sh
 source scripts/prereqs.sh
 
 ensure_build_prereqs
+CHECK_DIR="$(mktemp -d)"
+trap 'rm -rf "$CHECK_DIR"; stop_test_services' EXIT
 ensure_redis
 ensure_postgres
 
@@ -26,13 +31,16 @@ cargo build --workspace --bins --locked
 echo "==> galion-gateway check on the shipped configs"
 # The shipped configs read the service token from the environment and their
 # certificates from $GALION_DATA_DIR/certs (dev) and $GALION_TLS_DIR (production).
-CHECK_DIR="$(mktemp -d)"
-trap 'rm -rf "$CHECK_DIR"' EXIT
 ./target/debug/galion-gateway dev-certs "$CHECK_DIR/certs" >/dev/null
 for f in conf/dev.yaml conf/gateway.yaml; do
     GALION_SERVICE_TOKEN=check-only GALION_DATA_DIR="$CHECK_DIR" GALION_TLS_DIR="$CHECK_DIR/certs" \
         ./target/debug/galion-gateway check -c "$f" >/dev/null
 done
+echo "==> monitoring: promtool check and test the alert rules"
+ensure_promtool
+"$PROMTOOL" check rules monitoring/prometheus/galion.rules.yml
+(cd monitoring/prometheus && "$PROMTOOL" test rules galion.rules.test.yml)
+"$PROMTOOL" check config monitoring/prometheus/prometheus.example.yml
 echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
 # Every policy is decided once (gateway/src/pipeline) and rendered by two

@@ -38,26 +38,114 @@ wait_port() {
     return 1
 }
 
+# Servers for the cluster-mode tests (test.sh). The tests use
+# GALION_TEST_REDIS_URL and GALION_TEST_PG_URL when the developer set them,
+# else a Redis and a PostgreSQL already answering on 127.0.0.1:6379 and :5432
+# (used as they are: nothing of theirs is configured), else private ones
+# started here on free ports under target/test-services and stopped by
+# stop_test_services. GALION_PRIVATE_SERVICES=1 starts private ones even when
+# shared ones answer.
+TEST_SERVICES_DIR="${TEST_SERVICES_DIR:-$PWD/target/test-services}"
+PRIVATE_PG_DATA=
+PRIVATE_PG_BIN=
+PRIVATE_REDIS_PID=
+
+free_port() {
+    local p
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 20000))
+        port_open 127.0.0.1 "$p" || { echo "$p"; return 0; }
+    done
+    echo "no free port found" >&2
+    return 1
+}
+
 ensure_redis() {
-    port_open 127.0.0.1 6379 && return 0
+    [ -n "${GALION_TEST_REDIS_URL:-}" ] && return 0
+    if [ -z "${GALION_PRIVATE_SERVICES:-}" ] && port_open 127.0.0.1 6379; then
+        export GALION_TEST_REDIS_URL="redis://127.0.0.1:6379/"
+        return 0
+    fi
     command -v redis-server >/dev/null || apt_install redis-server
-    echo "==> starting redis on 127.0.0.1:6379"
-    mkdir -p /tmp/galion-redis
-    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
-        --dir /tmp/galion-redis --logfile /tmp/galion-redis/redis.log
-    wait_port 127.0.0.1 6379 || { echo "redis did not start" >&2; exit 1; }
+    local dir="$TEST_SERVICES_DIR/redis" port
+    port="$(free_port)"
+    mkdir -p "$dir"
+    echo "==> starting a private redis on 127.0.0.1:$port ($dir)"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid"
+    wait_port 127.0.0.1 "$port" || { echo "redis did not start: $dir/redis.log" >&2; exit 1; }
+    PRIVATE_REDIS_PID="$(cat "$dir/redis.pid")"
+    export GALION_TEST_REDIS_URL="redis://127.0.0.1:$port/"
+}
+
+# PostgreSQL refuses to run as root: as root, the private cluster runs as the
+# postgres user the package creates.
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
 ensure_postgres() {
-    port_open 127.0.0.1 5432 && return 0
-    command -v pg_ctlcluster >/dev/null || apt_install postgresql
-    echo "==> starting postgresql on 127.0.0.1:5432"
-    local v; v="$(ls /etc/postgresql | sort -V | tail -1)"
-    # Tests connect as postgres without a password over loopback.
-    local hba="/etc/postgresql/$v/main/pg_hba.conf"
-    if ! grep -q "galion-tests" "$hba" 2>/dev/null; then
-        as_root sh -c "printf '# galion-tests\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' | cat - '$hba' > '$hba.new' && mv '$hba.new' '$hba'"
+    [ -n "${GALION_TEST_PG_URL:-}" ] && return 0
+    if [ -z "${GALION_PRIVATE_SERVICES:-}" ] && port_open 127.0.0.1 5432; then
+        export GALION_TEST_PG_URL="postgres://postgres@127.0.0.1:5432/postgres"
+        return 0
     fi
-    as_root pg_ctlcluster --skip-systemctl-redirect "$v" main start || as_root pg_ctlcluster "$v" main start
-    wait_port 127.0.0.1 5432 || { echo "postgresql did not start" >&2; exit 1; }
+    pg_bin() { find /usr/lib/postgresql -maxdepth 3 -name initdb -path '*/bin/*' 2>/dev/null | sort -V | tail -1; }
+    [ -n "$(pg_bin)" ] || apt_install postgresql
+    PRIVATE_PG_BIN="$(dirname "$(pg_bin)")"
+    local dir="$TEST_SERVICES_DIR/pg" port
+    port="$(free_port)"
+    rm -rf "$dir" && mkdir -p "$dir"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres "$dir"
+        # A checkout the postgres user cannot reach (a root-only parent such
+        # as mktemp's): the cluster goes to a temporary directory instead,
+        # removed with it.
+        if ! runuser -u postgres -- test -w "$dir"; then
+            dir="$(mktemp -d -t galion-test-pg.XXXXXX)"
+            chown postgres "$dir"
+        fi
+    fi
+    PRIVATE_PG_DATA="$dir/data"
+    echo "==> starting a private postgresql on 127.0.0.1:$port ($dir)"
+    as_pg "$PRIVATE_PG_BIN/initdb" -D "$PRIVATE_PG_DATA" -U postgres --auth=trust -E UTF8 \
+        >"$dir/initdb.log" 2>&1 || { echo "initdb failed: $dir/initdb.log" >&2; exit 1; }
+    as_pg "$PRIVATE_PG_BIN/pg_ctl" -D "$PRIVATE_PG_DATA" -l "$dir/postgres.log" -w \
+        -o "-p $port -c listen_addresses=127.0.0.1 -k $dir" start >/dev/null \
+        || { echo "postgresql did not start: $dir/postgres.log" >&2; exit 1; }
+    export GALION_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+# Stops what ensure_redis and ensure_postgres started (by PID / data directory).
+stop_test_services() {
+    if [ -n "$PRIVATE_REDIS_PID" ]; then
+        kill "$PRIVATE_REDIS_PID" 2>/dev/null || true
+        PRIVATE_REDIS_PID=
+    fi
+    if [ -n "$PRIVATE_PG_DATA" ]; then
+        as_pg "$PRIVATE_PG_BIN/pg_ctl" -D "$PRIVATE_PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
+        case "$PRIVATE_PG_DATA" in
+            "$TEST_SERVICES_DIR"/*) ;;
+            *) rm -rf "$(dirname "$PRIVATE_PG_DATA")" ;;
+        esac
+        PRIVATE_PG_DATA=
+    fi
+}
+
+# promtool (for monitoring/'s rule tests): the one on PATH, else extracted from
+# Debian's prometheus package into target/tools without installing it (the
+# package would also start a Prometheus server). Sets PROMTOOL.
+ensure_promtool() {
+    if command -v promtool >/dev/null; then PROMTOOL=promtool; return 0; fi
+    local dir="$PWD/target/tools/prometheus"
+    PROMTOOL="$dir/usr/bin/promtool"
+    [ -x "$PROMTOOL" ] && return 0
+    echo "==> fetching promtool (Debian package prometheus, extracted under target/tools)"
+    mkdir -p "$dir"
+    if ! (cd "$dir" && apt-get download prometheus >/dev/null 2>&1); then
+        as_root apt-get update -qq || true
+        (cd "$dir" && apt-get download prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$dir"/prometheus_*.deb "$dir"
+    [ -x "$PROMTOOL" ] || { echo "promtool not found in the prometheus package" >&2; exit 1; }
 }

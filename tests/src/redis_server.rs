@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use crate::{eventually, free_addr};
 
-/// The shared Redis every cluster test may use (`.ci/run` starts it when absent).
-pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379/";
+/// The shared Redis every cluster test may use: `GALION_TEST_REDIS_URL`, else
+/// the one on 127.0.0.1:6379 (`./test.sh` sets the variable, starting a private
+/// server under `target/` when none answers).
+pub fn shared_redis() -> String {
+    std::env::var("GALION_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
 
 /// A key prefix no other test run uses.
 pub fn unique_prefix(test: &str) -> String {

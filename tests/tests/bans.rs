@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use galion_tests::redis_server::{cleanup, unique_prefix, SHARED_REDIS};
+use galion_tests::redis_server::{cleanup, shared_redis, unique_prefix};
 use galion_tests::{
     client, client_from, eventually, fake_upstream, spawn_gateway, Gateway, ADMIN_DIGEST,
 };
@@ -253,8 +253,9 @@ async fn manual_bans_drop_action_and_auth_rejections() {
 
 #[tokio::test]
 async fn bans_are_shared_by_instances_through_redis() {
+    let shared = shared_redis();
     let prefix = unique_prefix("bans");
-    let store = format!("store: {{ redis: {{ url: \"{SHARED_REDIS}\", prefix: \"{prefix}\" }} }}");
+    let store = format!("store: {{ redis: {{ url: \"{shared}\", prefix: \"{prefix}\" }} }}");
     let up = fake_upstream("up").await;
     let a = spawn_gateway(&config(up.addr, &store, "1h")).await;
     let b = spawn_gateway(&config(up.addr, &store, "1h")).await;
@@ -316,5 +317,5 @@ async fn bans_are_shared_by_instances_through_redis() {
     })
     .await;
     assert!(seen.is_some());
-    cleanup(SHARED_REDIS, &prefix).await;
+    cleanup(&shared, &prefix).await;
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use galion_tests::redis_server::{cleanup, keys, unique_prefix, RedisServer, SHARED_REDIS};
+use galion_tests::redis_server::{cleanup, keys, shared_redis, unique_prefix, RedisServer};
 use galion_tests::{client_from, eventually, fake_upstream, spawn_gateway, Gateway};
 
 fn routes_config(up: SocketAddr, store: &str, limit: &str) -> String {
@@ -165,8 +165,9 @@ async fn one_client_flooding_for_a_minute_gets_its_allowance() {
 
 #[tokio::test]
 async fn two_instances_sharing_redis_enforce_one_budget() {
+    let shared = shared_redis();
     let prefix = unique_prefix("rl-accuracy");
-    let store = format!("store: {{ redis: {{ url: \"{SHARED_REDIS}\", prefix: \"{prefix}\" }} }}");
+    let store = format!("store: {{ redis: {{ url: \"{shared}\", prefix: \"{prefix}\" }} }}");
     let up = fake_upstream("up").await;
     let a = spawn_gateway(&routes_config(up.addr, &store, LIMIT)).await;
     let b = spawn_gateway(&routes_config(up.addr, &store, LIMIT)).await;
@@ -193,8 +194,8 @@ async fn two_instances_sharing_redis_enforce_one_budget() {
             .await,
         0.0
     );
-    assert!(!keys(SHARED_REDIS, &prefix).await.is_empty());
-    cleanup(SHARED_REDIS, &prefix).await;
+    assert!(!keys(&shared, &prefix).await.is_empty());
+    cleanup(&shared, &prefix).await;
 }
 
 #[tokio::test]

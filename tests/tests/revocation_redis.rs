@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use galion_tests::jwt::{claims, now, FakeAuth, TestKey};
-use galion_tests::redis_server::{cleanup, connect, unique_prefix, SHARED_REDIS};
+use galion_tests::redis_server::{cleanup, connect, shared_redis, unique_prefix};
 use galion_tests::{client, eventually, fake_upstream, spawn_gateway};
 
 #[tokio::test]
@@ -14,12 +14,13 @@ async fn a_revocation_published_on_redis_is_refused_without_the_poll() {
     let ed = TestKey::ed25519("ed-1");
     let auth = FakeAuth::start(&[&ed]).await;
     let up = fake_upstream("up").await;
+    let shared = shared_redis();
     let prefix = unique_prefix("revocations");
     let channel = format!("{prefix}revocations");
     let conf = format!(
         r#"
 store:
-  redis: {{ url: "{SHARED_REDIS}", prefix: "{prefix}", revocations_channel: "{channel}" }}
+  redis: {{ url: "{shared}", prefix: "{prefix}", revocations_channel: "{channel}" }}
 auth:
   jwt:
     jwks_url: {jwks}
@@ -63,7 +64,7 @@ upstreams:
     assert_eq!(get().await, 200, "{}", gw.log());
     // Give the subscription a moment to be in place after redis_up.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut r = connect(SHARED_REDIS).await;
+    let mut r = connect(&shared).await;
     let msg = serde_json::json!({"jti": "jti-redis-1", "exp": now() + 600}).to_string();
     let _: i64 = redis::cmd("PUBLISH")
         .arg(&channel)
@@ -92,5 +93,5 @@ upstreams:
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    cleanup(SHARED_REDIS, &prefix).await;
+    cleanup(&shared, &prefix).await;
 }
