@@ -81,6 +81,7 @@ cat <<MSG
              -d '{"email":"ada@example.com","password":"correct horse battery","name":"Ada"}'
            curl -s localhost:8080/api/v1/auth/login -H 'content-type: application/json' \\
              -d '{"email":"ada@example.com","password":"correct horse battery"}'
+  Mail     verification/reset mails: $GALION_DATA_DIR/mail/*.eml (links also in the auth log)
   Reload   edit conf/dev.yaml (applied on save) or: kill -HUP <gateway pid>
 
   Ctrl-C stops everything.

@@ -1,6 +1,6 @@
 //! Email verification and password reset: single-use tokens (random, stored
-//! as SHA-256, expiring) "sent" by writing to `mail_outbox` in the same
-//! transaction, and logged. A separate mailer drains `mail_outbox`.
+//! as SHA-256, expiring) sent by writing to `mail_outbox` in the same
+//! transaction; the sender in `mailer` delivers that table.
 //!
 //! Mail on request is limited per account: at most [`MAIL_LIMIT`] mails of
 //! one purpose per [`MAIL_WINDOW`] (issue 21: 40 reset requests from 40
@@ -55,7 +55,9 @@ pub struct QueuedMail {
 }
 
 impl QueuedMail {
+    /// Logs the mail and wakes the sender; call after the commit.
     pub fn log(&self, state: &AppState) {
+        state.mailer.wake();
         if state.settings.common.mode == RunMode::Dev {
             tracing::info!(to = %self.to, subject = self.subject, link = %self.link, "mail queued (dev: link logged)");
         } else {

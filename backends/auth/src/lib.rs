@@ -7,6 +7,7 @@
 pub mod account;
 pub mod email;
 pub mod keys;
+pub mod mailer;
 pub mod password;
 pub mod publish;
 pub mod revocations;
@@ -26,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::AuthSettings;
 
+/// How long shutdown waits for the mail in flight to be delivered and
+/// marked; one cut off later is retried (and may arrive twice).
+const MAILER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The `service` field of events this service emits.
 pub const SERVICE: &str = "auth";
 
@@ -41,6 +46,10 @@ pub struct AppState {
     pub registrations: prometheus::IntCounter,
     /// Mails not queued because the account reached its per-window limit.
     pub mail_throttled: prometheus::IntCounterVec,
+    /// Wakes the mail sender after a mail is committed.
+    pub mailer: mailer::MailerHandle,
+    /// The sender's task, awaited on shutdown (`None` when mail is off).
+    mailer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Why the service could not start.
@@ -54,6 +63,8 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("GALION_REDIS_URL: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("mail: {0}")]
+    Mail(#[from] mailer::MailError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -120,6 +131,16 @@ pub async fn build(
         "Mails not queued because the account reached its per-window limit",
         &["purpose"],
     )?;
+    let (mailer, mailer_task) =
+        match mailer::spawn(db.clone(), &settings.mail, &metrics, shutdown.clone())? {
+            Some(m) => (m.handle, Some(m.task)),
+            None => {
+                tracing::warn!(
+                    "mail transport is off: mail_outbox is not delivered by this instance"
+                );
+                (mailer::MailerHandle::default(), None)
+            }
+        };
     password::warm_up();
     revocations::spawn_cleanup(db.clone(), settings.revocation_retention, shutdown.clone());
     if let Some(url) = &settings.redis_url {
@@ -142,6 +163,8 @@ pub async fn build(
         logins,
         registrations,
         mail_throttled,
+        mailer,
+        mailer_task: std::sync::Mutex::new(mailer_task),
     }))
 }
 
@@ -155,6 +178,20 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "galion-auth listening");
     galion_common::server::serve(listener, app(state.clone()), shutdown.clone()).await?;
     shutdown.cancel();
+    // The mail sender finishes (and records) the mail in flight before the
+    // pool closes under it.
+    let mailer_task = match state.mailer_task.lock() {
+        Ok(mut slot) => slot.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    if let Some(task) = mailer_task {
+        if tokio::time::timeout(MAILER_STOP_TIMEOUT, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("mail sender did not stop in time");
+        }
+    }
     // Give background tasks a moment to observe the cancellation.
     tokio::time::sleep(Duration::from_millis(50)).await;
     state.db.close().await;

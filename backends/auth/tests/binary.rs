@@ -149,3 +149,50 @@ fn sigterm_stops_the_service_cleanly() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn binary_requires_a_mail_relay_in_production() {
+    let kek = hex::encode([1u8; 32]);
+    let (code, err) = run_binary(
+        &[
+            ("GALION_ENV", "production"),
+            ("GALION_AUTH_KEY_ENCRYPTION_KEY", &kek),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("GALION_SMTP_HOST"), "{err}");
+    // Plaintext SMTP only to a loopback relay.
+    let (code, err) = run_binary(
+        &[
+            ("GALION_SMTP_HOST", "smtp.example.net"),
+            ("GALION_SMTP_TLS", "none"),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("GALION_SMTP_TLS"), "{err}");
+}
+
+#[test]
+fn binary_refuses_a_world_readable_smtp_password_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("galion-smtp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, "relay-secret").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = run_binary(
+        &[
+            ("GALION_SMTP_HOST", "127.0.0.1"),
+            ("GALION_SMTP_TLS", "none"),
+            ("GALION_SMTP_USERNAME", "mailer"),
+            ("GALION_SMTP_PASSWORD_FILE", path.to_str().unwrap()),
+        ],
+        &[],
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("chmod 600") && !err.contains("relay-secret"),
+        "{err}"
+    );
+}

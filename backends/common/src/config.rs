@@ -82,6 +82,52 @@ pub struct RelayFile {
     pub max_backoff: Option<Duration>,
 }
 
+/// auth only: how `mail_outbox` is delivered (`mail:` section).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailFile {
+    /// `smtp`, `file` (dev: `.eml` files under `$GALION_DATA_DIR/mail`) or
+    /// `off`; default `smtp` when `smtp.host` is set, else `file` in dev.
+    pub transport: Option<String>,
+    /// `From:` of every mail, e.g. `Galion <no-reply@galion.app>`.
+    pub from: Option<String>,
+    #[serde(default)]
+    pub smtp: SmtpFile,
+    /// Attempts before a mail is dead-lettered.
+    pub max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_base: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    /// A mail still unsent this long after it was queued is dead-lettered:
+    /// its link has expired.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Mails sent to one address per `per_recipient_window`, beyond which
+    /// the rest wait.
+    pub per_recipient_limit: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub per_recipient_window: Option<Duration>,
+}
+
+/// auth only: the SMTP relay (`mail.smtp`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// `starttls` (default, port 587), `implicit` (port 465) or `none`
+    /// (loopback relays only).
+    pub tls: Option<String>,
+    pub username: Option<String>,
+    /// File holding the password (mode 0600).
+    pub password_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
 /// The YAML file (`conf/auth.yaml`, `conf/users.yaml`, `conf/analytics.yaml`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +149,9 @@ pub struct FileConfig {
     pub relay: RelayFile,
     /// auth only: cluster mode, mirror token revocations into Redis.
     pub redis_url: Option<String>,
+    /// auth only: mail delivery.
+    #[serde(default)]
+    pub mail: MailFile,
     /// analytics only: largest accepted `POST /events` batch.
     pub max_batch: Option<usize>,
     /// analytics only: ingestion keys (`X-API-Key`), by SHA-256.
@@ -424,7 +473,12 @@ mod tests {
     #[test]
     fn shipped_example_files_are_valid() {
         let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf");
-        for name in ["auth.yaml", "users.yaml", "analytics.yaml"] {
+        for name in [
+            "auth.yaml",
+            "auth.production.yaml",
+            "users.yaml",
+            "analytics.yaml",
+        ] {
             let f = FileConfig::load(Some(&conf.join(name))).unwrap();
             assert!(f.listen.is_some() && f.database.url.is_some(), "{name}");
         }

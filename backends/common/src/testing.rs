@@ -204,3 +204,243 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What [`SmtpSink`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkMode {
+    /// Takes every mail.
+    Accept,
+    /// Refuses every recipient with this code (4xx: try later, 5xx: no).
+    RefuseRcpt(u16),
+    /// Takes the whole message, then refuses it with this code.
+    RefuseData(u16),
+}
+
+/// A mail the sink accepted.
+#[derive(Clone, Debug)]
+pub struct SinkMail {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The message as sent (headers and body, CRLF line ends, dots
+    /// unstuffed).
+    pub data: String,
+}
+
+#[derive(Default)]
+struct SinkState {
+    mails: Vec<SinkMail>,
+    /// When each transaction (`MAIL FROM`) started, accepted or not.
+    attempts: Vec<std::time::Instant>,
+    /// `user\0password` pairs from `AUTH PLAIN`.
+    logins: Vec<(String, String)>,
+}
+
+/// A small SMTP server on 127.0.0.1 for tests of mail delivery: EHLO/HELO,
+/// AUTH PLAIN, MAIL FROM, RCPT TO, DATA, RSET, NOOP, QUIT; no TLS (the
+/// sender is configured with `tls: none`, which it allows for loopback).
+/// It records what it is sent and answers as its [`SinkMode`] says.
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    mode: std::sync::Arc<std::sync::Mutex<SinkMode>>,
+    state: std::sync::Arc<std::sync::Mutex<SinkState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpSink {
+    /// Listens on an ephemeral loopback port.
+    pub async fn start(mode: SinkMode) -> SmtpSink {
+        SmtpSink::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), mode).await
+    }
+
+    /// Listens on `addr` (a relay that "comes back" where it was expected).
+    pub async fn start_at(addr: SocketAddr, mode: SinkMode) -> SmtpSink {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => panic!("cannot bind the SMTP sink on {addr}: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("no local address: {e}"),
+        };
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(mode));
+        let state = std::sync::Arc::new(std::sync::Mutex::new(SinkState::default()));
+        let (m, s) = (mode.clone(), state.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(sink_session(stream, m.clone(), s.clone()));
+            }
+        });
+        SmtpSink {
+            addr,
+            mode,
+            state,
+            task,
+        }
+    }
+
+    pub fn set_mode(&self, mode: SinkMode) {
+        *lock(&self.mode) = mode;
+    }
+
+    /// Every mail accepted so far.
+    pub fn mails(&self) -> Vec<SinkMail> {
+        lock(&self.state).mails.clone()
+    }
+
+    /// Mails accepted for `rcpt`.
+    pub fn mails_to(&self, rcpt: &str) -> Vec<SinkMail> {
+        self.mails()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t == rcpt))
+            .collect()
+    }
+
+    /// Start times of every transaction, accepted or refused.
+    pub fn attempts(&self) -> Vec<std::time::Instant> {
+        lock(&self.state).attempts.clone()
+    }
+
+    /// Credentials presented with `AUTH PLAIN`.
+    pub fn logins(&self) -> Vec<(String, String)> {
+        lock(&self.state).logins.clone()
+    }
+
+    /// Stops listening (connections in progress are dropped).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// `<a@b>` (with optional parameters after it) → `a@b`.
+fn angle_addr(arg: &str) -> String {
+    let start = arg.find('<').map(|i| i + 1).unwrap_or(0);
+    let end = arg[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(arg.len());
+    arg[start..end].trim().to_string()
+}
+
+async fn sink_session(
+    stream: tokio::net::TcpStream,
+    mode: std::sync::Arc<std::sync::Mutex<SinkMode>>,
+    state: std::sync::Arc<std::sync::Mutex<SinkState>>,
+) {
+    use base64::Engine;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut from = String::new();
+    let mut to = Vec::new();
+    macro_rules! reply {
+        ($text:expr) => {
+            if write
+                .write_all(format!("{}\r\n", $text).as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        };
+    }
+    reply!("220 sink.test ESMTP test sink");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let cmd = line.trim_end_matches(['\r', '\n']);
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            reply!("250-sink.test\r\n250-8BITMIME\r\n250-AUTH PLAIN\r\n250 SMTPUTF8");
+        } else if upper.starts_with("HELO") {
+            reply!("250 sink.test");
+        } else if upper.starts_with("AUTH PLAIN") {
+            let arg = cmd.get(10..).unwrap_or("").trim();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(arg)
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            if parts.len() == 3 {
+                lock(&state)
+                    .logins
+                    .push((parts[1].clone(), parts[2].clone()));
+                reply!("235 2.7.0 authenticated");
+            } else {
+                reply!("501 5.5.2 malformed AUTH PLAIN");
+            }
+        } else if upper.starts_with("MAIL FROM:") {
+            from = angle_addr(&cmd[10..]);
+            to.clear();
+            lock(&state).attempts.push(std::time::Instant::now());
+            reply!("250 2.1.0 ok");
+        } else if upper.starts_with("RCPT TO:") {
+            let current = *lock(&mode);
+            match current {
+                SinkMode::RefuseRcpt(code) => {
+                    reply!(format!("{code} recipient refused by the sink"))
+                }
+                _ => {
+                    to.push(angle_addr(&cmd[8..]));
+                    reply!("250 2.1.5 ok");
+                }
+            }
+        } else if upper == "DATA" {
+            if to.is_empty() {
+                reply!("503 5.5.1 no recipients");
+                continue;
+            }
+            reply!("354 end with <CRLF>.<CRLF>");
+            let mut data = String::new();
+            loop {
+                line.clear();
+                match lines.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+                data.push_str(
+                    line.strip_prefix('.')
+                        .filter(|_| line.starts_with(".."))
+                        .unwrap_or(&line),
+                );
+            }
+            let current = *lock(&mode);
+            match current {
+                SinkMode::RefuseData(code) => reply!(format!("{code} message refused by the sink")),
+                _ => {
+                    lock(&state).mails.push(SinkMail {
+                        from: from.clone(),
+                        to: std::mem::take(&mut to),
+                        data,
+                    });
+                    reply!("250 2.0.0 queued");
+                }
+            }
+        } else if upper == "RSET" {
+            to.clear();
+            reply!("250 2.0.0 ok");
+        } else if upper == "NOOP" {
+            reply!("250 2.0.0 ok");
+        } else if upper == "QUIT" {
+            reply!("221 2.0.0 bye");
+            return;
+        } else {
+            reply!("502 5.5.2 command not implemented");
+        }
+    }
+}
