@@ -49,6 +49,6 @@ cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
 echo "==> policy tests again with server.fast_path: false"
 GALION_TEST_FAST_PATH=off cargo test --workspace --locked \
     --test access --test access_log --test bans --test limits --test ratelimit \
-    --test routing --test tls --test upstreams --test upgrade --test cache \
+    --test routing --test tls --test upstreams --test upgrade --test cache --test static_files \
     -- --test-threads "${TEST_THREADS:-4}"
 echo "==> all tests passed"

@@ -2,7 +2,7 @@
 //!
 //! The binary (`main.rs`) only parses arguments; everything else lives here so the
 //! tests can reach it. Module map: [`config`] (YAML → validated types),
-//! [`snapshot`] (compiled config in an `ArcSwap`), [`routing`], [`upstream`]
+//! [`snapshot`] (compiled config in an `ArcSwap`), [`routing`], [`files`] (static files), [`upstream`]
 //! (pools, health, ejection), [`proxy`] (Pingora phases), [`client_ip`],
 //! [`request_id`], [`head`] (direct header edits), [`metrics`], [`admin`], [`reload`], [`access_log`], [`server`].
 
@@ -19,6 +19,7 @@ pub mod conn;
 pub mod cors;
 pub mod fast;
 pub mod fields;
+pub mod files;
 pub mod head;
 pub mod limits;
 pub mod log_writer;

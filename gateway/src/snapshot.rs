@@ -94,6 +94,7 @@ impl Snapshot {
                         RouteAction::Deny { status } => Action::Deny { status: *status },
                         RouteAction::Respond(f) => Action::Respond(f.clone()),
                         RouteAction::Redirect(rd) => Action::Redirect(rd.clone()),
+                        RouteAction::Static(site) => Action::Static(site.clone()),
                     };
                     let pingora_only = crate::routing::pingora_only(
                         r.cache.as_deref(),

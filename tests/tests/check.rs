@@ -65,6 +65,12 @@ fn shipped_configs_are_valid() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // The production layout's front-end roots (`/var/www/...` unless
+    // GALION_WEB_ROOT says otherwise), so that a missing one is not warned of.
+    let web = data.path().join("www");
+    for site in ["galion.app", "galion.studio"] {
+        std::fs::create_dir_all(web.join(site)).unwrap();
+    }
     let mut checked = 0;
     for entry in std::fs::read_dir(&conf).unwrap() {
         let p = entry.unwrap().path();
@@ -78,6 +84,10 @@ fn shipped_configs_are_valid() {
             .env("GALION_SERVICE_TOKEN", "check-only")
             .env("GALION_DATA_DIR", data.path())
             .env("GALION_TLS_DIR", &certs)
+            .env("GALION_WEB_ROOT", &web)
+            // Relative paths (dev.yaml's ./web) are the repository root's, as
+            // for dev.sh and test.sh.
+            .current_dir(workspace_root())
             .output()
             .unwrap();
         assert!(

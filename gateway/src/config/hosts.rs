@@ -16,6 +16,7 @@ use super::policy::{
 use super::protect::RatePolicy;
 use super::raw::{Lenient, RawDeny, RawHeaderOps, RawHost, RawRoute};
 use super::shaping::{Compression, RouteCache};
+use super::statics::{static_of, StaticSite};
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -56,6 +57,8 @@ pub enum RouteAction {
     /// A fixed answer (`/robots.txt`, a maintenance page).
     Respond(std::sync::Arc<FixedResponse>),
     Redirect(std::sync::Arc<RedirectConfig>),
+    /// Files from a directory (`static:`).
+    Static(std::sync::Arc<StaticSite>),
 }
 
 impl RouteAction {
@@ -72,6 +75,7 @@ impl RouteAction {
             RouteAction::Deny { status } => format!("deny {status}"),
             RouteAction::Respond(r) => format!("respond {}", r.status),
             RouteAction::Redirect(r) => format!("redirect {} {}", r.status, r.to),
+            RouteAction::Static(s) => format!("static {}", s.root.display()),
         }
     }
 }
@@ -369,10 +373,20 @@ fn route_of(
         .compress
         .as_ref()
         .map(|rc| std::sync::Arc::new(super::shaping::compression_of(c, &at.key("compress"), rc)));
+    let serves_files = matches!(action, Some(RouteAction::Static(_)));
+    if serves_files && r.compress.is_some() {
+        // Files are compressed ahead of time (`precompressed` siblings);
+        // compressing them again per request is a later step.
+        c.err(
+            &at.key("compress"),
+            "compress needs `upstream:` (a static route serves precompressed .br/.zst/.gz siblings)",
+        );
+    }
     if !matches!(action, Some(RouteAction::Upstream(_)) | None) {
-        // These only mean something on the way to and from a backend.
+        // These only mean something on the way to and from a backend (a
+        // static route maps its path under its root, so it may rewrite).
         let given = [
-            (rewrites, "rewrite/strip_prefix"),
+            (rewrites && !serves_files, "rewrite/strip_prefix"),
             (
                 !r.request_headers.set.is_empty()
                     || !r.request_headers.add.is_empty()
@@ -411,7 +425,7 @@ fn route_of(
     })
 }
 
-/// Exactly one of `upstream`, `deny`, `respond`, `redirect`.
+/// Exactly one of `upstream`, `deny`, `respond`, `redirect`, `static`.
 fn action_of(
     c: &mut Checker,
     at: &KeyPath,
@@ -423,13 +437,18 @@ fn action_of(
         r.deny.is_some(),
         r.respond.is_some(),
         r.redirect.is_some(),
+        r.static_files.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
         c.err(
             at,
-            "a route needs exactly one of upstream, deny, respond or redirect",
+            "a route needs exactly one of upstream, deny, respond, redirect or static",
         );
         return None;
+    }
+    if let Some(s) = &r.static_files {
+        let site = static_of(c, &at.key("static"), s)?;
+        return Some(RouteAction::Static(std::sync::Arc::new(site)));
     }
     if let Some(u) = &r.upstream {
         if !upstreams.contains(u) {

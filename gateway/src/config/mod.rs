@@ -7,7 +7,7 @@
 //! The modules stand in layers, each importing only those below it: `error` and
 //! `locate`; the serde mirrors (`raw`, `raw_protect`); `check` (the checker and the
 //! value checkers); the sections, each with its validated types and their validation
-//! (`policy`, `protect`, `shaping`, `trust`, `tls`, `upstream`, `hosts`, the last
+//! (`policy`, `protect`, `shaping`, `statics`, `trust`, `tls`, `upstream`, `hosts`, the last
 //! using some of the others); `types`, which hands every validated type on; and
 //! `validate`, which runs them all.
 
@@ -20,6 +20,7 @@ pub mod protect;
 pub mod raw;
 mod raw_protect;
 pub mod shaping;
+pub mod statics;
 pub(crate) mod tls;
 pub mod trust;
 pub mod types;

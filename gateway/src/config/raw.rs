@@ -285,12 +285,16 @@ pub struct RawRoute {
     pub prefix: Option<String>,
     pub regex: Option<String>,
     pub methods: Option<Vec<String>>,
-    /// What the route does: exactly one of `upstream`, `deny`, `respond`, `redirect`.
+    /// What the route does: exactly one of `upstream`, `deny`, `respond`,
+    /// `redirect`, `static`.
     pub upstream: Option<String>,
     /// Answer at the gateway without a backend: `403`, `404` (or `true`: 404).
     pub deny: Option<RawDeny>,
     pub respond: Option<RawRespond>,
     pub redirect: Option<RawRedirect>,
+    /// Serve files from a directory (`static: { root: DIR, ... }`).
+    #[serde(rename = "static")]
+    pub static_files: Option<RawStatic>,
     #[serde(default)]
     pub strip_prefix: bool,
     pub rewrite: Option<String>,
@@ -337,6 +341,41 @@ pub struct RawRedirect {
     /// Append the request's path and query to `to` (host moves: `www.` → apex).
     #[serde(default)]
     pub preserve_path: bool,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatic {
+    /// The directory served; request paths resolve under it.
+    pub root: String,
+    /// The file a directory answers with (default `index.html`).
+    pub index: Option<String>,
+    /// `true`: a missing path without an extension answers the index (a
+    /// single-page app's client-side route); a file name: that file instead;
+    /// `false` (default): 404.
+    pub spa_fallback: Option<RawFallback>,
+    /// `Cache-Control` by path pattern, first match wins.
+    #[serde(default)]
+    pub cache_control: Vec<RawCacheRule>,
+    /// Serve `.br`/`.zst`/`.gz` siblings to clients that accept them (default true).
+    pub precompressed: Option<bool>,
+    /// Follow symlinks whose target lies outside the root (default false).
+    #[serde(default)]
+    pub outside_symlinks: bool,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawFallback {
+    Flag(bool),
+    File(String),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheRule {
+    pub pattern: String,
+    pub value: String,
 }
 
 #[derive(Debug, Deserialize, Default)]

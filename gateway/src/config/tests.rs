@@ -311,11 +311,11 @@ fn route_actions_are_exactly_one_and_checked() {
         ("deny: 500", "deny takes 403, 404, 410 or true (404)"),
         (
             "upstream: users, deny: 404",
-            "a route needs exactly one of upstream, deny, respond or redirect",
+            "a route needs exactly one of upstream, deny, respond, redirect or static",
         ),
         (
             "methods: [GET]",
-            "a route needs exactly one of upstream, deny, respond or redirect",
+            "a route needs exactly one of upstream, deny, respond, redirect or static",
         ),
         (
             "redirect: { to: '//evil.example' }",
@@ -336,6 +336,92 @@ fn route_actions_are_exactly_one_and_checked() {
     ] {
         let errs = errors_of(&route(extra));
         assert!(errs.iter().any(|e| e.ends_with(msg)), "{extra}: {errs:?}");
+    }
+}
+
+#[test]
+fn static_routes_are_checked_with_their_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let route = |extra: &str| {
+        GOOD.replace(
+            "        upstream: users\n",
+            &format!("        upstream: users\n      - {{ name: x, prefix: /, {extra} }}\n"),
+        )
+    };
+    let root = dir.path().display();
+    let l = load_str(
+        &route(&format!(
+            "static: {{ root: '{root}', spa_fallback: true, \
+             cache_control: [{{ pattern: '/assets/*', value: 'max-age=60' }}] }}"
+        )),
+        Path::new("gw.yaml"),
+    )
+    .unwrap();
+    let x = l.config.hosts[0]
+        .routes
+        .iter()
+        .find(|r| r.name == "x")
+        .unwrap();
+    let crate::config::RouteAction::Static(site) = &x.action else {
+        panic!("not static: {:?}", x.action);
+    };
+    assert_eq!(site.index, "index.html");
+    assert_eq!(site.fallback.as_deref(), Some("index.html"));
+    assert!(site.precompressed && !site.outside_symlinks);
+    assert_eq!(site.cache_control[0].pattern, "/assets/*");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+
+    // A root that is not there yet (the first deploy may come after the
+    // gateway) is a warning; one that is not a directory is an error.
+    let missing = dir.path().join("nope").display().to_string();
+    let l = load_str(
+        &route(&format!("static: {{ root: '{missing}' }}")),
+        Path::new("gw.yaml"),
+    )
+    .unwrap();
+    assert!(l
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("does not exist")));
+    let file = file.display();
+    for (extra, msg) in [
+        (
+            format!("static: {{ root: '{file}' }}"),
+            "is not a directory".to_owned(),
+        ),
+        (
+            format!("static: {{ root: '{root}', index: .env }}"),
+            "static.index: index must be a file name".to_owned(),
+        ),
+        (
+            format!("static: {{ root: '{root}', spa_fallback: '../x.html' }}"),
+            "static.spa_fallback: spa_fallback must be".to_owned(),
+        ),
+        (
+            format!("static: {{ root: '{root}', cache_control: [{{ pattern: '*', value: '' }}] }}"),
+            "static.cache_control[0].value: not a valid Cache-Control value".to_owned(),
+        ),
+        (
+            format!("static: {{ root: '{root}', listing: true }}"),
+            "static.listing: unknown field `listing`".to_owned(),
+        ),
+        (
+            format!("static: {{ root: '{root}' }}, compress: {{}}"),
+            "compress: compress needs `upstream:`".to_owned(),
+        ),
+        (
+            format!("static: {{ root: '{root}' }}, upstream: users"),
+            "a route needs exactly one of upstream, deny, respond, redirect or static".to_owned(),
+        ),
+    ] {
+        let errs = errors_of(&route(&extra));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&msg) && e.starts_with("gw.yaml:")),
+            "{extra}: {errs:?}"
+        );
     }
 }
 

@@ -28,6 +28,7 @@ pub use super::protect::{
     RedisConfig, StoreConfig,
 };
 pub use super::shaping::{CacheStoreConfig, Compression, KeyQuery, RouteCache};
+pub use super::statics::{CacheRule, StaticSite};
 pub use super::tls::TlsConfig;
 pub use super::trust::TrustedProxies;
 pub use super::upstream::{

@@ -4,8 +4,8 @@
 //! upstream request head. Requests of another shape (HTTP/1.0,
 //! `Transfer-Encoding` or large bodies, `Expect`, upgrades, a path to
 //! normalize) and routes the fast path does not render (cache, compression,
-//! TLS upstreams) go to pingora (`Decision::Delegate`), which parses the same
-//! bytes again and runs the same pipeline.
+//! TLS upstreams, static files) go to pingora (`Decision::Delegate`), which
+//! parses the same bytes again and runs the same pipeline.
 
 use std::net::IpAddr;
 use std::ops::Range;

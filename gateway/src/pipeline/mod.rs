@@ -12,8 +12,8 @@
 //! to another one after the first: [`route`] (client identity, bans, request
 //! sanity, host and route: nothing is counted) and [`policies`] (rate limits,
 //! CORS preflight, access control, body limit, the route's own answer:
-//! counters move). [`finish`] ends every request (metrics, access log,
-//! jails).
+//! counters move); a `static` route is then answered by [`statics::serve`].
+//! [`finish`] ends every request (metrics, access log, jails).
 
 pub mod cached;
 mod ctx;
@@ -21,6 +21,7 @@ pub mod edits;
 mod finish;
 mod policy;
 pub mod reply;
+pub mod statics;
 
 use std::borrow::Cow;
 use std::net::IpAddr;

@@ -1,7 +1,7 @@
 //! The second stage: the matched route's policies in request order (rate
 //! limits keyed by IP or header, CORS preflight, access control, the other
 //! rate limits, body limit), then the route's own answer (`respond`,
-//! `redirect`).
+//! `redirect`; a `static` route's files are [`super::statics::serve`]'s).
 
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ use crate::fields::Fields;
 use crate::limits::KeyValue;
 use crate::routing::{Action, Route};
 
-/// `None`: forward the request to the route's upstream. `Some`: answer it.
+/// `Some`: answer it. `None`: the route's action goes on: forward the
+/// request to its upstream, or serve its files ([`super::statics::serve`]).
 pub async fn policies<F: Fields>(
     env: &Env<'_>,
     req: &Request<'_, F>,
@@ -75,7 +76,7 @@ pub async fn policies<F: Fields>(
         }
     }
     match &route.action {
-        Action::Upstream(_) => None,
+        Action::Upstream(_) | Action::Static(_) => None,
         Action::Respond(f) => Some(Reply::fixed(f, ctx.request_id.as_ref())),
         Action::Redirect(rd) => {
             let location = crate::routing::redirect_location(rd, req.target);

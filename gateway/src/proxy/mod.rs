@@ -7,6 +7,7 @@
 
 mod cache_phases;
 pub mod decorate;
+mod files;
 mod forward;
 pub mod respond;
 mod shaping;
@@ -94,6 +95,14 @@ impl ProxyHttp for GatewayProxy {
             Step::Route(route) => match pipeline::policies(&env, &view, ctx, &route).await {
                 Some(r) => r,
                 None => {
+                    if let crate::routing::Action::Static(site) = &route.action {
+                        // Boxed: the file answer's state stays out of this
+                        // phase's future.
+                        let reply =
+                            Box::pin(pipeline::statics::serve(&env, &view, ctx, &route, site))
+                                .await;
+                        return files::write(session, reply).await.map(|()| true);
+                    }
                     let hit = route
                         .cache
                         .as_ref()

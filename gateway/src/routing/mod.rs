@@ -56,9 +56,13 @@ pub struct Route {
 /// What a matched route does once its policies passed.
 pub enum Action {
     Upstream(Arc<Pool>),
-    Deny { status: u16 },
+    Deny {
+        status: u16,
+    },
     Respond(Arc<FixedResponse>),
     Redirect(Arc<RedirectConfig>),
+    /// Files from a directory, answered by `pipeline::files`.
+    Static(Arc<crate::config::StaticSite>),
 }
 
 /// The route features only pingora's transport renders (the fast path's
@@ -84,6 +88,12 @@ pub fn pingora_only(
     }
     if compress {
         return Some("compression");
+    }
+    if matches!(action, Action::Static(_)) {
+        // The fast path writes bodies it holds in memory; streaming a file
+        // from its handle is pingora's rendering for now (fast-path
+        // rendering of file answers is a later step).
+        return Some("static files");
     }
     if let Action::Upstream(pool) = action {
         if pool.is_tls() {
