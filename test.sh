@@ -11,6 +11,7 @@ cd "$(dirname "$0")"
 source scripts/prereqs.sh
 
 ensure_build_prereqs
+ensure_check_tools
 CHECK_DIR="$(mktemp -d)"
 trap 'rm -rf "$CHECK_DIR"; stop_test_services' EXIT
 ensure_redis
@@ -26,16 +27,27 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> fuzz targets: fmt, clippy"
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --manifest-path fuzz/Cargo.toml --locked --target-dir target -- -D warnings
-echo "==> build binaries"
-cargo build --workspace --bins --locked
+# One build for everything: the binaries the end-to-end tests start and every
+# test target, with one feature set (a separate `cargo build --bins` or a
+# `--test` selection unifies features differently and rebuilds pingora).
+echo "==> build binaries and tests"
+cargo build --workspace --all-targets --locked --message-format=json-render-diagnostics \
+    >"$CHECK_DIR/build.json"
+# The end-to-end tests use these binaries as built here.
+export GALION_TESTS_NO_BUILD=1
 echo "==> galion-gateway check on the shipped configs"
-# The shipped configs read the service token from the environment and their
-# certificates from $GALION_DATA_DIR/certs (dev) and $GALION_TLS_DIR (production).
+# The shipped configs read their certificates from $GALION_DATA_DIR/certs (dev)
+# and $GALION_TLS_DIR (production); conf/gateway.yaml reads the service token from systemd's credentials.
 ./target/debug/galion-gateway dev-certs "$CHECK_DIR/certs" >/dev/null
+mkdir -p "$CHECK_DIR/credentials"
+(umask 077 && echo check-only >"$CHECK_DIR/credentials/service-token")
 for f in conf/dev.yaml conf/gateway.yaml; do
     GALION_SERVICE_TOKEN=check-only GALION_DATA_DIR="$CHECK_DIR" GALION_TLS_DIR="$CHECK_DIR/certs" \
+        CREDENTIALS_DIRECTORY="$CHECK_DIR/credentials" \
         ./target/debug/galion-gateway check -c "$f" >/dev/null
 done
+echo "==> systemd units, users and directories"
+scripts/check-systemd.sh target/debug
 echo "==> monitoring: promtool check and test the alert rules"
 ensure_promtool
 "$PROMTOOL" check rules monitoring/prometheus/galion.rules.yml
@@ -45,10 +57,15 @@ echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
 # Every policy is decided once (gateway/src/pipeline) and rendered by two
 # transports: the policy tests run again with every request on pingora's.
-# (hostile, stack and differential set `server.fast_path` themselves.)
+# (hostile, stack and differential set `server.fast_path` themselves.) The
+# test binaries built above run directly, from their package's directory as
+# cargo runs them.
 echo "==> policy tests again with server.fast_path: false"
-GALION_TEST_FAST_PATH=off cargo test --workspace --locked \
-    --test access --test access_log --test bans --test limits --test ratelimit \
-    --test routing --test tls --test upstreams --test upgrade --test cache --test static_files \
-    -- --test-threads "${TEST_THREADS:-4}"
+for t in access access_log bans limits ratelimit routing tls upstreams upgrade cache static_files; do
+    exe="$(jq -r --arg t "$t" 'select(.reason == "compiler-artifact" and .target.name == $t
+        and .target.kind == ["test"] and .executable != null) | .executable' "$CHECK_DIR/build.json")"
+    [ -n "$exe" ] || { echo "no test binary for $t" >&2; exit 1; }
+    echo "--- $t"
+    (cd tests && GALION_TEST_FAST_PATH=off "$exe" --test-threads "${TEST_THREADS:-4}")
+done
 echo "==> all tests passed"

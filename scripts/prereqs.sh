@@ -31,6 +31,14 @@ ensure_build_prereqs() {
     fi
 }
 
+# systemd-analyze, systemd-sysusers and systemd-tmpfiles check the shipped
+# units offline (scripts/check-systemd.sh); jq lists the test binaries.
+ensure_check_tools() {
+    command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null \
+        || apt_install systemd
+    command -v jq >/dev/null || apt_install jq
+}
+
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 wait_port() {

@@ -1,7 +1,10 @@
-//! Command line: `run` (default), `check` (like `nginx -t`) and `hash-key`.
+//! Command line: `run` (default), `check` (like `nginx -t`), `reload` (checked,
+//! for systemd's `ExecReload`), `hash-key` and `dev-certs`.
 
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
@@ -41,6 +44,18 @@ pub enum Command {
     Run,
     /// Validate the configuration, print a summary or every error; exit 0 or 1.
     Check,
+    /// Reload the running gateway (systemd's `ExecReload`): validate the file
+    /// here, then ask the gateway through its admin API with the admin token
+    /// (`GALION_ADMIN_TOKEN_FILE`, else `GALION_ADMIN_TOKEN`). Exits 1 with the
+    /// errors when the file is refused; the running configuration stays.
+    Reload {
+        /// File holding the admin bearer token.
+        #[arg(long, env = "GALION_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Give up waiting for the gateway after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print the SHA-256 hex digest of a secret read from stdin (for admin tokens and
     /// API keys: only digests go into the configuration).
     HashKey,
@@ -155,4 +170,136 @@ pub fn hash_key() -> std::io::Result<String> {
     std::io::stdin().read_to_string(&mut input)?;
     let key = input.trim_end_matches(['\r', '\n']);
     Ok(hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+/// `reload`: returns the process exit code.
+pub fn reload(path: &Path, token_file: Option<&Path>, timeout: Duration) -> i32 {
+    // Checked here first, so the errors (with lines) land in `systemctl
+    // reload`'s output and the journal, and nothing is asked of the gateway.
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error(s); reload refused, the running configuration stays",
+                path.display(),
+                errors.0.len()
+            );
+            return 1;
+        }
+    };
+    let token = match admin_token(token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let mut admin = loaded.config.listen.admin;
+    if admin.ip().is_unspecified() {
+        admin.set_ip(match admin {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let (status, body) = match post_reload(admin, &token, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("no gateway answered on the admin listener {admin}: {e}");
+            return 1;
+        }
+    };
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match status {
+        200 => {
+            let generation = json["generation"].as_u64().unwrap_or(0);
+            println!(
+                "{}: configuration reloaded; serving generation {generation}",
+                path.display()
+            );
+            0
+        }
+        401 => {
+            eprintln!(
+                "the gateway refused the admin token (GALION_ADMIN_TOKEN_FILE or GALION_ADMIN_TOKEN; its SHA-256 must be in admin.token_sha256)"
+            );
+            1
+        }
+        _ => {
+            let message = json["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            eprintln!("{message}");
+            eprintln!(
+                "{}: the gateway refused the reload (HTTP {status}); the running configuration stays",
+                path.display()
+            );
+            1
+        }
+    }
+}
+
+fn admin_token(file: Option<&Path>) -> Result<String, String> {
+    let token = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| format!("cannot read the admin token file {}: {e}", f.display()))?,
+        None => std::env::var("GALION_ADMIN_TOKEN").map_err(|_| {
+            "no admin token: set GALION_ADMIN_TOKEN_FILE (systemd: LoadCredential=admin-token) \
+             or GALION_ADMIN_TOKEN"
+                .to_owned()
+        })?,
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err("the admin token is empty".to_owned());
+    }
+    Ok(token)
+}
+
+/// `POST /admin/reload` over plain HTTP/1.1 on the loopback admin listener:
+/// (status, body).
+fn post_reload(
+    admin: SocketAddr,
+    token: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&admin, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "POST /admin/reload HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not an HTTP response from the admin listener",
+        )
+    })
+}
+
+/// Status and body of a whole `Connection: close` response.
+fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, raw[end + 4..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reads_a_whole_response() {
+        let (status, body) =
+            parse_response(b"HTTP/1.1 422 Unprocessable\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((status, body.as_slice()), (422, b"{}".as_slice()));
+        assert!(parse_response(b"garbage").is_none());
+        assert!(parse_response(b"HTTP/1.1 abc x\r\n\r\n").is_none());
+    }
 }

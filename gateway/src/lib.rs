@@ -36,5 +36,6 @@ pub mod sharded;
 pub mod shield;
 pub mod signals;
 pub mod snapshot;
+pub mod systemd;
 pub mod tls;
 pub mod upstream;

@@ -11,6 +11,10 @@ fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
     match args.command {
         Some(Command::Check) => std::process::exit(cli::check(&args.config)),
+        Some(Command::Reload {
+            token_file,
+            timeout,
+        }) => std::process::exit(cli::reload(&args.config, token_file.as_deref(), timeout)),
         Some(Command::HashKey) => {
             println!("{}", cli::hash_key()?);
             Ok(())

@@ -87,6 +87,7 @@ impl Reloader {
 
     fn apply(&self, reason: &str, force: bool) -> Result<Outcome, ConfigErrors> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot.load_full();
         let loaded = match config::load_file(&self.path) {
             Ok(l) => l,
             Err(e) => {
@@ -95,16 +96,22 @@ impl Reloader {
                     reason,
                     "configuration refused, the running configuration stays:\n{e}"
                 );
+                // systemd sees the attempt and that the old generation serves on.
+                crate::systemd::reloading();
+                crate::systemd::reloaded(&format!(
+                    "configuration refused; {}",
+                    crate::systemd::serving(current.generation)
+                ));
                 return Err(e);
             }
         };
-        let current = self.snapshot.load_full();
         if !force
             && loaded.config.content_hash == current.config.content_hash
             && loaded.config.tls.fingerprint == current.config.tls.fingerprint
         {
             return Ok(Outcome::Unchanged);
         }
+        crate::systemd::reloading();
         for w in &loaded.warnings {
             tracing::warn!(
                 "{}:{}: {}: {}",
@@ -140,6 +147,7 @@ impl Reloader {
         let generation = next.generation;
         self.snapshot.store(Arc::new(next));
         mark_success();
+        crate::systemd::reloaded(&crate::systemd::serving(generation));
         tracing::info!(reason, generation, "configuration reloaded");
         Ok(Outcome::Applied)
     }

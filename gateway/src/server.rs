@@ -187,6 +187,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         "limits, bans and cluster store",
         ProtectService::new(snapshot.clone(), shield.clone()),
     ));
+    let mut bound: Vec<std::net::SocketAddr> =
+        [http_addr, https_addr].into_iter().flatten().collect();
+    bound.push(admin_addr);
+    server.add_service(background_service(
+        "service manager",
+        crate::systemd::ManagerService::new(bound, snapshot.clone()),
+    ));
     server.add_service(background_service(
         "access log reopen",
         ReopenService::new(access_log.reopen_flag(), early_signals),

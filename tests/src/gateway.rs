@@ -39,16 +39,21 @@ pub async fn spawn_gateway_tls(config: &str) -> Gateway {
 /// Starts a gateway like [`spawn_gateway`] without waiting for it to answer
 /// (for what happens while it starts); [`Gateway::wait_ready`] waits.
 pub fn launch_gateway(config: &str) -> Gateway {
-    launch_fresh(config, false, "")
+    launch_fresh(config, false, "", &[])
+}
+
+/// Like [`launch_gateway`] with extra environment (e.g. `NOTIFY_SOCKET`).
+pub fn launch_gateway_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+    launch_fresh(config, false, "", env)
 }
 
 async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
-    let gw = launch_fresh(config, tls, server_keys);
+    let gw = launch_fresh(config, tls, server_keys, &[]);
     gw.wait_ready().await;
     gw
 }
 
-fn launch_fresh(config: &str, tls: bool, server_keys: &str) -> Gateway {
+fn launch_fresh(config: &str, tls: bool, server_keys: &str, env: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let http = free_addr();
     let admin = free_addr();
@@ -56,7 +61,7 @@ fn launch_fresh(config: &str, tls: bool, server_keys: &str) -> Gateway {
     let config_path = dir.path().join("gateway.yaml");
     let text = listen_block(config, http, https, admin, server_keys);
     std::fs::write(&config_path, text).expect("write config");
-    let child = launch(dir.path(), &config_path, Launch::Fresh);
+    let child = launch(dir.path(), &config_path, Launch::Fresh, env);
     Gateway {
         child,
         http,
@@ -77,7 +82,12 @@ enum Launch {
 
 /// Starts the binary on `config_path`; logs are appended in `dir`, and the state
 /// directory (bans) is `dir/state` unless the config says otherwise.
-fn launch(dir: &std::path::Path, config_path: &std::path::Path, how: Launch) -> Child {
+fn launch(
+    dir: &std::path::Path,
+    config_path: &std::path::Path,
+    how: Launch,
+    env: &[(&str, &str)],
+) -> Child {
     let (access, log, upgrade) = match how {
         Launch::Fresh => ("access.log", "gateway.log", None),
         Launch::Upgrade => ("access-new.log", "gateway-new.log", Some("-u")),
@@ -95,6 +105,7 @@ fn launch(dir: &std::path::Path, config_path: &std::path::Path, how: Launch) -> 
         .arg(config_path)
         .env("RUST_LOG", "info")
         .env("GALION_DATA_DIR", dir)
+        .envs(env.iter().copied())
         .stdout(Stdio::from(open(access)))
         .stderr(Stdio::from(open(log)))
         .spawn()
@@ -140,7 +151,7 @@ impl Gateway {
     /// Stops the process and starts it again on the same config, ports and data dir.
     pub async fn restart(&mut self) {
         self.stop();
-        self.child = launch(self.dir.path(), &self.config_path, Launch::Fresh);
+        self.child = launch(self.dir.path(), &self.config_path, Launch::Fresh, &[]);
         self.wait_ready().await;
     }
 
@@ -148,7 +159,7 @@ impl Gateway {
     /// upgrade): it serves once this one, sent `SIGQUIT`, has handed over its
     /// listening sockets (the config needs its own `server.upgrade_sock`).
     pub fn launch_upgrade(&self) -> Child {
-        launch(self.dir.path(), &self.config_path, Launch::Upgrade)
+        launch(self.dir.path(), &self.config_path, Launch::Upgrade, &[])
     }
 }
 

@@ -10,7 +10,10 @@ pub mod redis_server;
 pub mod stack;
 pub mod upstream;
 
-pub use gateway::{launch_gateway, spawn_gateway, spawn_gateway_tls, spawn_gateway_with, Gateway};
+pub use gateway::{
+    launch_gateway, launch_gateway_env, spawn_gateway, spawn_gateway_tls, spawn_gateway_with,
+    Gateway,
+};
 pub use upstream::{fake_upstream, fake_upstream_on, FakeUpstream};
 
 use std::net::{SocketAddr, TcpListener};

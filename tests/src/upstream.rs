@@ -1,7 +1,8 @@
 //! `fake_upstream()`: a small HTTP/1.1 origin whose behaviour tests control.
 //!
 //! It answers with a JSON echo of what it received (server name, method, URI,
-//! headers, body length). Per request, the header `x-test-sleep-ms` delays the
+//! headers, body length; chunked bodies are decoded, a line that is not a
+//! request line is refused with 400 and not counted). Per request, the header `x-test-sleep-ms` delays the
 //! answer and `x-test-hangup: 1` reads the request and closes without answering;
 //! `set_hangup(true)` does that for every request.
 
@@ -97,6 +98,18 @@ async fn serve(
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_owned();
         let uri = parts.next().unwrap_or("").to_owned();
+        let version_ok = parts.next().is_some_and(|v| v.starts_with("HTTP/1."));
+        if method.is_empty() || uri.is_empty() || !version_ok {
+            // Not a request (bytes a proxy left behind, say): a real server
+            // refuses it and closes; it is not counted as a hit.
+            let mut stream = reader.into_inner();
+            stream
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
+            return Ok(());
+        }
         let mut headers: BTreeMap<String, String> = BTreeMap::new();
         loop {
             let mut raw = Vec::new();
@@ -120,12 +133,20 @@ async fn serve(
                     .or_insert(v);
             }
         }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).await?;
+        let chunked = headers
+            .get("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().ends_with("chunked"));
+        let len = if chunked {
+            read_chunked(&mut reader).await?
+        } else {
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).await?;
+            len
+        };
         hits.fetch_add(1, Ordering::SeqCst);
         if headers
             .get("upgrade")
@@ -188,5 +209,32 @@ async fn serve(
             echo.len()
         );
         reader.get_mut().write_all(resp.as_bytes()).await?;
+    }
+}
+
+/// Reads a chunked body (sizes, data, trailer) and returns its decoded length.
+async fn read_chunked(reader: &mut BufReader<TcpStream>) -> std::io::Result<usize> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut total = 0;
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).await? == 0 {
+            return Err(bad("chunked body cut short"));
+        }
+        let text = String::from_utf8_lossy(&line);
+        let size = text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
+        if size == 0 {
+            // Trailer fields until the blank line.
+            loop {
+                let mut t = Vec::new();
+                if reader.read_until(b'\n', &mut t).await? == 0 || t == b"\r\n" || t == b"\n" {
+                    return Ok(total);
+                }
+            }
+        }
+        let mut data = vec![0u8; size + 2];
+        reader.read_exact(&mut data).await?;
+        total += size;
     }
 }

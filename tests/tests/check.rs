@@ -71,6 +71,12 @@ fn shipped_configs_are_valid() {
     for site in ["galion.app", "galion.studio"] {
         std::fs::create_dir_all(web.join(site)).unwrap();
     }
+    // conf/gateway.yaml reads the service token from systemd's credentials.
+    let creds = data.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    let token = creds.join("service-token");
+    std::fs::write(&token, "check-only").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut checked = 0;
     for entry in std::fs::read_dir(&conf).unwrap() {
         let p = entry.unwrap().path();
@@ -85,6 +91,7 @@ fn shipped_configs_are_valid() {
             .env("GALION_DATA_DIR", data.path())
             .env("GALION_TLS_DIR", &certs)
             .env("GALION_WEB_ROOT", &web)
+            .env("CREDENTIALS_DIRECTORY", &creds)
             // Relative paths (dev.yaml's ./web) are the repository root's, as
             // for dev.sh and test.sh.
             .current_dir(workspace_root())

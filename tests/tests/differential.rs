@@ -437,7 +437,8 @@ async fn both_transports_give_the_same_answers_and_upstream_requests() {
         1,
         false,
     );
-    // Last: pingora forwards it chunked, which the echo upstream does not read.
+    // Transfer-Encoding wins over Content-Length (RFC 9112 6.3): forwarded
+    // chunked, without the Content-Length (the upstream decodes it).
     add("cl and te", "POST /upload HTTP/1.1\r\nHost: galion.app\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_string(), 1, false);
 
     let mut differences = Vec::new();

@@ -266,8 +266,11 @@ async fn old_protocol_versions_are_refused() {
 
 #[tokio::test]
 async fn plain_http_redirects_except_allow_plain_and_acme() {
+    // certbot --webroot -w DIR writes DIR/.well-known/acme-challenge/TOKEN.
     let webroot = tempfile::tempdir().unwrap();
-    std::fs::write(webroot.path().join("tok_EN-123"), "tok_EN-123.thumbprint").unwrap();
+    let challenges = webroot.path().join(".well-known/acme-challenge");
+    std::fs::create_dir_all(&challenges).unwrap();
+    std::fs::write(challenges.join("tok_EN-123"), "tok_EN-123.thumbprint").unwrap();
     let (gw, _certs, _up) = setup(&format!("  acme_webroot: {}", webroot.path().display())).await;
     let https_port = gw.https.unwrap().port();
     let r = client()

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,14 +34,44 @@ pub fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+///
+/// Under systemd (`Type=notify`) it says `READY=1` here: the caller has
+/// migrated the database and bound the listener. It pings the watchdog from
+/// the runtime that serves requests and says `STOPPING=1` when draining starts.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let status = format!("listening on {}", listener.local_addr()?);
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    if let Some(period) = sd_notify::watchdog_enabled().map(|d| d / 2) {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(period) => notify(&[NotifyState::Watchdog]),
+                }
+            }
+        });
+    }
     axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            notify(&[
+                NotifyState::Stopping,
+                NotifyState::Status("draining requests"),
+            ]);
+        })
         .await
+}
+
+/// Tells systemd (a no-op without `NOTIFY_SOCKET`).
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

@@ -109,7 +109,11 @@ impl AdminApp {
                 json_response(StatusCode::OK, body)
             }
             (&Method::POST, "/admin/reload") => match self.reloader.reload("admin api") {
-                Ok(outcome) => json_response(StatusCode::OK, json!({"result": outcome.as_str()})),
+                // The generation serving now: `galion-gateway reload` reports it.
+                Ok(outcome) => json_response(
+                    StatusCode::OK,
+                    json!({"result": outcome.as_str(), "generation": self.snapshot.load().generation}),
+                ),
                 Err(e) => json_response(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     json!({"error": {"code": "invalid_config", "message": e.to_string()}}),

@@ -180,8 +180,16 @@ fn secret_from(
             }
         };
     }
-    let path = file?;
-    match read_private_file(Path::new(path)) {
+    // `${CREDENTIALS_DIRECTORY:-/etc/galion}/service-token`: systemd's
+    // credentials under the unit, the same file from a shell.
+    let path = match super::check::expand_env(file?) {
+        Ok(p) => p,
+        Err(e) => {
+            c.err(at, e);
+            return None;
+        }
+    };
+    match read_private_file(Path::new(&path)) {
         Ok(v) => Some(v),
         Err(e) => {
             c.err(at, e);

@@ -545,7 +545,8 @@ pub struct RawSecurityHeaders {
 pub struct RawTls {
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
-    /// Directory served at `/.well-known/acme-challenge/` over plain HTTP (certbot webroot).
+    /// certbot's `--webroot -w` directory: `<dir>/.well-known/acme-challenge/<token>`
+    /// is served at `/.well-known/acme-challenge/<token>` over plain HTTP.
     pub acme_webroot: Option<String>,
     /// Plain HTTP redirects to HTTPS (308) when an HTTPS listener exists (default true).
     pub redirect_http: Option<bool>,

@@ -197,8 +197,9 @@ fn https_redirect<F: Fields>(
     Reply::redirect(LocalReply::Redirect, 308, &location, rid)
 }
 
-/// The answer to an ACME HTTP-01 challenge: `<webroot>/<token>`; tokens are
-/// base64url, nothing else is read.
+/// The answer to an ACME HTTP-01 challenge: `<webroot>/.well-known/acme-challenge/<token>`,
+/// where `certbot --webroot -w <webroot>` writes it; tokens are base64url,
+/// nothing else is read.
 pub async fn acme(snap: &Snapshot, path: &str, ctx: &mut RequestCtx) -> Reply {
     ctx.local = Some(LocalReply::Acme);
     let token = path.get(ACME_PREFIX.len()..).unwrap_or("");
@@ -208,7 +209,9 @@ pub async fn acme(snap: &Snapshot, path: &str, ctx: &mut RequestCtx) -> Reply {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let body = match (&snap.config.tls.acme_webroot, valid) {
-        (Some(root), true) => tokio::fs::read(root.join(token)).await.ok(),
+        (Some(root), true) => tokio::fs::read(root.join(&ACME_PREFIX[1..]).join(token))
+            .await
+            .ok(),
         _ => None,
     };
     match body {
