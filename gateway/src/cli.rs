@@ -56,6 +56,20 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Upgrade the binary without a failed request (nginx's USR2): the running
+    /// gateway checks the file with the binary now on disk, starts it with `-u`
+    /// as its own child (under systemd: in the same unit, which follows it by
+    /// `MAINPID=`), hands it the listeners and drains. Waits until the new
+    /// process answers; exits 1 when the upgrade is refused or fails (the
+    /// running gateway then keeps serving). Same token as `reload`.
+    Upgrade {
+        /// File holding the admin bearer token.
+        #[arg(long, env = "GALION_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Give up waiting for the new process after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print the SHA-256 hex digest of a secret read from stdin (for admin tokens and
     /// API keys: only digests go into the configuration).
     HashKey,
@@ -174,42 +188,18 @@ pub fn hash_key() -> std::io::Result<String> {
 
 /// `reload`: returns the process exit code.
 pub fn reload(path: &Path, token_file: Option<&Path>, timeout: Duration) -> i32 {
-    // Checked here first, so the errors (with lines) land in `systemctl
-    // reload`'s output and the journal, and nothing is asked of the gateway.
-    let loaded = match config::load_file(path) {
-        Ok(l) => l,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{}: {} error(s); reload refused, the running configuration stays",
-                path.display(),
-                errors.0.len()
-            );
-            return 1;
-        }
+    let (admin, token) = match admin_call_setup(path, token_file, "reload") {
+        Ok(x) => x,
+        Err(code) => return code,
     };
-    let token = match admin_token(token_file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    let mut admin = loaded.config.listen.admin;
-    if admin.ip().is_unspecified() {
-        admin.set_ip(match admin {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let (status, body) = match post_reload(admin, &token, timeout) {
+    let (status, json, body) = match admin_request(admin, &token, "POST", "/admin/reload", timeout)
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("no gateway answered on the admin listener {admin}: {e}");
             return 1;
         }
     };
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     match status {
         200 => {
             let generation = json["generation"].as_u64().unwrap_or(0);
@@ -219,25 +209,108 @@ pub fn reload(path: &Path, token_file: Option<&Path>, timeout: Duration) -> i32 
             );
             0
         }
-        401 => {
-            eprintln!(
-                "the gateway refused the admin token (GALION_ADMIN_TOKEN_FILE or GALION_ADMIN_TOKEN; its SHA-256 must be in admin.token_sha256)"
-            );
-            1
-        }
-        _ => {
-            let message = json["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            eprintln!("{message}");
-            eprintln!(
-                "{}: the gateway refused the reload (HTTP {status}); the running configuration stays",
-                path.display()
-            );
-            1
-        }
+        _ => refused(path, "reload", status, &json, &body),
     }
+}
+
+/// `upgrade`: returns the process exit code.
+pub fn upgrade(path: &Path, token_file: Option<&Path>, timeout: Duration) -> i32 {
+    let (admin, token) = match admin_call_setup(path, token_file, "upgrade") {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let (status, json, body) = match admin_request(admin, &token, "POST", "/admin/upgrade", timeout)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("no gateway answered on the admin listener {admin}: {e}");
+            return 1;
+        }
+    };
+    if status != 202 {
+        return refused(path, "upgrade", status, &json, &body);
+    }
+    let (pid, old) = (json["pid"].as_u64(), json["old_pid"].as_u64().unwrap_or(0));
+    let Some(pid) = pid else {
+        eprintln!("the gateway did not say which process took over");
+        return 1;
+    };
+    // Both processes share the listening sockets for a while: wait until a
+    // connection reaches the new one.
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok((200, live, _)) =
+            admin_request(admin, &token, "GET", "/health/live", Duration::from_secs(2))
+        {
+            if live["pid"].as_u64() == Some(pid) {
+                println!(
+                    "upgraded: pid {pid} ({}) serves; pid {old} drains and exits",
+                    json["binary"].as_str().unwrap_or("?")
+                );
+                return 0;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "the new process (pid {pid}) did not answer within {timeout:?}; see the gateway's log"
+    );
+    1
+}
+
+/// The local check and the admin address and token a `reload`/`upgrade` needs;
+/// `Err(exit code)` after printing why not.
+fn admin_call_setup(
+    path: &Path,
+    token_file: Option<&Path>,
+    what: &str,
+) -> Result<(SocketAddr, String), i32> {
+    // Checked here first, so the errors (with lines) land in the command's
+    // output and the journal, and nothing is asked of the gateway.
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error(s); {what} refused, the running configuration stays",
+                path.display(),
+                errors.0.len()
+            );
+            return Err(1);
+        }
+    };
+    let token = admin_token(token_file).map_err(|e| {
+        eprintln!("{e}");
+        1
+    })?;
+    let mut admin = loaded.config.listen.admin;
+    if admin.ip().is_unspecified() {
+        admin.set_ip(match admin {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok((admin, token))
+}
+
+/// Prints why the gateway said no; returns the exit code.
+fn refused(path: &Path, what: &str, status: u16, json: &serde_json::Value, body: &[u8]) -> i32 {
+    if status == 401 {
+        eprintln!(
+            "the gateway refused the admin token (GALION_ADMIN_TOKEN_FILE or GALION_ADMIN_TOKEN; its SHA-256 must be in admin.token_sha256)"
+        );
+        return 1;
+    }
+    let message = json["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    eprintln!("{message}");
+    eprintln!(
+        "{}: the gateway refused the {what} (HTTP {status}); the running gateway keeps serving",
+        path.display()
+    );
+    1
 }
 
 fn admin_token(file: Option<&Path>) -> Result<String, String> {
@@ -257,28 +330,32 @@ fn admin_token(file: Option<&Path>) -> Result<String, String> {
     Ok(token)
 }
 
-/// `POST /admin/reload` over plain HTTP/1.1 on the loopback admin listener:
-/// (status, body).
-fn post_reload(
+/// One admin call over plain HTTP/1.1 on the loopback admin listener:
+/// (status, body as JSON (null when it is not), body).
+fn admin_request(
     admin: SocketAddr,
     token: &str,
+    method: &str,
+    path: &str,
     timeout: Duration,
-) -> std::io::Result<(u16, Vec<u8>)> {
+) -> std::io::Result<(u16, serde_json::Value, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&admin, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "POST /admin/reload HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    parse_response(&raw).ok_or_else(|| {
+    let (status, body) = parse_response(&raw).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "not an HTTP response from the admin listener",
         )
-    })
+    })?;
+    let json = serde_json::from_slice(&body).unwrap_or_default();
+    Ok((status, json, body))
 }
 
 /// Status and body of a whole `Connection: close` response.

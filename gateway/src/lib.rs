@@ -38,4 +38,5 @@ pub mod signals;
 pub mod snapshot;
 pub mod systemd;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;

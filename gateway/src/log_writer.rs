@@ -131,9 +131,19 @@ impl LazyWriter {
                 }
             };
             *locked(&self.inner.guard) = Some(guard);
+            // The writer is lossy when its queue is full (a request never waits
+            // for the disk); what it dropped is counted for the metrics.
+            let _ = DROPPED.set(writer.error_counter());
             writer
         })
     }
+}
+
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Access log lines dropped so far because the writer's queue was full.
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }
 
 /// The lock even when a thread panicked holding it: the `Option`s behind these

@@ -15,6 +15,10 @@ fn main() -> anyhow::Result<()> {
             token_file,
             timeout,
         }) => std::process::exit(cli::reload(&args.config, token_file.as_deref(), timeout)),
+        Some(Command::Upgrade {
+            token_file,
+            timeout,
+        }) => std::process::exit(cli::upgrade(&args.config, token_file.as_deref(), timeout)),
         Some(Command::HashKey) => {
             println!("{}", cli::hash_key()?);
             Ok(())

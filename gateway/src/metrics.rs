@@ -31,6 +31,10 @@ pub struct Metrics {
     pub store_fallback: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     pub cache_size: IntGauge,
+    pub request_bytes: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub access_log_dropped: IntCounter,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -175,6 +179,62 @@ impl Metrics {
             "gateway_cache_size_bytes",
             "Bytes held by the response cache (bodies and headers).",
         );
+        let request_bytes = counter_vec(
+            &registry,
+            "gateway_request_bytes_total",
+            "Request body bytes received from clients, by host.",
+            &["host"],
+        );
+        let response_bytes = counter_vec(
+            &registry,
+            "gateway_response_bytes_total",
+            "Response body bytes sent to clients, by host.",
+            &["host"],
+        );
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_upstream_response_duration_seconds",
+                "Time from picking an upstream server to its response head, by upstream pool.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["upstream"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(upstream_duration.clone()))
+            .unwrap_or_else(|e| panic!("register histogram: {e}"));
+        let access_log_dropped = IntCounter::new(
+            "gateway_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind (the queue was full).",
+        )
+        .unwrap_or_else(|e| panic!("counter: {e}"));
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .unwrap_or_else(|e| panic!("register counter: {e}"));
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "gateway_build_info",
+                "Always 1; the labels name the running build.",
+            ),
+            &["version", "commit"],
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(build_info.clone()))
+            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("GALION_COMMIT")])
+            .set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_max_fds, process_start_time_seconds, ...
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap_or_else(|e| panic!("register process collector: {e}"));
         store_fallback.with_label_values(&["rate_limit"]);
         store_fallback.with_label_values(&["bans"]);
         // Make the reload series visible from the start.
@@ -199,12 +259,22 @@ impl Metrics {
             store_fallback,
             cache_lookups,
             cache_size,
+            request_bytes,
+            response_bytes,
+            upstream_duration,
+            access_log_dropped,
         }
     }
 
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> Vec<u8> {
         self.cache_size.set(crate::cache::size_bytes() as i64);
+        // The writer counts what it dropped; the counter catches up here.
+        let dropped = crate::log_writer::dropped_lines();
+        let seen = self.access_log_dropped.get();
+        if dropped > seen {
+            self.access_log_dropped.inc_by(dropped - seen);
+        }
         let mut buf = Vec::with_capacity(16 * 1024);
         let enc = TextEncoder::new();
         if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
@@ -249,6 +319,8 @@ pub struct RouteMetrics {
     host: Arc<str>,
     route: Arc<str>,
     duration: Histogram,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
     // Lazily filled: most (method, code) pairs never occur on a given route.
     requests: Box<[OnceLock<IntCounter>]>,
 }
@@ -260,9 +332,21 @@ impl RouteMetrics {
             host: host.into(),
             route: route.into(),
             duration: m.duration.with_label_values(&[host, route]),
+            request_bytes: m.request_bytes.with_label_values(&[host]),
+            response_bytes: m.response_bytes.with_label_values(&[host]),
             requests: (0..METHODS.len() * CODES.len())
                 .map(|_| OnceLock::new())
                 .collect(),
+        }
+    }
+
+    /// Body bytes in and out of one request.
+    pub fn record_bytes(&self, received: u64, sent: u64) {
+        if received > 0 {
+            self.request_bytes.inc_by(received);
+        }
+        if sent > 0 {
+            self.response_bytes.inc_by(sent);
         }
     }
 
@@ -295,6 +379,7 @@ pub struct PoolMetrics {
     pub timeout: IntCounter,
     pub error: IntCounter,
     pub retries: IntCounter,
+    pub response_duration: Histogram,
 }
 
 impl PoolMetrics {
@@ -307,6 +392,7 @@ impl PoolMetrics {
             timeout: o("timeout"),
             error: o("error"),
             retries: m.upstream_retries.with_label_values(&[pool]),
+            response_duration: m.upstream_duration.with_label_values(&[pool]),
         }
     }
 }
@@ -315,6 +401,82 @@ impl PoolMetrics {
 pub fn unrouted() -> &'static RouteMetrics {
     static U: OnceLock<RouteMetrics> = OnceLock::new();
     U.get_or_init(|| RouteMetrics::new("_", "_none"))
+}
+
+/// Creates the series the configuration makes possible, at 0, before the
+/// first event: a counter that appears only at its first increment makes
+/// `rate()` and `increase()` miss that increment, and alert rules and
+/// dashboards find nothing to evaluate.
+///
+/// `routes`: (route name, its rate-limit policy's name, whether it is cached).
+pub fn declare<'a>(
+    jails: impl Iterator<Item = &'a str>,
+    routes: impl Iterator<Item = (&'a str, Option<&'a str>, bool)>,
+) {
+    let m = metrics();
+    for jail in jails.chain(["manual"]) {
+        m.bans_total.with_label_values(&[jail]);
+    }
+    for (route, policy, cached) in routes {
+        if let Some(policy) = policy {
+            m.rate_limited.with_label_values(&[policy]);
+        }
+        if cached {
+            for status in ["HIT", "MISS", "STALE", "EXPIRED", "BYPASS"] {
+                m.cache_lookups.with_label_values(&[route, status]);
+            }
+        }
+    }
+}
+
+/// What a reload removed: its metric series go, so a dashboard does not
+/// show a removed route for ever and the label sets stay bounded.
+#[derive(Debug, Default, PartialEq)]
+pub struct Gone {
+    /// (host, route) pairs no longer configured.
+    pub routes: Vec<(String, String)>,
+    /// Route names no host uses any more (series labelled by route alone).
+    pub route_names: Vec<String>,
+    pub pools: Vec<String>,
+}
+
+pub fn forget(gone: &Gone) {
+    let m = metrics();
+    for (host, route) in &gone.routes {
+        remove_where(&m.requests, &[("host", host), ("route", route)]);
+        remove_where(&m.duration, &[("host", host), ("route", route)]);
+    }
+    for route in &gone.route_names {
+        remove_where(&m.cache_lookups, &[("route", route)]);
+        remove_where(&m.rate_limited, &[("route", route)]);
+    }
+    for pool in &gone.pools {
+        remove_where(&m.upstream_requests, &[("upstream", pool)]);
+        remove_where(&m.upstream_retries, &[("upstream", pool)]);
+        remove_where(&m.upstream_healthy, &[("upstream", pool)]);
+        remove_where(&m.upstream_duration, &[("upstream", pool)]);
+    }
+}
+
+/// Removes every series of `vec` whose labels include all of `matching`.
+fn remove_where<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    matching: &[(&str, &str)],
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: Vec<(&str, &str)> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if matching.iter().all(|m| labels.contains(m)) {
+                let map: std::collections::HashMap<&str, &str> = labels.into_iter().collect();
+                let _ = vec.remove(&map);
+            }
+        }
+    }
 }
 
 /// Encodes metrics for the admin endpoint.

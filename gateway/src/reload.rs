@@ -72,6 +72,11 @@ impl Reloader {
         &self.path
     }
 
+    /// `server:` as this process started with it (listeners, upgrade socket).
+    pub fn server_at_start(&self) -> &ServerSettings {
+        &self.server_at_start
+    }
+
     /// Reloads unconditionally (SIGHUP, admin API).
     pub fn reload(&self, reason: &str) -> Result<Outcome, ConfigErrors> {
         self.apply(reason, true)
@@ -145,11 +150,49 @@ impl Reloader {
             tracing::warn!("{}: {e}", self.path.display());
         }
         let generation = next.generation;
+        let gone = removed_series(&current.config, &next.config);
         self.snapshot.store(Arc::new(next));
+        crate::metrics::forget(&gone);
         mark_success();
         crate::systemd::reloaded(&crate::systemd::serving(generation));
         tracing::info!(reason, generation, "configuration reloaded");
         Ok(Outcome::Applied)
+    }
+}
+
+/// What of `old` is gone from `new`, for the metrics: (host, route) pairs,
+/// route names no host uses any more (series labelled by route alone), pools.
+fn removed_series(old: &config::Config, new: &config::Config) -> crate::metrics::Gone {
+    use std::collections::BTreeSet;
+    let pairs = |c: &config::Config| -> BTreeSet<(String, String)> {
+        c.hosts
+            .iter()
+            .flat_map(|h| {
+                h.routes
+                    .iter()
+                    .map(|r| (h.name.to_string(), r.name.to_string()))
+            })
+            .collect()
+    };
+    let (before, after) = (pairs(old), pairs(new));
+    let names_after: BTreeSet<&str> = after.iter().map(|(_, r)| r.as_str()).collect();
+    let routes: Vec<(String, String)> = before.difference(&after).cloned().collect();
+    let mut route_names: Vec<String> = routes
+        .iter()
+        .map(|(_, r)| r.clone())
+        .filter(|r| !names_after.contains(r.as_str()))
+        .collect();
+    route_names.dedup();
+    let pools = old
+        .upstreams
+        .keys()
+        .filter(|p| !new.upstreams.contains_key(*p))
+        .map(|p| p.to_string())
+        .collect();
+    crate::metrics::Gone {
+        routes,
+        route_names,
+        pools,
     }
 }
 

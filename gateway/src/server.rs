@@ -60,6 +60,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot open the access log: {e}"))?;
     let early_signals = crate::signals::install()
         .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP/SIGUSR1: {e}"))?;
+    crate::upgrade::watch_quit().map_err(|e| anyhow::anyhow!("cannot watch SIGQUIT: {e}"))?;
     for w in &loaded.warnings {
         tracing::warn!(
             "{}:{}: {}: {}",

@@ -128,6 +128,16 @@ impl Snapshot {
                 Arc::new(h.security.clone()),
             ));
         }
+        crate::metrics::declare(
+            config.jails.iter().map(|j| j.name.as_str()),
+            compiled.iter().flat_map(|h| h.routes.iter()).map(|r| {
+                (
+                    r.name.as_ref(),
+                    r.rate_limit.as_ref().map(|p| p.name.as_ref()),
+                    r.cache.is_some(),
+                )
+            }),
+        );
         let router = Router::new(&config.hosts, compiled);
         Snapshot {
             trusted_proxies: config.trusted_proxies.clone(),

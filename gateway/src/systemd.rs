@@ -94,7 +94,9 @@ impl BackgroundService for ManagerService {
             }
             tokio::select! {
                 _ = shutdown.changed() => {
-                    send(&[NotifyState::Stopping]);
+                    if !crate::upgrade::handing_over() {
+                        send(&[NotifyState::Stopping]);
+                    }
                     return;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -127,10 +129,18 @@ impl BackgroundService for ManagerService {
                 }
             }
         }
-        send(&[
-            NotifyState::Stopping,
-            NotifyState::Status("draining connections"),
-        ]);
+        if crate::upgrade::handing_over() {
+            // The successor is the service now (it sent MAINPID=): a STOPPING=1
+            // from here would stop the unit under it.
+            send(&[NotifyState::Status(
+                "handed the listeners to a new process; draining",
+            )]);
+        } else {
+            send(&[
+                NotifyState::Stopping,
+                NotifyState::Status("draining connections"),
+            ]);
+        }
     }
 }
 

@@ -42,9 +42,10 @@ pub fn launch_gateway(config: &str) -> Gateway {
     launch_fresh(config, false, "", &[])
 }
 
-/// Like [`launch_gateway`] with extra environment (e.g. `NOTIFY_SOCKET`).
-pub fn launch_gateway_env(config: &str, env: &[(&str, &str)]) -> Gateway {
-    launch_fresh(config, false, "", env)
+/// Like [`launch_gateway`] with extra `server:` keys and environment (e.g.
+/// `NOTIFY_SOCKET`).
+pub fn launch_gateway_env(config: &str, server_keys: &str, env: &[(&str, &str)]) -> Gateway {
+    launch_fresh(config, false, server_keys, env)
 }
 
 async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {

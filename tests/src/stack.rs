@@ -16,6 +16,10 @@ pub struct Stack {
     pub gateway: SocketAddr,
     pub admin: SocketAddr,
     pub auth: SocketAddr,
+    pub users: SocketAddr,
+    pub analytics: SocketAddr,
+    /// The backends' service token (their `/metrics` takes it).
+    pub service_token: String,
     pub dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
 }
@@ -128,6 +132,9 @@ impl Stack {
             gateway: gw,
             admin,
             auth,
+            users,
+            analytics,
+            service_token: token,
             dir,
             children,
         }

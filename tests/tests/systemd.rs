@@ -6,6 +6,8 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use galion_tests::gateway::reap_within;
@@ -117,6 +119,7 @@ async fn gateway_tells_systemd_ready_reloading_and_stopping() {
     let manager = Manager::new();
     let mut gw = launch_gateway_env(
         &conf(up.addr, "first"),
+        "",
         &[("NOTIFY_SOCKET", manager.path())],
     );
 
@@ -274,4 +277,129 @@ async fn a_backend_tells_systemd_ready_once_listening_and_stopping() {
         .unwrap();
     manager.expect("STOPPING=1", log);
     reap_within(&mut child, Duration::from_secs(10));
+}
+
+/// `galion-gateway upgrade`: the running gateway starts the binary on disk as
+/// its own child (so under systemd it is in the same unit), which announces
+/// itself with `MAINPID=` + `READY=1`; the old one hands over its listeners
+/// without `STOPPING=1` (that would stop the unit), and no request fails.
+#[tokio::test]
+async fn upgrade_hands_over_to_a_child_that_systemd_follows() {
+    let up = fake_upstream("a").await;
+    let manager = Manager::new();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let keys = format!(
+        "grace_period: 2s, upgrade_sock: \"{}\"",
+        sock_dir.path().join("upgrade.sock").display()
+    );
+    let mut gw = launch_gateway_env(
+        &conf(up.addr, "first"),
+        &keys,
+        &[
+            ("NOTIFY_SOCKET", manager.path()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let old_pid = gw.child.id();
+    let ready = manager.expect("READY=1", || gw.log());
+    assert!(ready.contains(&format!("MAINPID={old_pid}")));
+
+    // Keep-alive clients through the handover.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), gw.url("/x"));
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let token_file = gw.dir.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    let out = Command::new(binary("galion-gateway"))
+        .args(["upgrade", "-c"])
+        .arg(&gw.config_path)
+        .env("GALION_ADMIN_TOKEN_FILE", &token_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The successor is the old gateway's child: stopped here by its PID
+    // whatever the assertions below say.
+    let new_pid: Option<u32> = stdout
+        .split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok());
+    struct Kill(Option<u32>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ = Command::new("kill")
+                    .args(["-INT", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+    let _kill = Kill(new_pid);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    let new_pid = new_pid.expect("the new pid in `upgrade`'s output");
+    assert_ne!(new_pid, old_pid);
+
+    // The new process tells systemd it is the main process now.
+    let took_over = manager.expect("READY=1", || gw.log());
+    assert!(
+        took_over.contains(&format!("MAINPID={new_pid}")),
+        "{took_over:?}"
+    );
+    // The old one drains and exits without STOPPING=1.
+    assert!(
+        gw.exited_within(Duration::from_secs(20)).await,
+        "{}",
+        gw.log()
+    );
+    let mut after = Vec::new();
+    while let Some(msg) = manager.next(Duration::from_millis(300)) {
+        after.push(msg);
+    }
+    assert!(
+        !after.iter().flatten().any(|l| l == "STOPPING=1"),
+        "STOPPING=1 during an upgrade: {after:?}"
+    );
+    // The successor pings the watchdog as the main process.
+    let ping = manager.expect("WATCHDOG=1", || gw.log());
+    drop(ping);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the upgrade"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    // The new process serves: its pid answers on the admin listener.
+    let live: serde_json::Value = client()
+        .get(gw.admin_url("/health/live"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["pid"].as_u64(), Some(u64::from(new_pid)));
 }

@@ -131,6 +131,14 @@ pub async fn build(
         "Mails not queued because the account reached its per-window limit",
         &["purpose"],
     )?;
+    // Every outcome from the start, at 0: rate() and the alert rules see the
+    // first failure too.
+    for outcome in ["success", "failure", "throttled"] {
+        logins.with_label_values(&[outcome]);
+    }
+    for purpose in ["verify_email", "password_reset"] {
+        mail_throttled.with_label_values(&[purpose]);
+    }
     let (mailer, mailer_task) =
         match mailer::spawn(db.clone(), &settings.mail, &metrics, shutdown.clone())? {
             Some(m) => (m.handle, Some(m.task)),

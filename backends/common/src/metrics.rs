@@ -22,9 +22,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the registry with `http_requests_total{route,method,code}` and
-    /// `http_request_duration_seconds{route}`; every series carries a
-    /// constant `service` label.
+    /// Creates the registry with `http_requests_total{route,method,code}`,
+    /// `http_request_duration_seconds{route}`, `galion_build_info` and the
+    /// `process_*` families; every series carries a constant `service` label.
     pub fn new(service: &str) -> Result<Arc<Metrics>, prometheus::Error> {
         let mut labels = std::collections::HashMap::new();
         labels.insert("service".to_string(), service.to_string());
@@ -48,6 +48,23 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "galion_build_info",
+                "Always 1; the labels name the running build.",
+            ),
+            &["version", "commit"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("GALION_COMMIT")])
+            .set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_start_time_seconds, ... Several services in
+        // one test process each report that process: harmless.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Arc::new(Metrics {
             registry,
             requests,

@@ -78,7 +78,7 @@ impl AdminApp {
         if down.is_empty() {
             json_response(
                 StatusCode::OK,
-                json!({"status": "ready", "generation": snap.generation, "warnings": warnings}),
+                json!({"status": "ready", "generation": snap.generation, "pid": std::process::id(), "warnings": warnings}),
             )
         } else {
             json_response(
@@ -108,6 +108,7 @@ impl AdminApp {
                 body["file"] = json!(self.reloader.path().display().to_string());
                 json_response(StatusCode::OK, body)
             }
+            (&Method::POST, "/admin/upgrade") => self.upgrade().await,
             (&Method::POST, "/admin/reload") => match self.reloader.reload("admin api") {
                 // The generation serving now: `galion-gateway reload` reports it.
                 Ok(outcome) => json_response(
@@ -120,6 +121,41 @@ impl AdminApp {
                 ),
             },
             _ => error(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
+        }
+    }
+}
+
+impl AdminApp {
+    /// `POST /admin/upgrade`: start the binary on disk as a successor and hand
+    /// it the listeners (see [`crate::upgrade`]).
+    async fn upgrade(&self) -> Response<Vec<u8>> {
+        let config = self.reloader.path().to_path_buf();
+        let sock = self.reloader.server_at_start().upgrade_sock.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            crate::upgrade::start(crate::upgrade::Request {
+                config: &config,
+                upgrade_sock: sock.as_deref(),
+            })
+        })
+        .await;
+        match outcome {
+            Ok(crate::upgrade::Outcome::Started { pid, binary }) => json_response(
+                StatusCode::ACCEPTED,
+                json!({"result": "upgrading", "old_pid": std::process::id(), "pid": pid,
+                       "binary": binary.display().to_string()}),
+            ),
+            Ok(crate::upgrade::Outcome::Refused(why)) => {
+                error(StatusCode::UNPROCESSABLE_ENTITY, "upgrade_refused", &why)
+            }
+            Ok(crate::upgrade::Outcome::Failed(why)) => {
+                tracing::error!("binary upgrade failed: {why}");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade_failed", &why)
+            }
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "upgrade_failed",
+                &format!("upgrade task: {e}"),
+            ),
         }
     }
 }
@@ -215,9 +251,11 @@ impl ServeHttp for AdminApp {
                     .body(body)
                     .unwrap_or_else(|_| Response::new(Vec::new()))
             }
-            (&Method::GET, "/health/live") => {
-                json_response(StatusCode::OK, json!({"status": "live"}))
-            }
+            // The pid tells a binary upgrade which process answered.
+            (&Method::GET, "/health/live") => json_response(
+                StatusCode::OK,
+                json!({"status": "live", "pid": std::process::id()}),
+            ),
             (&Method::GET, "/health/ready") => self.ready(),
             (_, p) if p.starts_with("/admin/") => {
                 let digests = self.snapshot.load().config.admin.token_sha256.clone();

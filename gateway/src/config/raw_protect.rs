@@ -87,6 +87,6 @@ pub struct RawJailOn {
     pub status: Option<Vec<u16>>,
     /// `auth_rejected`, `rate_limited` or `malformed`.
     pub event: Option<String>,
-    /// For `auth_rejected`: only these reasons (e.g. `expired`, `bad_signature`).
+    /// For `auth_rejected`: only these reasons (e.g. `expired`, `signature`).
     pub reasons: Option<Vec<String>>,
 }

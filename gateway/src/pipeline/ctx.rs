@@ -65,6 +65,8 @@ pub struct RequestCtx {
     pub last: Option<usize>,
     pub tried: Tried,
     pub attempts: u32,
+    /// When the current attempt picked its server (upstream response time).
+    pub attempt_start: Option<Instant>,
     /// Set when the upstream's response header arrived: no retry after that.
     pub response_started: bool,
     pub local: Option<LocalReply>,
@@ -99,6 +101,7 @@ impl RequestCtx {
             last: None,
             tried: Tried::default(),
             attempts: 0,
+            attempt_start: None,
             response_started: false,
             local: None,
             identity: None,

@@ -39,6 +39,7 @@ pub fn pick_server<'a>(
     let i = pool.select(key, ctx.tried)?;
     ctx.tried.add(i);
     ctx.attempts += 1;
+    ctx.attempt_start = Some(std::time::Instant::now());
     pool.servers[i].inflight.fetch_add(1, Relaxed);
     ctx.server = Some(i);
     ctx.last = Some(i);
@@ -86,6 +87,11 @@ pub fn attempt_answered(ctx: &mut RequestCtx) {
     if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
         pool.report_success(i);
         pool.metrics.ok.inc();
+        if let Some(t) = ctx.attempt_start {
+            pool.metrics
+                .response_duration
+                .observe(t.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -106,13 +112,12 @@ pub async fn finish(
             .with_label_values(&[route.name.as_ref(), cs])
             .inc();
     }
-    if let Some(route) = &ctx.route {
-        route
-            .metrics
-            .record(line.method, status, elapsed.as_secs_f64());
-    } else {
-        crate::metrics::unrouted().record(line.method, status, elapsed.as_secs_f64());
-    }
+    let metrics = match &ctx.route {
+        Some(route) => &route.metrics,
+        None => crate::metrics::unrouted(),
+    };
+    metrics.record(line.method, status, elapsed.as_secs_f64());
+    metrics.record_bytes(ctx.body_bytes, line.bytes as u64);
     if ctx
         .snapshot
         .as_ref()
