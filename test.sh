@@ -52,7 +52,9 @@ echo "==> monitoring: promtool check and test the alert rules"
 ensure_promtool
 "$PROMTOOL" check rules monitoring/prometheus/galion.rules.yml
 (cd monitoring/prometheus && "$PROMTOOL" test rules galion.rules.test.yml)
-"$PROMTOOL" check config monitoring/prometheus/prometheus.example.yml
+"$PROMTOOL" check config --syntax-only monitoring/prometheus/prometheus.example.yml \
+    monitoring/prometheus/prometheus.dev.yml
+ensure_k6
 echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
 # Every policy is decided once (gateway/src/pipeline) and rendered by two

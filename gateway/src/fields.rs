@@ -69,6 +69,8 @@ fn well_known(name: &str) -> Option<&'static HeaderName> {
         "cf-connecting-ip" => &CF_CONNECTING_IP,
         "true-client-ip" => &TRUE_CLIENT_IP,
         "x-api-key" => &X_API_KEY,
+        "user-agent" => &header::USER_AGENT,
+        "referer" => &header::REFERER,
         _ => return None,
     })
 }
@@ -185,6 +187,8 @@ mod tests {
     #[test]
     fn well_known_names_are_themselves() {
         for name in [
+            "user-agent",
+            "referer",
             "host",
             "content-length",
             "transfer-encoding",

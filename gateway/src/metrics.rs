@@ -21,7 +21,7 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_success: Gauge,
-    pub open_connections: IntGauge,
+    pub open_connections: IntGaugeVec,
     pub auth_rejected: IntCounterVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
     pub rate_limited: IntCounterVec,
@@ -115,9 +115,12 @@ impl Metrics {
         registry
             .register(Box::new(config_last_success.clone()))
             .unwrap_or_else(|e| panic!("register gauge: {e}"));
-        let open_connections = IntGauge::new(
-            "gateway_open_connections",
-            "Client connections currently open on the proxy listeners.",
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "gateway_open_connections",
+                "Client connections currently open, by proxy listener (http, https).",
+            ),
+            &["listener"],
         )
         .unwrap_or_else(|e| panic!("gauge: {e}"));
         registry

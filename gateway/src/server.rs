@@ -61,6 +61,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let early_signals = crate::signals::install()
         .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP/SIGUSR1: {e}"))?;
     crate::upgrade::watch_quit().map_err(|e| anyhow::anyhow!("cannot watch SIGQUIT: {e}"))?;
+    crate::systemd::watch_stop()
+        .map_err(|e| anyhow::anyhow!("cannot watch SIGTERM for the service manager: {e}"))?;
     for w in &loaded.warnings {
         tracing::warn!(
             "{}:{}: {}: {}",
@@ -120,7 +122,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         server_opts.keepalive_request_limit = keepalive_requests;
         proxy.server_options = Some(server_opts);
         let app = GatewayApp::new(proxy, snapshot.clone(), shield.clone(), https);
-        let mut svc = Service::new(name.to_owned(), Counted::new(app, snapshot.clone()));
+        let listener = if https { "https" } else { "http" };
+        let mut svc = Service::new(
+            name.to_owned(),
+            Counted::new(app, snapshot.clone(), listener),
+        );
         svc.set_connection_filter(Arc::new(BanFilter::new(snapshot.clone(), shield.clone())));
         svc
     };

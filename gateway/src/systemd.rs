@@ -47,13 +47,37 @@ pub fn reloaded(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Says `STOPPING=1` the moment `SIGTERM` or `SIGINT` arrives, from a thread
+/// of its own: a task on a pingora runtime may never run again once the
+/// shutdown starts (the runtimes are dropped after the grace period). Not on
+/// a handover (`SIGQUIT`, `galion-gateway upgrade`): the successor is the
+/// service then, and `STOPPING=1` would stop the unit under it.
+pub fn watch_stop() -> std::io::Result<()> {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return Ok(());
+    }
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("service-manager-stop".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() && !crate::upgrade::handing_over() {
+                send(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status("draining connections"),
+                ]);
+            }
+        })?;
+    Ok(())
+}
+
 /// The status line for a generation that is serving.
 pub fn serving(generation: u64) -> String {
     format!("serving configuration generation {generation}")
 }
 
-/// Announces readiness once the listeners are bound, pings the watchdog,
-/// and says `STOPPING=1` when shutdown starts.
+/// Announces readiness once the listeners are bound and pings the watchdog
+/// (`STOPPING=1` comes from [`watch_stop`]).
 pub struct ManagerService {
     listeners: Vec<SocketAddr>,
     snapshot: SnapshotHandle,
@@ -93,12 +117,7 @@ impl BackgroundService for ManagerService {
                 warned = true;
             }
             tokio::select! {
-                _ = shutdown.changed() => {
-                    if !crate::upgrade::handing_over() {
-                        send(&[NotifyState::Stopping]);
-                    }
-                    return;
-                }
+                _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
@@ -130,16 +149,10 @@ impl BackgroundService for ManagerService {
             }
         }
         if crate::upgrade::handing_over() {
-            // The successor is the service now (it sent MAINPID=): a STOPPING=1
-            // from here would stop the unit under it.
+            // The successor is the service now (it sent MAINPID=).
             send(&[NotifyState::Status(
                 "handed the listeners to a new process; draining",
             )]);
-        } else {
-            send(&[
-                NotifyState::Stopping,
-                NotifyState::Status("draining connections"),
-            ]);
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The access log file end to end: reopened on SIGUSR1 (logrotate), flushed at
-//! shutdown, private file mode, and written by a daemonized (`-d`) gateway.
+//! The access log file end to end: its fields (nginx's combined format plus
+//! upstream timing, secrets redacted from the query), independent of
+//! `RUST_LOG`, reopened on SIGUSR1 (logrotate), flushed at shutdown, private
+//! file mode, and written by a daemonized (`-d`) gateway.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -7,7 +9,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use galion_tests::{binary, client, eventually, fake_upstream, free_addr, spawn_gateway};
+use galion_tests::{
+    binary, client, eventually, fake_upstream, free_addr, launch_gateway_env, spawn_gateway,
+};
+use serde_json::Value;
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -178,4 +183,61 @@ async fn a_daemonized_gateway_writes_its_access_log() {
     let got = lines_eventually(&path, 5).await;
     assert_eq!(got.len(), 5, "the daemon's access log: {got:?}");
     assert!(got[4].contains("\"d-4\""), "{}", got[4]);
+}
+
+/// Every field of a line, with `RUST_LOG=off`: the access log is a record of
+/// traffic that the diagnostics level does not silence.
+#[tokio::test]
+async fn lines_carry_the_combined_fields_and_ignore_rust_log() {
+    let up = fake_upstream("a").await;
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let gw = launch_gateway_env(&routes(up.addr, &path), "", &[("RUST_LOG", "off")]);
+    gw.wait_ready().await;
+    let c = client();
+    let r = c
+        .get(gw.url("/x?page=2&token=s3cret&Code=abc&q=a%20b"))
+        .header("user-agent", "galion-test/1.0")
+        .header("referer", "https://galion.app/from")
+        .header("x-request-id", "fields-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(gw.url("/upload"))
+        .header("x-request-id", "fields-2")
+        .body("12345")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lines = lines_eventually(&path, 2).await;
+    assert_eq!(lines.len(), 2, "{lines:?}\n{}", gw.log());
+    let get: Value = serde_json::from_str(&lines[0]).unwrap();
+    let post: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(get["request_id"], "fields-1", "{get}");
+    assert_eq!(get["path"], "/x");
+    assert_eq!(
+        get["query"], "page=2&token=REDACTED&Code=REDACTED&q=a%20b",
+        "{get}"
+    );
+    assert_eq!(get["protocol"], "HTTP/1.1");
+    assert_eq!(get["user_agent"], "galion-test/1.0");
+    assert_eq!(get["referer"], "https://galion.app/from");
+    assert_eq!(get["tls"], "");
+    assert_eq!(get["method"], "GET");
+    assert_eq!(get["status"], 200);
+    assert!(get["bytes"].as_u64().unwrap() > 0, "{get}");
+    assert_eq!(get["bytes_in"], 0);
+    assert_eq!(get["upstream"], up.addr.to_string(), "{get}");
+    let upstream_ms = get["upstream_ms"].as_f64().unwrap();
+    let duration_ms = get["duration_ms"].as_f64().unwrap();
+    assert!(upstream_ms > 0.0 && upstream_ms <= duration_ms, "{get}");
+    assert_eq!(get["client_ip"], "127.0.0.1");
+    assert_eq!(post["method"], "POST");
+    assert_eq!(post["bytes_in"], 5, "{post}");
+    assert_eq!(post["query"], "");
+    // RUST_LOG=off silenced the gateway's own log, not the access log.
+    assert!(!gw.log().contains("INFO"), "{}", gw.log());
 }

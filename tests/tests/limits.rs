@@ -41,5 +41,9 @@ async fn connections_per_ip_are_capped() {
     })
     .await;
     assert!(ok.is_some());
-    assert!(gw.metric("gateway_open_connections").await >= 1.0);
+    assert!(
+        gw.metric("gateway_open_connections{listener=\"http\"}")
+            .await
+            >= 1.0
+    );
 }

@@ -325,3 +325,68 @@ async fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
     assert_eq!(as_client("::ffff:203.0.113.9").await, 200);
     assert_eq!(as_client("203.0.113.9").await, 429);
 }
+
+/// `rate_limits.exempt` (a load generator): no limit applies to those
+/// clients, every other client is limited as before, and the exempt client
+/// is still banned by a jail when it misbehaves.
+#[tokio::test]
+async fn exempt_clients_are_not_limited_but_still_jailed() {
+    let up = fake_upstream("up").await;
+    let conf = format!(
+        r#"
+rate_limits:
+  exempt: [127.0.0.44/32]
+jails:
+  probe:
+    on:
+      - {{ status: [404] }}
+    maxretry: 3
+    findtime: 1m
+    bantime: 1m
+hosts:
+  galion.app:
+    default: true
+    routes:
+      - {{ name: api, prefix: /api, upstream: up, rate_limit: {{ rate: 1/min, burst: 1 }} }}
+      - {{ name: nothing, exact: /missing, respond: {{ status: 404 }} }}
+upstreams:
+  up: {{ servers: ["{}"] }}
+"#,
+        up.addr
+    );
+    let gw = spawn_gateway(&conf).await;
+    let (load, other) = (client_from(44), client_from(45));
+    for _ in 0..10 {
+        let r = load.get(gw.url("/api/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the exempt client was limited");
+    }
+    assert_eq!(
+        other.get(gw.url("/api/x")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        other.get(gw.url("/api/x")).send().await.unwrap().status(),
+        429
+    );
+    // Exempt from limits, not from bans.
+    for _ in 0..3 {
+        assert_eq!(
+            load.get(gw.url("/missing")).send().await.unwrap().status(),
+            404
+        );
+    }
+    let banned = eventually(5, || async {
+        let s = load
+            .get(gw.url("/api/x"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        matches!(s, Ok(403) | Err(_)).then_some(())
+    })
+    .await;
+    assert!(
+        banned.is_some(),
+        "the exempt client was not jailed:\n{}",
+        gw.log()
+    );
+}

@@ -101,16 +101,20 @@ fn reload_cli(gw: &Gateway, env: &[(&str, &str)]) -> Output {
         .expect("run galion-gateway reload")
 }
 
-async fn generation(gw: &Gateway) -> u64 {
-    let v: serde_json::Value = client()
-        .get(gw.admin_url("/health/ready"))
+/// A health endpoint's JSON on the admin listener.
+async fn health(gw: &Gateway, which: &str) -> serde_json::Value {
+    client()
+        .get(gw.admin_url(&format!("/health/{which}")))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    v["generation"].as_u64().unwrap()
+        .unwrap()
+}
+
+async fn generation(gw: &Gateway) -> u64 {
+    health(gw, "ready").await["generation"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -393,13 +397,6 @@ async fn upgrade_hands_over_to_a_child_that_systemd_follows() {
     );
     assert!(ok.load(Ordering::Relaxed) > 0);
     // The new process serves: its pid answers on the admin listener.
-    let live: serde_json::Value = client()
-        .get(gw.admin_url("/health/live"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live = health(&gw, "live").await;
     assert_eq!(live["pid"].as_u64(), Some(u64::from(new_pid)));
 }

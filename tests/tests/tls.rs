@@ -467,3 +467,50 @@ hosts:
         "an untrusted upstream certificate must fail"
     );
 }
+
+/// The access log names the TLS version and protocol of the connection.
+#[tokio::test]
+async fn the_access_log_names_the_tls_version() {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let up = fake_upstream("up").await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let gw = spawn_gateway_tls(&format!(
+        "access_log: {{ enabled: true, path: \"{}\" }}\n{}",
+        log.display(),
+        config(certs.path(), up.addr, "")
+    ))
+    .await;
+    let https = gw.https.unwrap();
+    let pem = std::fs::read(certs.path().join("ca.pem")).unwrap();
+    for (http2, protocol) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .resolve("galion.app", https);
+        b = if http2 {
+            b.http2_prior_knowledge()
+        } else {
+            b.http1_only()
+        };
+        let r = b
+            .build()
+            .unwrap()
+            .get(format!("https://galion.app:{}/t", https.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let line = galion_tests::eventually(10, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .find(|v| v["protocol"] == protocol)
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("no {protocol} line in the access log:\n{}", gw.log()));
+        assert_eq!(line["tls"], "TLSv1.3", "{line}");
+    }
+}

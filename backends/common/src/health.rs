@@ -88,7 +88,15 @@ async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
 
 async fn metrics_handler(State(s): State<HealthState>, headers: HeaderMap) -> Response {
     match bearer(&headers) {
-        Some(token) if s.scrape_token.matches(token) => metrics::handler(State(s.metrics)).await,
+        Some(token) if s.scrape_token.matches(token) => {
+            // Asked at scrape time, so the alert sees an outage within one
+            // scrape interval (a pool that cannot connect gives up in 2 s).
+            let up = tokio::time::timeout(std::time::Duration::from_secs(2), s.db.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            s.metrics.database_up.set(i64::from(up));
+            metrics::handler(State(s.metrics)).await
+        }
         presented => unauthorized(presented.is_some()),
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    /// 1 when the database answered at the last scrape (set by `/metrics`).
+    pub database_up: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -65,10 +67,16 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let database_up = prometheus::IntGauge::new(
+            "galion_database_up",
+            "1 when the service's database (SQLite or PostgreSQL) answered at the last scrape",
+        )?;
+        registry.register(Box::new(database_up.clone()))?;
         Ok(Arc::new(Metrics {
             registry,
             requests,
             duration,
+            database_up,
         }))
     }
 

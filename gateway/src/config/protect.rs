@@ -69,6 +69,9 @@ impl RatePolicy {
 pub struct RateLimitConfig {
     pub default: Option<Arc<RatePolicy>>,
     pub max_keys: usize,
+    /// Clients no rate limit applies to (a load generator); bans, jails and
+    /// connection caps still do.
+    pub exempt: Vec<ipnet::IpNet>,
 }
 
 impl Default for RateLimitConfig {
@@ -76,6 +79,7 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             default: None,
             max_keys: 200_000,
+            exempt: Vec::new(),
         }
     }
 }
@@ -271,12 +275,18 @@ pub fn rate_limits_of(c: &mut Checker, r: RawRateLimits) -> RateLimitConfig {
     if max_keys < 1024 {
         c.err(&at.key("max_keys"), "at least 1024");
     }
+    let exempt = r
+        .exempt
+        .as_deref()
+        .map(|list| super::check::cidrs(c, &at.key("exempt"), list))
+        .unwrap_or_default();
     RateLimitConfig {
         default: r
             .default
             .as_ref()
             .and_then(|p| rate_policy(c, &at.key("default"), p, None)),
         max_keys,
+        exempt,
     }
 }
 

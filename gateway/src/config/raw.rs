@@ -180,6 +180,9 @@ pub struct RawAccessLog {
     pub enabled: Option<bool>,
     /// `stdout` (default) or a file path.
     pub path: Option<String>,
+    /// Query parameter names whose values are logged as `REDACTED` (default:
+    /// common secret names; `[]` logs every value).
+    pub redact_query: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,9 @@ pub struct RawRateLimits {
     pub default: Option<RawRateLimit>,
     /// Most keys tracked in memory by the local limiter (oldest state evicted beyond).
     pub max_keys: Option<usize>,
+    /// Client networks no rate limit applies to (a load generator during a
+    /// load test); bans, jails and connection caps still apply to them.
+    pub exempt: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -107,4 +107,21 @@ pub enum LogTarget {
 pub struct AccessLogSettings {
     pub enabled: bool,
     pub target: LogTarget,
+    /// Query parameters whose values are written as `REDACTED` (lowercase names).
+    pub redact_query: std::sync::Arc<[String]>,
 }
+
+/// Query parameters that carry secrets often enough to be redacted unless
+/// the operator lists their own (`access_log.redact_query`).
+pub const DEFAULT_REDACTED_QUERY: [&str; 10] = [
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token",
+    "code",
+    "password",
+    "api_key",
+    "key",
+    "secret",
+    "signature",
+];

@@ -59,6 +59,10 @@ pub fn validate(
         .unwrap_or(AccessLogSettings {
             enabled: true,
             target: LogTarget::Stdout,
+            redact_query: DEFAULT_REDACTED_QUERY
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         });
 
     // Routes naming an upstream that failed validation should not add a second,
@@ -270,8 +274,16 @@ fn access_log_of(a: RawAccessLog) -> AccessLogSettings {
         None | Some("stdout") | Some("-") => LogTarget::Stdout,
         Some(p) => LogTarget::File(PathBuf::from(p)),
     };
+    let redact_query = match a.redact_query {
+        Some(names) => names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        None => DEFAULT_REDACTED_QUERY
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
     AccessLogSettings {
         enabled: a.enabled.unwrap_or(true),
         target,
+        redact_query,
     }
 }

@@ -269,6 +269,9 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let tls = stream
+            .get_ssl_digest()
+            .map_or("", |t| crate::pipeline::tls_name(&t.version));
         let (header_timeout, max_head, min_body_rate) = {
             let snap = self.snapshot.load();
             let max = snap.config.limits.max_header_bytes;
@@ -316,6 +319,7 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
                             snap: &snap,
                             shield: &self.shield,
                             https: self.https,
+                            tls,
                         };
                         request::decide(&c.buf[..c.len], &env, c.peer, &mut c.out).await
                     } else {

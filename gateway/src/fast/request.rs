@@ -323,6 +323,9 @@ pub async fn decide(
     write_request_headers(out, &fields, &ctx, env.https, &edits);
     let mut response = Edits::new();
     pipeline::edits::response(&ctx, env.https, fields.get("origin"), &mut response);
+    // The body forwarded with the head (its whole declared length), as
+    // pingora's transport counts it chunk by chunk.
+    ctx.body_bytes = body;
     Decision::Forward(Box::new(Plan {
         head,
         route,

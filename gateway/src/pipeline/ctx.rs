@@ -67,6 +67,10 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// When the current attempt picked its server (upstream response time).
     pub attempt_start: Option<Instant>,
+    /// The last attempt's time to the response head, for the access log.
+    pub upstream_time: Option<std::time::Duration>,
+    /// What only the access log needs of the request, copied once when it is on.
+    pub log: Option<Box<LogFields>>,
     /// Set when the upstream's response header arrived: no retry after that.
     pub response_started: bool,
     pub local: Option<LocalReply>,
@@ -83,6 +87,19 @@ pub struct RequestCtx {
     /// Brotli done here rather than by pingora's module, whose brotli stream is
     /// never terminated (clients see a truncated body).
     pub brotli: Option<Box<brotli::CompressorWriter<Vec<u8>>>>,
+}
+
+/// Request facts for the access log (nginx's combined format and more),
+/// taken from the transport-neutral request view.
+#[derive(Debug, Default)]
+pub struct LogFields {
+    pub protocol: &'static str,
+    /// The query string, with the configured parameters' values redacted.
+    pub query: String,
+    pub user_agent: String,
+    pub referer: String,
+    /// `TLSv1.3`, `TLSv1.2`, or empty on plain HTTP.
+    pub tls: &'static str,
 }
 
 impl RequestCtx {
@@ -102,6 +119,8 @@ impl RequestCtx {
             tried: Tried::default(),
             attempts: 0,
             attempt_start: None,
+            upstream_time: None,
+            log: None,
             response_started: false,
             local: None,
             identity: None,

@@ -88,9 +88,9 @@ pub fn attempt_answered(ctx: &mut RequestCtx) {
         pool.report_success(i);
         pool.metrics.ok.inc();
         if let Some(t) = ctx.attempt_start {
-            pool.metrics
-                .response_duration
-                .observe(t.elapsed().as_secs_f64());
+            let took = t.elapsed();
+            pool.metrics.response_duration.observe(took.as_secs_f64());
+            ctx.upstream_time = Some(took);
         }
     }
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use http::{Method, Version};
 
-pub use ctx::{LocalReply, RequestCtx};
+pub use ctx::{LocalReply, LogFields, RequestCtx};
 pub use finish::{attempt_answered, attempt_failed, finish, is_idempotent, pick_server, Failure};
 pub use policy::policies;
 pub use reply::Reply;
@@ -48,6 +48,110 @@ pub struct Env<'a> {
     pub shield: &'a Shield,
     /// The listener terminates TLS.
     pub https: bool,
+    /// The connection's TLS version (`TLSv1.3`, `TLSv1.2`), empty on plain
+    /// HTTP: see [`tls_name`].
+    pub tls: &'static str,
+}
+
+/// The TLS version name the access log writes, from the TLS library's own
+/// spelling (`TLSv1_3`, `TLSv1.3`, ...).
+pub fn tls_name(version: &str) -> &'static str {
+    if version.contains("1_3") || version.contains("1.3") {
+        "TLSv1.3"
+    } else if version.contains("1_2") || version.contains("1.2") {
+        "TLSv1.2"
+    } else if version.is_empty() {
+        ""
+    } else {
+        "TLS"
+    }
+}
+
+/// Request facts only the access log needs, taken once (when it is on) from
+/// the request view: protocol, redacted query, user agent, referer, TLS.
+fn log_fields<F: Fields>(env: &Env<'_>, req: &Request<'_, F>) -> Box<ctx::LogFields> {
+    // Bounded: a client must not make the log line (or this copy) large.
+    const MAX: usize = 512;
+    let text = |v: Option<&[u8]>| -> String {
+        let v = v.unwrap_or_default();
+        String::from_utf8_lossy(&v[..v.len().min(MAX)]).into_owned()
+    };
+    let query = req
+        .target
+        .split_once('?')
+        .map(|(_, q)| redact_query(q, &env.snap.config.access_log.redact_query))
+        .unwrap_or_default();
+    Box::new(ctx::LogFields {
+        protocol: match req.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_11 => "HTTP/1.1",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP",
+        },
+        query,
+        user_agent: text(req.fields.get("user-agent")),
+        referer: text(req.fields.get("referer")),
+        tls: env.tls,
+    })
+}
+
+/// The query with the values of the named parameters (case-insensitive,
+/// percent-encoded names decoded) replaced by `REDACTED`; bounded in length.
+pub fn redact_query(query: &str, names: &[String]) -> String {
+    const MAX: usize = 2048;
+    let mut out = String::with_capacity(query.len().min(MAX));
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decoded = percent_decode(name).to_ascii_lowercase();
+        if !value.is_empty() && names.contains(&decoded) {
+            out.push_str(name);
+            out.push_str("=REDACTED");
+        } else {
+            out.push_str(pair);
+        }
+        if out.len() > MAX {
+            let mut end = MAX;
+            while !out.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.truncate(end);
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A request as every transport can describe it.
@@ -91,6 +195,9 @@ pub fn is_ambiguous(f: &impl Fields) -> bool {
 pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCtx) -> Step {
     let snap = env.snap;
     ctx.snapshot = Some(snap.clone());
+    if snap.config.access_log.enabled {
+        ctx.log = Some(log_fields(env, req));
+    }
     let rid = crate::request_id::from_bytes(req.fields.get("x-request-id"));
     ctx.request_id = Some(rid.clone());
     let rid = Some(&rid);
@@ -232,5 +339,34 @@ pub async fn acme(snap: &Snapshot, path: &str, ctx: &mut RequestCtx) -> Reply {
             ctx.request_id.as_ref(),
             &[],
         ),
+    }
+}
+
+#[cfg(test)]
+mod log_field_tests {
+    use super::*;
+
+    #[test]
+    fn named_query_values_are_redacted_and_the_rest_kept() {
+        let names: Vec<String> = ["token", "code", "api_key"].map(String::from).into();
+        assert_eq!(
+            redact_query("a=1&token=xyz&TOKEN=q&b=&code&api%5Fkey=k&x=token", &names),
+            "a=1&token=REDACTED&TOKEN=REDACTED&b=&code&api%5Fkey=REDACTED&x=token"
+        );
+        assert_eq!(redact_query("token=s", &[]), "token=s");
+        let long = "a=".to_owned() + &"x".repeat(5000);
+        let r = redact_query(&long, &names);
+        assert!(r.len() < 2100 && r.ends_with("..."));
+        // Not UTF-8-safe input is cut on a character boundary.
+        let wide = "a=".to_owned() + &"é".repeat(2000);
+        assert!(redact_query(&wide, &names).ends_with("..."));
+    }
+
+    #[test]
+    fn tls_versions_get_one_spelling() {
+        assert_eq!(tls_name("TLSv1_3"), "TLSv1.3");
+        assert_eq!(tls_name("TLSv1.2"), "TLSv1.2");
+        assert_eq!(tls_name(""), "");
+        assert_eq!(tls_name("SSLv3"), "TLS");
     }
 }

@@ -78,10 +78,15 @@ impl ProxyHttp for GatewayProxy {
         // reading would hold the response (and its upstream) for ever.
         session.set_write_timeout(Some(self.send_timeout));
         let snap = self.snapshot.load_full();
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map_or("", |t| pipeline::tls_name(&t.version));
         let env = Env {
             snap: &snap,
             shield: &self.shield,
             https: self.https,
+            tls,
         };
         let peer = session
             .client_addr()
