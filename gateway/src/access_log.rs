@@ -108,6 +108,12 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
     }
     let host = line.host;
     let route = ctx.route.as_ref().map_or("", |r| &r.name);
+    // The pool the route forwards to; `upstream` is its server that answered.
+    let pool = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.pool())
+        .map_or("", |p| &*p.name);
     let upstream = match (&ctx.route, ctx.last_server()) {
         (Some(r), Some(i)) => r
             .pool()
@@ -159,6 +165,7 @@ pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) 
         status,
         bytes = line.bytes,
         bytes_in = ctx.body_bytes,
+        pool,
         upstream,
         attempts = ctx.attempts,
         upstream_ms = ctx.upstream_time.map(|t| t.as_secs_f64() * 1000.0),

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     pub auth_rejected: IntCounterVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
+    pub tls_certificate_expiry: prometheus::GaugeVec,
     pub rate_limited: IntCounterVec,
     pub bans_active: IntGauge,
     pub bans_total: IntCounterVec,
@@ -143,6 +144,17 @@ impl Metrics {
         registry
             .register(Box::new(tls_cert_expiry.clone()))
             .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        let tls_certificate_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which the certificate serving a host expires (same value as gateway_tls_cert_expiry_timestamp_seconds).",
+            ),
+            &["host"],
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(tls_certificate_expiry.clone()))
+            .unwrap_or_else(|e| panic!("register gauge: {e}"));
         let rate_limited = counter_vec(
             &registry,
             "gateway_rate_limited_total",
@@ -255,6 +267,7 @@ impl Metrics {
             open_connections,
             auth_rejected,
             tls_cert_expiry,
+            tls_certificate_expiry,
             rate_limited,
             bans_active,
             bans_total,

@@ -230,6 +230,7 @@ async fn lines_carry_the_combined_fields_and_ignore_rust_log() {
     assert_eq!(get["status"], 200);
     assert!(get["bytes"].as_u64().unwrap() > 0, "{get}");
     assert_eq!(get["bytes_in"], 0);
+    assert_eq!(get["pool"], "a", "{get}");
     assert_eq!(get["upstream"], up.addr.to_string(), "{get}");
     let upstream_ms = get["upstream_ms"].as_f64().unwrap();
     let duration_ms = get["duration_ms"].as_f64().unwrap();
@@ -240,4 +241,34 @@ async fn lines_carry_the_combined_fields_and_ignore_rust_log() {
     assert_eq!(post["query"], "");
     // RUST_LOG=off silenced the gateway's own log, not the access log.
     assert!(!gw.log().contains("INFO"), "{}", gw.log());
+}
+
+/// `GALION_LOG_FORMAT=json`: the gateway's own log lines are JSON objects,
+/// like the backends'.
+#[tokio::test]
+async fn the_gateway_logs_json_when_asked() {
+    let up = fake_upstream("a").await;
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let gw = launch_gateway_env(
+        &routes(up.addr, &path),
+        "",
+        &[("GALION_LOG_FORMAT", "json")],
+    );
+    gw.wait_ready().await;
+    let log = gw.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in &lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("galion-gateway starting")),
+        "{log}"
+    );
 }

@@ -35,13 +35,17 @@ pub fn store() -> &'static Arc<CertStore> {
 /// publishes their expiry times.
 pub fn apply(tls: &crate::config::TlsConfig) {
     store().replace(&tls.certs, tls.default);
-    let gauge = &crate::metrics::metrics().tls_cert_expiry;
-    gauge.reset();
-    for c in &tls.certs {
-        for h in &c.hosts {
-            gauge
-                .with_label_values(&[h.as_str()])
-                .set(c.not_after as f64);
+    let m = crate::metrics::metrics();
+    // Two names for one value: the spec's, and the spelled-out one the
+    // operations issues (and cert-manager-style dashboards) use.
+    for gauge in [&m.tls_cert_expiry, &m.tls_certificate_expiry] {
+        gauge.reset();
+        for c in &tls.certs {
+            for h in &c.hosts {
+                gauge
+                    .with_label_values(&[h.as_str()])
+                    .set(c.not_after as f64);
+            }
         }
     }
 }
