@@ -192,13 +192,9 @@ pub fn reload(path: &Path, token_file: Option<&Path>, timeout: Duration) -> i32 
         Ok(x) => x,
         Err(code) => return code,
     };
-    let (status, json, body) = match admin_request(admin, &token, "POST", "/admin/reload", timeout)
-    {
+    let (status, json, body) = match post(admin, &token, "/admin/reload", timeout) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("no gateway answered on the admin listener {admin}: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     match status {
         200 => {
@@ -219,13 +215,9 @@ pub fn upgrade(path: &Path, token_file: Option<&Path>, timeout: Duration) -> i32
         Ok(x) => x,
         Err(code) => return code,
     };
-    let (status, json, body) = match admin_request(admin, &token, "POST", "/admin/upgrade", timeout)
-    {
+    let (status, json, body) = match post(admin, &token, "/admin/upgrade", timeout) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("no gateway answered on the admin listener {admin}: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     if status != 202 {
         return refused(path, "upgrade", status, &json, &body);
@@ -291,6 +283,20 @@ fn admin_call_setup(
         });
     }
     Ok((admin, token))
+}
+
+/// `POST path` on the admin listener; `Err(exit code)` after saying that no
+/// gateway answered.
+fn post(
+    admin: SocketAddr,
+    token: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, serde_json::Value, Vec<u8>), i32> {
+    admin_request(admin, token, "POST", path, timeout).map_err(|e| {
+        eprintln!("no gateway answered on the admin listener {admin}: {e}");
+        1
+    })
 }
 
 /// Prints why the gateway said no; returns the exit code.

@@ -45,6 +45,19 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+/// Registers a collector made by `made` and returns it; both steps fail only
+/// on a programming error (a bad name, a duplicate).
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    name: &str,
+    made: Result<C, prometheus::Error>,
+) -> C {
+    let c = made.unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    c
+}
+
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -64,38 +77,38 @@ impl Metrics {
             "Requests answered, by host, route, method and status code.",
             &["host", "route", "method", "code"],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_request_duration_seconds",
-                "Time from request start to the end of the response.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["host", "route"],
-        )
-        .unwrap_or_else(|e| panic!("histogram: {e}"));
-        registry
-            .register(Box::new(duration.clone()))
-            .unwrap_or_else(|e| panic!("register histogram: {e}"));
+        let duration = registered(
+            &registry,
+            "gateway_request_duration_seconds",
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_request_duration_seconds",
+                    "Time from request start to the end of the response.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["host", "route"],
+            ),
+        );
         let upstream_requests = counter_vec(
             &registry,
             "gateway_upstream_requests_total",
             "Attempts to upstream servers by outcome (ok, connect_error, timeout, error).",
             &["upstream", "outcome"],
         );
-        let upstream_healthy = IntGaugeVec::new(
-            Opts::new(
-                "gateway_upstream_healthy",
-                "1 when the server passes its health checks and is not ejected.",
+        let upstream_healthy = registered(
+            &registry,
+            "gateway_upstream_healthy",
+            IntGaugeVec::new(
+                Opts::new(
+                    "gateway_upstream_healthy",
+                    "1 when the server passes its health checks and is not ejected.",
+                ),
+                &["upstream", "server"],
             ),
-            &["upstream", "server"],
-        )
-        .unwrap_or_else(|e| panic!("gauge: {e}"));
-        registry
-            .register(Box::new(upstream_healthy.clone()))
-            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        );
         let upstream_retries = counter_vec(
             &registry,
             "gateway_upstream_retries_total",
@@ -108,53 +121,53 @@ impl Metrics {
             "Configuration reloads by result (success, error).",
             &["result"],
         );
-        let config_last_success = Gauge::new(
+        let config_last_success = registered(
+            &registry,
             "gateway_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last configuration successfully applied.",
-        )
-        .unwrap_or_else(|e| panic!("gauge: {e}"));
-        registry
-            .register(Box::new(config_last_success.clone()))
-            .unwrap_or_else(|e| panic!("register gauge: {e}"));
-        let open_connections = IntGaugeVec::new(
-            Opts::new(
-                "gateway_open_connections",
-                "Client connections currently open, by proxy listener (http, https).",
+            Gauge::new(
+                "gateway_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last configuration successfully applied.",
             ),
-            &["listener"],
-        )
-        .unwrap_or_else(|e| panic!("gauge: {e}"));
-        registry
-            .register(Box::new(open_connections.clone()))
-            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        );
+        let open_connections = registered(
+            &registry,
+            "gateway_open_connections",
+            IntGaugeVec::new(
+                Opts::new(
+                    "gateway_open_connections",
+                    "Client connections currently open, by proxy listener (http, https).",
+                ),
+                &["listener"],
+            ),
+        );
         let auth_rejected = counter_vec(
             &registry,
             "gateway_auth_rejected_total",
             "Requests refused by access control, by reason.",
             &["reason"],
         );
-        let tls_cert_expiry = prometheus::GaugeVec::new(
-            Opts::new(
-                "gateway_tls_cert_expiry_timestamp_seconds",
-                "Unix time at which the certificate serving a host expires.",
+        let tls_cert_expiry = registered(
+            &registry,
+            "gateway_tls_cert_expiry_timestamp_seconds",
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "gateway_tls_cert_expiry_timestamp_seconds",
+                    "Unix time at which the certificate serving a host expires.",
+                ),
+                &["host"],
             ),
-            &["host"],
-        )
-        .unwrap_or_else(|e| panic!("gauge: {e}"));
-        registry
-            .register(Box::new(tls_cert_expiry.clone()))
-            .unwrap_or_else(|e| panic!("register gauge: {e}"));
-        let tls_certificate_expiry = prometheus::GaugeVec::new(
+        );
+        let tls_certificate_expiry = registered(
+            &registry,
+            "gateway_tls_certificate_expiry_timestamp_seconds",
+            prometheus::GaugeVec::new(
             Opts::new(
                 "gateway_tls_certificate_expiry_timestamp_seconds",
                 "Unix time at which the certificate serving a host expires (same value as gateway_tls_cert_expiry_timestamp_seconds).",
             ),
             &["host"],
-        )
-        .unwrap_or_else(|e| panic!("gauge: {e}"));
-        registry
-            .register(Box::new(tls_certificate_expiry.clone()))
-            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        ),
+        );
         let rate_limited = counter_vec(
             &registry,
             "gateway_rate_limited_total",
@@ -206,40 +219,40 @@ impl Metrics {
             "Response body bytes sent to clients, by host.",
             &["host"],
         );
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_upstream_response_duration_seconds",
-                "Time from picking an upstream server to its response head, by upstream pool.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["upstream"],
-        )
-        .unwrap_or_else(|e| panic!("histogram: {e}"));
-        registry
-            .register(Box::new(upstream_duration.clone()))
-            .unwrap_or_else(|e| panic!("register histogram: {e}"));
-        let access_log_dropped = IntCounter::new(
-            "gateway_access_log_dropped_total",
-            "Access log lines dropped because the writer fell behind (the queue was full).",
-        )
-        .unwrap_or_else(|e| panic!("counter: {e}"));
-        registry
-            .register(Box::new(access_log_dropped.clone()))
-            .unwrap_or_else(|e| panic!("register counter: {e}"));
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "gateway_build_info",
-                "Always 1; the labels name the running build.",
+        let upstream_duration = registered(
+            &registry,
+            "gateway_upstream_response_duration_seconds",
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_upstream_response_duration_seconds",
+                    "Time from picking an upstream server to its response head, by upstream pool.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["upstream"],
             ),
-            &["version", "commit"],
-        )
-        .unwrap_or_else(|e| panic!("gauge: {e}"));
-        registry
-            .register(Box::new(build_info.clone()))
-            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        );
+        let access_log_dropped = registered(
+            &registry,
+            "gateway_access_log_dropped_total",
+            IntCounter::new(
+                "gateway_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind (the queue was full).",
+            ),
+        );
+        let build_info = registered(
+            &registry,
+            "gateway_build_info",
+            IntGaugeVec::new(
+                Opts::new(
+                    "gateway_build_info",
+                    "Always 1; the labels name the running build.",
+                ),
+                &["version", "commit"],
+            ),
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("GALION_COMMIT")])
             .set(1);
