@@ -21,6 +21,7 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_success: Gauge,
+    pub config_generation: IntGauge,
     pub open_connections: IntGaugeVec,
     pub auth_rejected: IntCounterVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
@@ -128,6 +129,11 @@ impl Metrics {
                 "gateway_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last configuration successfully applied.",
             ),
+        );
+        let config_generation = gauge(
+            &registry,
+            "gateway_config_generation",
+            "Generation of the configuration serving (1 at start, +1 per applied reload).",
         );
         let open_connections = registered(
             &registry,
@@ -277,6 +283,7 @@ impl Metrics {
             upstream_retries,
             config_reloads,
             config_last_success,
+            config_generation,
             open_connections,
             auth_rejected,
             tls_cert_expiry,

@@ -154,6 +154,7 @@ impl Reloader {
         self.snapshot.store(Arc::new(next));
         crate::metrics::forget(&gone);
         mark_success();
+        metrics().config_generation.set(generation as i64);
         crate::systemd::reloaded(&crate::systemd::serving(generation));
         tracing::info!(reason, generation, "configuration reloaded");
         Ok(Outcome::Applied)

@@ -101,6 +101,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     for e in crate::routing::exposures(&first.router) {
         tracing::warn!("{}: {e}", opts.config.display());
     }
+    crate::metrics::metrics()
+        .config_generation
+        .set(first.generation as i64);
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     reload::mark_success();
     let reloader = Arc::new(Reloader::new(opts.config.clone(), snapshot.clone()));

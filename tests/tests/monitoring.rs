@@ -304,6 +304,7 @@ async fn a_reload_removes_the_series_of_removed_routes_and_pools() {
         let r = client().get(gw.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
+    assert_eq!(gw.metric("gateway_config_generation").await, 1.0);
     let before = metrics_text(&gw).await;
     assert!(before.contains("route=\"old-route\""), "{before}");
     assert!(before.contains("upstream=\"legacy\""), "{before}");
@@ -320,6 +321,7 @@ async fn a_reload_removes_the_series_of_removed_routes_and_pools() {
             gw.log()
         )
     });
+    assert_eq!(gw.metric("gateway_config_generation").await, 2.0);
     // What is still configured keeps its counts.
     assert!(after.contains("route=\"keep\""), "{after}");
     assert!(after.contains("upstream=\"main\""), "{after}");

@@ -338,6 +338,7 @@ pub async fn refresh(
     }
     if row.used_at.is_some() {
         tracing::warn!(family = %row.family_id, user = %row.user_id, "refresh token reuse detected; revoking the family");
+        state.refresh_reuse.inc();
         revoke_family(&state, row.family_id).await?;
         return Err(invalid_refresh());
     }
@@ -362,6 +363,7 @@ pub async fn refresh(
     })?;
     if claimed != 1 {
         drop(tx);
+        state.refresh_reuse.inc();
         revoke_family(&state, row.family_id).await?;
         return Err(invalid_refresh());
     }

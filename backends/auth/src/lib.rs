@@ -44,6 +44,8 @@ pub struct AppState {
     pub relay: RelayHandle,
     pub logins: prometheus::IntCounterVec,
     pub registrations: prometheus::IntCounter,
+    /// Refresh tokens presented again after use: the family was revoked.
+    pub refresh_reuse: prometheus::IntCounter,
     /// Mails not queued because the account reached its per-window limit.
     pub mail_throttled: prometheus::IntCounterVec,
     /// Wakes the mail sender after a mail is committed.
@@ -126,6 +128,10 @@ pub async fn build(
         &["outcome"],
     )?;
     let registrations = metrics.counter("auth_registrations_total", "Accounts registered")?;
+    let refresh_reuse = metrics.counter(
+        "auth_refresh_reuse_detected_total",
+        "Refresh tokens presented again after use (the token family is revoked)",
+    )?;
     let mail_throttled = metrics.counter_vec(
         "auth_mail_throttled_total",
         "Mails not queued because the account reached its per-window limit",
@@ -170,6 +176,7 @@ pub async fn build(
         relay,
         logins,
         registrations,
+        refresh_reuse,
         mail_throttled,
         mailer,
         mailer_task: std::sync::Mutex::new(mailer_task),

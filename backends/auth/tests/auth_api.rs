@@ -224,6 +224,7 @@ async fn refresh_reuse_revokes_family(env: TestEnv) {
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(metric(&srv, "auth_refresh_reuse_detected_total").await, 1);
     let (s, _) = post(
         &srv,
         "/refresh",

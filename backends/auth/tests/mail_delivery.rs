@@ -82,24 +82,6 @@ async fn mail_for(sink: &SmtpSink, to: &str, subject: &str) -> SinkMail {
     .await
 }
 
-/// A metric of this service from `/metrics` (0 when absent).
-async fn metric(srv: &TestServer, name: &str) -> i64 {
-    let text = http()
-        .get(format!("{}/metrics", srv.url))
-        .bearer_auth(SERVICE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name}{{service=\"auth\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0)
-}
-
 /// (attempts, sent, dead, last_error) of the newest mail to `to`.
 async fn row_state(db: &Db, to: &str) -> (i32, bool, bool, Option<String>) {
     type At = Option<chrono::DateTime<chrono::Utc>>;

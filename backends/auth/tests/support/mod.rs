@@ -94,3 +94,26 @@ pub async fn mail_token(db: &Db, to: &str, subject_like: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// A metric of this service from `/metrics` (0 when absent); `name` with its
+/// labels other than `service`, e.g. `auth_logins_total{outcome="failure",`.
+pub async fn metric(srv: &TestServer, name: &str) -> i64 {
+    let text = http()
+        .get(format!("{}/metrics", srv.url))
+        .bearer_auth(SERVICE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = if name.ends_with(',') {
+        format!("{name}service=\"auth\"}} ")
+    } else {
+        format!("{name}{{service=\"auth\"}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
