@@ -368,6 +368,15 @@ upstreams:
         other.get(gw.url("/api/x")).send().await.unwrap().status(),
         429
     );
+    // A client that claims the exempt address, from a peer no proxy list
+    // trusts, is still itself: still limited.
+    let lying = other
+        .get(gw.url("/api/x"))
+        .header("x-forwarded-for", "127.0.0.44")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lying.status(), 429);
     // Exempt from limits, not from bans.
     for _ in 0..3 {
         assert_eq!(

@@ -29,9 +29,8 @@
 //! (throttled), and the gauges `auth_mail_outbox_depth` (pending rows) and
 //! `auth_mail_dead_letters`.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -594,20 +593,7 @@ fn write_eml(dir: &Path, id: Uuid, bytes: &[u8]) -> Result<PathBuf, MailError> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err(dir))?;
     let path = dir.join(format!("{id}.eml"));
     let tmp = dir.join(format!(".{id}.eml.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err(&tmp))?;
-        // `mode` applies only to a new file; a leftover keeps its own.
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(err(&tmp))?;
-        f.write_all(bytes).map_err(err(&tmp))?;
-        f.sync_all().map_err(err(&tmp))?;
-    }
+    galion_common::secrets::write_private_file(&tmp, bytes).map_err(err(&tmp))?;
     fs::rename(&tmp, &path).map_err(err(&path))?;
     Ok(path)
 }

@@ -394,24 +394,17 @@ async fn health_and_metrics(env: TestEnv) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let text = http()
-        .get(format!("{}/metrics", srv.url))
-        .bearer_auth(SERVICE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains("auth_logins_total{outcome=\"failure\",service=\"auth\"} 1"),
-        "{text}"
+    assert_eq!(
+        metric(&srv, "auth_logins_total{outcome=\"failure\",").await,
+        1
     );
-    assert!(
-        text.contains(
-            "http_requests_total{code=\"401\",method=\"POST\",route=\"/login\",service=\"auth\"} 1"
-        ),
-        "{text}"
+    assert_eq!(
+        metric(
+            &srv,
+            "http_requests_total{code=\"401\",method=\"POST\",route=\"/login\","
+        )
+        .await,
+        1
     );
     let r = http()
         .get(format!("{}/nope", srv.url))

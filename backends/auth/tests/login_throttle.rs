@@ -86,18 +86,9 @@ async fn failures_throttle_one_email(env: TestEnv) {
         StatusCode::OK
     );
 
-    let text = http()
-        .get(format!("{}/metrics", srv.url))
-        .bearer_auth(SERVICE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains("auth_logins_total{outcome=\"throttled\",service=\"auth\"} 2"),
-        "{text}"
+    assert_eq!(
+        metric(&srv, "auth_logins_total{outcome=\"throttled\",").await,
+        2
     );
 
     // The cool-down runs from the newest failure: move them all past it

@@ -103,17 +103,7 @@ pub fn dev_secret(path: &Path) -> Result<(String, bool), SecretError> {
     }
     let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
     let token = random_token();
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(create_err)?;
-        f.write_all(token.as_bytes()).map_err(create_err)?;
-        f.sync_all().map_err(create_err)?;
-    }
+    write_private_file(&tmp, token.as_bytes()).map_err(create_err)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -124,6 +114,21 @@ pub fn dev_secret(path: &Path) -> Result<(String, bool), SecretError> {
         }
         Err(e) => Err(create_err(e)),
     }
+}
+
+/// Writes `bytes` to `path`, created or truncated, with mode 0600 (also when
+/// a leftover file had another: `mode` applies only to a new one), and syncs
+/// it. Callers write a temporary name and rename or link it into place.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]
