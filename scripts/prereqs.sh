@@ -37,6 +37,10 @@ ensure_check_tools() {
     command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null \
         || apt_install systemd
     command -v jq >/dev/null || apt_install jq
+    # Pebble, Let's Encrypt's test CA, and its DNS: the ACME tests order real
+    # certificates from it (tests/src/pebble.rs starts them on free ports).
+    command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null \
+        || apt_install pebble
 }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }

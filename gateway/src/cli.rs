@@ -159,6 +159,17 @@ pub fn check(path: &Path) -> i32 {
                     );
                 }
             }
+            if let Some(a) = &c.tls.acme {
+                out!(
+                    "acme: {} via {:?}, state in {}",
+                    a.directory,
+                    a.challenge,
+                    a.dir.display()
+                );
+                for names in &a.certs {
+                    out!("  certificate for {}", names.join(", "));
+                }
+            }
             out!(
                 "content hash: {}",
                 summary_of(c)["content_hash"].as_str().unwrap_or("")

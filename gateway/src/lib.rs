@@ -25,6 +25,7 @@ pub mod limits;
 pub mod log_writer;
 pub mod metrics;
 pub mod pipeline;
+pub mod private_file;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     pub upstream_retries: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// ACME orders by result (issued, failed).
+    pub acme_orders: IntCounterVec,
     pub config_last_success: Gauge,
     pub config_generation: IntGauge,
     pub open_connections: IntGaugeVec,
@@ -120,6 +122,12 @@ impl Metrics {
             &registry,
             "gateway_config_reloads_total",
             "Configuration reloads by result (success, error).",
+            &["result"],
+        );
+        let acme_orders = counter_vec(
+            &registry,
+            "gateway_acme_orders_total",
+            "Certificate orders to the ACME CA by result (issued, failed).",
             &["result"],
         );
         let config_last_success = registered(
@@ -274,6 +282,8 @@ impl Metrics {
         // Make the reload series visible from the start.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
+        acme_orders.with_label_values(&["issued"]);
+        acme_orders.with_label_values(&["failed"]);
         Metrics {
             registry,
             requests,
@@ -282,6 +292,7 @@ impl Metrics {
             upstream_healthy,
             upstream_retries,
             config_reloads,
+            acme_orders,
             config_last_success,
             config_generation,
             open_connections,

@@ -216,18 +216,11 @@ impl BackgroundService for ReloadService {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let path = self.reloader.path.clone();
         let file_name = path.file_name().map(|n| n.to_owned());
-        // Certificate files are watched too, so a renewal (certbot) reloads them.
-        let cert_files: Vec<PathBuf> = self
-            .reloader
-            .snapshot
-            .load()
-            .config
-            .tls
-            .certs
-            .iter()
-            .flat_map(|c| c.files.clone())
-            .collect();
-        let watched_certs = cert_files.clone();
+        // Certificate files are watched too, so a renewal (certbot) reloads them:
+        // the configured paths and, for symlinks (certbot's `live/`), the files
+        // they resolve to (`archive/`). The set follows the live configuration.
+        let watched_certs: Arc<std::sync::RwLock<Vec<PathBuf>>> = Arc::default();
+        let certs_in_callback = watched_certs.clone();
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -236,11 +229,14 @@ impl BackgroundService for ReloadService {
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
+                let certs = certs_in_callback.read();
                 let ours = ev.paths.iter().any(|p| {
                     p.file_name().map(|n| n.to_owned()) == file_name
-                        || watched_certs
-                            .iter()
-                            .any(|c| c.file_name() == p.file_name() && c.parent() == p.parent())
+                        || certs.as_ref().is_ok_and(|certs| {
+                            certs
+                                .iter()
+                                .any(|c| c.file_name() == p.file_name() && c.parent() == p.parent())
+                        })
                 });
                 if ours && !ev.kind.is_access() {
                     let _ = tx.send(());
@@ -248,7 +244,7 @@ impl BackgroundService for ReloadService {
             }
         });
         // The watcher must live as long as the loop below.
-        let _watcher = match watcher {
+        let mut watcher = match watcher {
             Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => Some(w),
                 Err(e) => {
@@ -261,21 +257,31 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
-        let mut _watcher = _watcher;
-        if let Some(w) = _watcher.as_mut() {
-            let mut dirs: Vec<PathBuf> = cert_files
+        let mut cert_dirs: Vec<PathBuf> = Vec::new();
+        let mut rewatch = |watcher: &mut Option<notify::RecommendedWatcher>| {
+            let Some(w) = watcher.as_mut() else { return };
+            let files = cert_watch_list(&self.reloader.snapshot.load().config);
+            let mut dirs: Vec<PathBuf> = files
                 .iter()
                 .filter_map(|f| f.parent().map(Path::to_path_buf))
                 .filter(|d| *d != dir)
                 .collect();
             dirs.sort();
             dirs.dedup();
-            for d in dirs {
-                if let Err(e) = w.watch(&d, RecursiveMode::NonRecursive) {
+            for d in cert_dirs.iter().filter(|d| !dirs.contains(d)) {
+                let _ = w.unwatch(d);
+            }
+            for d in dirs.iter().filter(|d| !cert_dirs.contains(d)) {
+                if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
                     tracing::warn!(error = %e, dir = %d.display(), "cannot watch a certificate directory");
                 }
             }
-        }
+            cert_dirs = dirs;
+            if let Ok(mut certs) = watched_certs.write() {
+                *certs = files;
+            }
+        };
+        rewatch(&mut watcher);
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -294,6 +300,7 @@ impl BackgroundService for ReloadService {
             }
         })
         .await;
+        rewatch(&mut watcher);
         loop {
             let hup_recv = async {
                 match hup.as_mut() {
@@ -306,6 +313,7 @@ impl BackgroundService for ReloadService {
                 _ = hup_recv => {
                     let r = self.reloader.clone();
                     let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+                    rewatch(&mut watcher);
                 }
                 Some(()) = rx.recv() => {
                     // Debounce: editors write in several steps.
@@ -313,10 +321,26 @@ impl BackgroundService for ReloadService {
                     while rx.try_recv().is_ok() {}
                     let r = self.reloader.clone();
                     let _ = tokio::task::spawn_blocking(move || r.apply("file change", false)).await;
+                    rewatch(&mut watcher);
                 }
             }
         }
     }
+}
+
+/// The certificate files to watch: each configured path and, when it is a
+/// symlink, the file it resolves to.
+fn cert_watch_list(config: &crate::config::Config) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for f in config.tls.certs.iter().flat_map(|c| c.files.iter()) {
+        files.push(f.clone());
+        if let Ok(target) = std::fs::canonicalize(f) {
+            if target != *f {
+                files.push(target);
+            }
+        }
+    }
+    files
 }
 
 #[cfg(test)]

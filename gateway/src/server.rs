@@ -76,6 +76,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let conf = server_conf(&config);
     let http_addr = config.listen.http;
     let https_addr = config.listen.https;
+    if let Some(acme) = &config.tls.acme {
+        crate::services::acme::install_at_hand(acme);
+    }
     crate::tls::apply(&config.tls);
     let admin_addr = config.listen.admin;
     let keepalive_requests = config.server.keepalive_requests;
@@ -164,6 +167,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         let settings = crate::tls::settings(crate::tls::store().clone())
             .map_err(|e| anyhow::anyhow!("TLS listener: {e}"))?;
         svc.add_listener(listener(addr).tls(settings));
+        svc.endpoints()
+            .set_pre_tls_callback(Arc::new(crate::tls::alpn::AlpnChallenge));
         proxies.push(svc);
     }
     for svc in proxies {
@@ -188,6 +193,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     server.add_service(background_service(
         "config reload",
         ReloadService::new(reloader, early_signals.clone()),
+    ));
+    server.add_service(background_service(
+        "automatic certificates",
+        crate::services::acme::AcmeService::new(snapshot.clone()),
     ));
     server.add_service(background_service(
         "auth keys and revocations",

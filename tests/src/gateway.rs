@@ -55,10 +55,37 @@ async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
 }
 
 fn launch_fresh(config: &str, tls: bool, server_keys: &str, env: &[(&str, &str)]) -> Gateway {
+    launch_with(
+        config,
+        free_addr(),
+        tls.then(free_addr),
+        free_addr(),
+        server_keys,
+        env,
+    )
+}
+
+/// Starts a gateway like [`launch_gateway`] on addresses chosen beforehand (for
+/// peers that must know them first, such as an ACME server's validator).
+pub fn launch_on(
+    config: &str,
+    http: SocketAddr,
+    https: Option<SocketAddr>,
+    admin: SocketAddr,
+    env: &[(&str, &str)],
+) -> Gateway {
+    launch_with(config, http, https, admin, "", env)
+}
+
+fn launch_with(
+    config: &str,
+    http: SocketAddr,
+    https: Option<SocketAddr>,
+    admin: SocketAddr,
+    server_keys: &str,
+    env: &[(&str, &str)],
+) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
-    let http = free_addr();
-    let admin = free_addr();
-    let https = tls.then(free_addr);
     let config_path = dir.path().join("gateway.yaml");
     let text = listen_block(config, http, https, admin, server_keys);
     std::fs::write(&config_path, text).expect("write config");

@@ -6,13 +6,14 @@
 
 pub mod gateway;
 pub mod jwt;
+pub mod pebble;
 pub mod redis_server;
 pub mod stack;
 pub mod upstream;
 
 pub use gateway::{
-    launch_gateway, launch_gateway_env, spawn_gateway, spawn_gateway_tls, spawn_gateway_with,
-    Gateway,
+    launch_gateway, launch_gateway_env, launch_on, spawn_gateway, spawn_gateway_tls,
+    spawn_gateway_with, Gateway,
 };
 pub use upstream::{fake_upstream, fake_upstream_on, FakeUpstream};
 

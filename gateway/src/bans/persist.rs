@@ -2,7 +2,6 @@
 //! directory, replaced atomically (write, fsync, rename) and readable by the owner
 //! only. Expired bans are not restored.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -31,25 +30,8 @@ pub fn file(dir: &Path) -> PathBuf {
 }
 
 pub fn save(dir: &Path, state: &State) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let path = file(dir);
-    let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)
+    crate::private_file::write(&file(dir), &data)
 }
 
 /// Reads the saved state; a missing file is an empty state, a corrupt one is an

@@ -553,6 +553,26 @@ pub struct RawTls {
     pub acme_webroot: Option<String>,
     /// Plain HTTP redirects to HTTPS (308) when an HTTPS listener exists (default true).
     pub redirect_http: Option<bool>,
+    pub acme: Option<RawAcme>,
+}
+
+/// `tls.acme`: certificates ordered from an ACME CA (Let's Encrypt by default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// Contact address given to the CA (expiry and policy mails).
+    pub email: Option<String>,
+    /// The CA's directory URL (default: Let's Encrypt).
+    pub directory: Option<String>,
+    /// Let's Encrypt's staging directory (untrusted certificates, high limits).
+    #[serde(default)]
+    pub staging: bool,
+    /// A PEM root to trust for the directory's own HTTPS (a private CA).
+    pub ca_root: Option<String>,
+    /// `http-01` (default when an HTTP listener exists) or `tls-alpn-01`.
+    pub challenge: Option<String>,
+    /// Hosts (keys of `hosts:`) that get a certificate: its name and aliases.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -444,3 +444,101 @@ fn slow_client_limits() {
         "{errs:?}"
     );
 }
+
+const ACME: &str = r#"
+listen:
+  http: 127.0.0.1:0
+  https: 127.0.0.1:0
+store: { state_dir: /var/lib/galion-gateway }
+tls:
+  acme:
+    email: ops@galion.app
+    hosts: [galion.app]
+upstreams:
+  web: { servers: [127.0.0.1:3000] }
+hosts:
+  galion.app:
+    aliases: [www.galion.app]
+    routes:
+      - { name: web, prefix: /, upstream: web }
+  "*.galion.studio":
+    routes:
+      - { name: studio, prefix: /, upstream: web }
+"#;
+
+#[test]
+fn acme_defaults_to_lets_encrypt_http01_with_the_aliases() {
+    let l = load_str(ACME, Path::new("gw.yaml")).unwrap();
+    let a = l.config.tls.acme.expect("acme");
+    assert_eq!(a.directory, super::tls::LETS_ENCRYPT);
+    assert_eq!(a.challenge, AcmeChallenge::Http01);
+    assert_eq!(a.contact, vec!["mailto:ops@galion.app"]);
+    assert_eq!(a.certs, vec![vec!["galion.app", "www.galion.app"]]);
+    assert_eq!(a.dir, Path::new("/var/lib/galion-gateway/acme"));
+    let staging = load_str(
+        &ACME.replace("email: ops@galion.app", "staging: true"),
+        Path::new("gw.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        staging.config.tls.acme.unwrap().directory,
+        super::tls::LETS_ENCRYPT_STAGING
+    );
+}
+
+#[test]
+fn acme_mistakes_are_located() {
+    let errs = errors_of(
+        &ACME
+            .replace(
+                "hosts: [galion.app]",
+                "hosts: [galion.app, nowhere.app, \"*.galion.studio\"]",
+            )
+            .replace(
+                "email: ops@galion.app",
+                "email: not-an-address\n    challenge: dns-01",
+            ),
+    );
+    let all = errs.join("\n");
+    assert!(all.contains("tls.acme.email: `not-an-address`"), "{all}");
+    assert!(all.contains("tls.acme.challenge: `dns-01`"), "{all}");
+    assert!(
+        all.contains("tls.acme.hosts[1]: `nowhere.app` is not a key of hosts"),
+        "{all}"
+    );
+    assert!(
+        all.contains("tls.acme.hosts[2]: `*.galion.studio`: a wildcard"),
+        "{all}"
+    );
+    assert!(errs.iter().all(|e| e.starts_with("gw.yaml:")), "{all}");
+
+    let plain_http = errors_of(&ACME.replace("  https: 127.0.0.1:0\n", ""));
+    assert!(
+        plain_http.join("\n").contains("HTTPS listener"),
+        "{plain_http:#?}"
+    );
+    let no_http = errors_of(&ACME.replace("  http: 127.0.0.1:0\n", "").replace(
+        "hosts: [galion.app]",
+        "hosts: [galion.app]\n    challenge: http-01",
+    ));
+    assert!(
+        no_http.join("\n").contains("set listen.http"),
+        "{no_http:#?}"
+    );
+    // Without an HTTP listener the default is TLS-ALPN-01.
+    let l = load_str(
+        &ACME.replace("  http: 127.0.0.1:0\n", ""),
+        Path::new("gw.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        l.config.tls.acme.unwrap().challenge,
+        AcmeChallenge::TlsAlpn01
+    );
+    let http_dir =
+        errors_of(&ACME.replace("email: ops@galion.app", "directory: http://ca.example/dir"));
+    assert!(
+        http_dir.join("\n").contains("https:// URL"),
+        "{http_dir:#?}"
+    );
+}

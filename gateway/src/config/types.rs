@@ -29,7 +29,7 @@ pub use super::protect::{
 };
 pub use super::shaping::{CacheStoreConfig, Compression, KeyQuery, RouteCache};
 pub use super::statics::{CacheRule, StaticSite};
-pub use super::tls::TlsConfig;
+pub use super::tls::{AcmeChallenge, AcmeConfig, TlsConfig};
 pub use super::trust::TrustedProxies;
 pub use super::upstream::{
     Balance, HashKey, HealthCheckConfig, PassiveConfig, ServerConfig, Timeouts, UpstreamConfig,

@@ -68,7 +68,7 @@ pub fn validate(
     // Routes naming an upstream that failed validation should not add a second,
     // misleading "unknown upstream" error: every declared name counts.
     let declared: HashSet<String> = raw.upstreams.keys().cloned().collect();
-    let tls = c
+    let (mut tls, raw_acme) = c
         .take(&root.key("tls"), raw.tls)
         .map(|t| super::tls::tls_of(&mut c, t))
         .unwrap_or_default();
@@ -123,10 +123,14 @@ pub fn validate(
         .errors
         .iter()
         .any(|e| e.path.0.first() == Some(&super::error::Seg::Key("listen".into())));
-    if listen.https.is_some() && tls.certs.is_empty() {
+    if let Some(a) = raw_acme {
+        tls.acme =
+            super::tls::acme_of(&mut c, a, &hosts, &listen, store.state_dir.as_deref(), &tls);
+    }
+    if listen.https.is_some() && tls.certs.is_empty() && tls.acme.is_none() {
         c.err(
             &root.key("tls").key("certificates"),
-            "listen.https needs at least one certificate",
+            "listen.https needs a certificate: tls.certificates or tls.acme",
         );
     }
     if listen.http.is_none() && listen.https.is_none() && !listen_errors {

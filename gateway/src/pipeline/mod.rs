@@ -239,7 +239,10 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
     let Some(host_routes) = snap.router.host(req.host) else {
         return Step::Answer(Reply::error(LocalReply::UnknownHost, rid));
     };
-    if !env.https && req.path.starts_with(ACME_PREFIX) && snap.config.tls.acme_webroot.is_some() {
+    if !env.https
+        && req.path.starts_with(ACME_PREFIX)
+        && (snap.config.tls.acme_webroot.is_some() || snap.config.tls.acme.is_some())
+    {
         return Step::Acme;
     }
     if req.head_size > snap.config.limits.max_header_bytes {
@@ -304,9 +307,10 @@ fn https_redirect<F: Fields>(
     Reply::redirect(LocalReply::Redirect, 308, &location, rid)
 }
 
-/// The answer to an ACME HTTP-01 challenge: `<webroot>/.well-known/acme-challenge/<token>`,
-/// where `certbot --webroot -w <webroot>` writes it; tokens are base64url,
-/// nothing else is read.
+/// The answer to an ACME HTTP-01 challenge: from the gateway's own orders (in
+/// this process, or in Redis when a cluster peer ordered), else from
+/// `<webroot>/.well-known/acme-challenge/<token>`, where `certbot --webroot -w
+/// <webroot>` writes it. Tokens are base64url; nothing else is looked up.
 pub async fn acme(snap: &Snapshot, path: &str, ctx: &mut RequestCtx) -> Reply {
     ctx.local = Some(LocalReply::Acme);
     let token = path.get(ACME_PREFIX.len()..).unwrap_or("");
@@ -315,12 +319,23 @@ pub async fn acme(snap: &Snapshot, path: &str, ctx: &mut RequestCtx) -> Reply {
         && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    let body = match (&snap.config.tls.acme_webroot, valid) {
-        (Some(root), true) => tokio::fs::read(root.join(&ACME_PREFIX[1..]).join(token))
+    let mut body = None;
+    if valid && snap.config.tls.acme.is_some() {
+        body = match crate::tls::acme::challenges().http01(token) {
+            Some(key_auth) => Some(key_auth.into_bytes()),
+            None => match &snap.redis {
+                Some(link) => crate::cluster::acme::http01(link, token)
+                    .await
+                    .map(String::into_bytes),
+                None => None,
+            },
+        };
+    }
+    if let (None, Some(root), true) = (&body, &snap.config.tls.acme_webroot, valid) {
+        body = tokio::fs::read(root.join(&ACME_PREFIX[1..]).join(token))
             .await
-            .ok(),
-        _ => None,
-    };
+            .ok();
+    }
     match body {
         Some(body) => Reply {
             status: 200,

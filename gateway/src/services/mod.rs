@@ -1,7 +1,8 @@
-//! The gateway's background services over the live snapshot: active health
-//! checks, JWKS and revocation refreshes, and the cluster link that keeps
+//! The gateway's background services over the live snapshot: automatic
+//! certificates, active health checks, JWKS and revocation refreshes, and the cluster link that keeps
 //! limits and bans in step. Above the snapshot, beside the transports.
 
+pub mod acme;
 mod auth;
 mod health;
 mod protect;

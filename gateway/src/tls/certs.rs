@@ -16,8 +16,11 @@ use rustls::sign::CertifiedKey;
 /// One loaded certificate with what operators need to know about it.
 pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
-    /// Unix seconds of `notAfter` of the leaf.
+    /// Unix seconds of `notBefore` and `notAfter` of the leaf.
+    pub not_before: i64,
     pub not_after: i64,
+    /// A self-signed stand-in served until the ACME certificate arrives.
+    pub placeholder: bool,
     pub hosts: Vec<String>,
     /// The certificate and key files (watched for renewals).
     pub files: Vec<std::path::PathBuf>,
@@ -48,28 +51,50 @@ pub fn load(cert: &Path, key: &Path, hosts: Vec<String>) -> Result<LoadedCert, S
         }
         Err(e) => return Err(format!("{}: {e}", cert.display())),
     };
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let mut loaded = from_der(chain, &key_der, hosts)
+        .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))?;
+    loaded.files = vec![absolute(cert), absolute(key)];
+    Ok(loaded)
+}
+
+/// A chain and key already in memory (from the ACME CA or a cluster peer).
+pub fn from_pem(chain_pem: &str, key_pem: &str, hosts: Vec<String>) -> Result<LoadedCert, String> {
+    let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| format!("private key: {e}"))?
+        .ok_or("no private key in PEM")?;
+    if chain.is_empty() {
+        return Err("no certificate in PEM".into());
+    }
+    from_der(chain, &key, hosts)
+}
+
+fn from_der(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key_der: &rustls::pki_types::PrivateKeyDer<'_>,
+    hosts: Vec<String>,
+) -> Result<LoadedCert, String> {
+    let signing = rustls::crypto::ring::sign::any_supported_type(key_der)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| {
-        format!(
-            "{}: the key does not match the certificate: {e}",
-            key.display()
-        )
-    })?;
-    let not_after = {
-        let leaf = ck
-            .end_entity_cert()
-            .map_err(|e| format!("{}: {e}", cert.display()))?;
+    ck.keys_match()
+        .map_err(|e| format!("the key does not match the certificate: {e}"))?;
+    let (not_before, not_after) = {
+        let leaf = ck.end_entity_cert().map_err(|e| e.to_string())?;
         let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref())
-            .map_err(|e| format!("{}: not an X.509 certificate: {e}", cert.display()))?;
-        x509.validity().not_after.timestamp()
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let v = x509.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
     };
     Ok(LoadedCert {
         key: Arc::new(ck),
+        not_before,
         not_after,
+        placeholder: false,
         hosts,
-        files: vec![absolute(cert), absolute(key)],
+        files: Vec::new(),
     })
 }
 
@@ -88,6 +113,9 @@ struct Table {
 #[derive(Default)]
 pub struct CertStore {
     table: ArcSwap<Table>,
+    /// Certificates ordered by the gateway (exact names), kept across reloads:
+    /// a reload replaces the file certificates only.
+    acme: ArcSwap<HashMap<String, Arc<LoadedCert>>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -115,12 +143,54 @@ impl CertStore {
         self.table.store(Arc::new(t));
     }
 
+    /// Installs (or replaces) the ACME certificate of `cert.hosts`.
+    pub fn set_acme(&self, cert: Arc<LoadedCert>) {
+        self.acme.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            for h in &cert.hosts {
+                m.insert(h.clone(), cert.clone());
+            }
+            m
+        });
+    }
+
+    /// Drops the ACME certificates of names no longer configured.
+    pub fn retain_acme(&self, keep: &dyn Fn(&str) -> bool) {
+        if self.acme.load().keys().all(|k| keep(k)) {
+            return;
+        }
+        self.acme.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.retain(|k, _| keep(k));
+            m
+        });
+    }
+
+    /// The ACME certificate serving `name`.
+    pub fn acme(&self, name: &str) -> Option<Arc<LoadedCert>> {
+        self.acme.load().get(name).cloned()
+    }
+
+    /// Every ACME certificate, once each.
+    pub fn acme_certs(&self) -> Vec<Arc<LoadedCert>> {
+        let mut v: Vec<Arc<LoadedCert>> = Vec::new();
+        for c in self.acme.load().values() {
+            if !v.iter().any(|x| Arc::ptr_eq(x, c)) {
+                v.push(c.clone());
+            }
+        }
+        v
+    }
+
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let t = self.table.load();
         if let Some(name) = sni {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if let Some(c) = t.exact.get(&name) {
                 return Some(c.clone());
+            }
+            if let Some(c) = self.acme.load().get(&name) {
+                return Some(c.key.clone());
             }
             if let Some((_, c)) = t
                 .wildcard

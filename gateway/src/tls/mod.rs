@@ -1,6 +1,8 @@
 //! TLS termination: SNI certificate selection, the HTTPS listener settings, and
 //! development certificates.
 
+pub mod acme;
+pub mod alpn;
 pub mod certs;
 pub mod dev_certs;
 
@@ -32,20 +34,31 @@ pub fn store() -> &'static Arc<CertStore> {
 }
 
 /// Installs a configuration's certificates (new handshakes use them at once) and
-/// publishes their expiry times.
+/// publishes their expiry times, with those of the ACME certificates in use.
 pub fn apply(tls: &crate::config::TlsConfig) {
     store().replace(&tls.certs, tls.default);
+    let m = crate::metrics::metrics();
+    for gauge in [&m.tls_cert_expiry, &m.tls_certificate_expiry] {
+        gauge.reset();
+    }
+    for c in tls.certs.iter().chain(store().acme_certs().iter()) {
+        publish_expiry(c);
+    }
+}
+
+/// Sets the expiry gauges of `cert`'s hosts (a placeholder has none to report).
+pub fn publish_expiry(cert: &LoadedCert) {
+    if cert.placeholder {
+        return;
+    }
     let m = crate::metrics::metrics();
     // Two names for one value: the spec's, and the spelled-out one the
     // operations issues (and cert-manager-style dashboards) use.
     for gauge in [&m.tls_cert_expiry, &m.tls_certificate_expiry] {
-        gauge.reset();
-        for c in &tls.certs {
-            for h in &c.hosts {
-                gauge
-                    .with_label_values(&[h.as_str()])
-                    .set(c.not_after as f64);
-            }
+        for h in &cert.hosts {
+            gauge
+                .with_label_values(&[h.as_str()])
+                .set(cert.not_after as f64);
         }
     }
 }
