@@ -514,3 +514,118 @@ async fn the_access_log_names_the_tls_version() {
         assert_eq!(line["tls"], "TLSv1.3", "{line}");
     }
 }
+
+/// certbot's layout: `live/<name>/fullchain.pem` is a symlink into `archive/`,
+/// and a renewal writes new archive files and repoints the links.
+fn certbot_issue(le: &Path, name: &str, n: u32, from: &Path, stem: &str) {
+    let archive = le.join("archive").join(name);
+    let live = le.join("live").join(name);
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::copy(
+        from.join(format!("{stem}.pem")),
+        archive.join(format!("fullchain{n}.pem")),
+    )
+    .unwrap();
+    std::fs::copy(
+        from.join(format!("{stem}.key")),
+        archive.join(format!("privkey{n}.pem")),
+    )
+    .unwrap();
+    for (link, target) in [("fullchain.pem", "fullchain"), ("privkey.pem", "privkey")] {
+        let tmp = live.join(format!("{link}.new"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("../../archive/{name}/{target}{n}.pem"), &tmp).unwrap();
+        std::fs::rename(&tmp, live.join(link)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn certbot_symlinks_and_certificates_added_by_a_reload_are_watched() {
+    let (gw, certs, up) = setup("").await;
+    let https = gw.https.unwrap();
+    // A certificate that did not exist when the gateway started, in certbot's
+    // layout, added by a reload.
+    let le = tempfile::tempdir().unwrap();
+    let first = tempfile::tempdir().unwrap();
+    dev_certs(first.path());
+    certbot_issue(le.path(), "galion.studio", 1, first.path(), "galion.studio");
+    let live = le.path().join("live/galion.studio");
+    let c = certs.path().display();
+    gw.write_config(&format!(
+        r#"
+tls:
+  certificates:
+    - {{ hosts: [galion.app, "*.galion.app", localhost], cert: {c}/galion.app.pem, key: {c}/galion.app.key, default: true }}
+    - {{ hosts: [galion.studio, "*.galion.studio"], cert: {l}/fullchain.pem, key: {l}/privkey.pem }}
+upstreams:
+  up: {{ servers: ["{u}"] }}
+hosts:
+  galion.app:
+    default: true
+    routes:
+      - {{ name: r, prefix: /, upstream: up }}
+  galion.studio:
+    routes:
+      - {{ name: studio, prefix: /, upstream: up }}
+"#,
+        l = live.display(),
+        u = up.addr,
+    ));
+    let serves = |ca: std::path::PathBuf| async move {
+        eventually(5, || {
+            let ca = ca.clone();
+            async move {
+                connect(https, "galion.studio", &ca, &[b"http/1.1"], true)
+                    .await
+                    .ok()
+                    .map(|s| peer_der(&s))
+            }
+        })
+        .await
+    };
+    let one = serves(first.path().join("ca.pem")).await;
+    assert!(
+        one.is_some(),
+        "certificate added by a reload not served:\n{}",
+        gw.log()
+    );
+
+    // certbot renews: new archive files, links repointed; no SIGHUP.
+    let second = tempfile::tempdir().unwrap();
+    dev_certs(second.path());
+    certbot_issue(
+        le.path(),
+        "galion.studio",
+        2,
+        second.path(),
+        "galion.studio",
+    );
+    let two = serves(second.path().join("ca.pem")).await;
+    assert!(
+        two.is_some(),
+        "certbot renewal not picked up:\n{}",
+        gw.log()
+    );
+    assert_ne!(one, two);
+
+    // A tool that rewrites the link's target in place (not the link) is seen too.
+    let third = tempfile::tempdir().unwrap();
+    dev_certs(third.path());
+    let archive = le.path().join("archive/galion.studio");
+    for (from, to) in [
+        ("galion.studio.key", "privkey2.pem"),
+        ("galion.studio.pem", "fullchain2.pem"),
+    ] {
+        let tmp = archive.join(format!("{to}.tmp"));
+        std::fs::copy(third.path().join(from), &tmp).unwrap();
+        std::fs::rename(&tmp, archive.join(to)).unwrap();
+    }
+    let three = serves(third.path().join("ca.pem")).await;
+    assert!(
+        three.is_some(),
+        "rewritten link target not picked up:\n{}",
+        gw.log()
+    );
+    assert_ne!(two, three);
+}
