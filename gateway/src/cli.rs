@@ -161,9 +161,9 @@ pub fn check(path: &Path) -> i32 {
             }
             if let Some(a) = &c.tls.acme {
                 out!(
-                    "acme: {} via {:?}, state in {}",
+                    "acme: {} via {}, state in {}",
                     a.directory,
-                    a.challenge,
+                    a.challenge.as_str(),
                     a.dir.display()
                 );
                 for names in &a.certs {

@@ -34,6 +34,16 @@ pub enum AcmeChallenge {
     TlsAlpn01,
 }
 
+impl AcmeChallenge {
+    /// The name the configuration and RFC 8555 use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcmeConfig {
     /// `mailto:` URIs.
