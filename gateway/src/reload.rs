@@ -301,6 +301,11 @@ impl BackgroundService for ReloadService {
         })
         .await;
         rewatch(&mut watcher);
+        // A certificate file missing at load time may appear in a directory
+        // that did not exist to be watched (certbot's first `live/<name>/`).
+        let mut appear = tokio::time::interval(Duration::from_secs(2));
+        appear.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tried = Vec::new();
         loop {
             let hup_recv = async {
                 match hup.as_mut() {
@@ -314,6 +319,21 @@ impl BackgroundService for ReloadService {
                     let r = self.reloader.clone();
                     let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
                     rewatch(&mut watcher);
+                }
+                _ = appear.tick() => {
+                    // Once per version of the files: a refused pair is not retried
+                    // (and logged) every tick, only when it changes again.
+                    let seen: Vec<_> = self.reloader.snapshot.load().config.tls.certs.iter()
+                        .filter(|c| c.placeholder)
+                        .flat_map(|c| c.files.iter().map(|f| std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().ok()))))
+                        .collect();
+                    let appeared = !seen.is_empty() && seen.iter().any(Option::is_some) && seen != tried;
+                    if appeared {
+                        tried = seen;
+                        let r = self.reloader.clone();
+                        let _ = tokio::task::spawn_blocking(move || r.apply("certificate file appeared", false)).await;
+                        rewatch(&mut watcher);
+                    }
                 }
                 Some(()) = rx.recv() => {
                     // Debounce: editors write in several steps.

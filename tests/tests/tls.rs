@@ -629,3 +629,81 @@ hosts:
     );
     assert_ne!(two, three);
 }
+
+#[tokio::test]
+async fn certificate_files_that_appear_after_start_are_loaded() {
+    // certbot's first webroot issuance needs the gateway running on port 80, so
+    // the gateway starts before the files exist (their directory too).
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let up = fake_upstream("up").await;
+    let le = tempfile::tempdir().unwrap();
+    let live = le.path().join("live/galion.studio");
+    let config = config(certs.path(), up.addr, "").replace(
+        &format!(
+            "cert: {c}/galion.studio.pem, key: {c}/galion.studio.key",
+            c = certs.path().display()
+        ),
+        &format!(
+            "cert: {l}/fullchain.pem, key: {l}/privkey.pem",
+            l = live.display()
+        ),
+    );
+    assert!(config.contains("privkey.pem"));
+    let gw = spawn_gateway_tls(&config).await;
+    let check = std::process::Command::new(binary("galion-gateway"))
+        .args(["check", "-c"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    let warnings = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{warnings}");
+    assert!(
+        warnings.contains("fullchain.pem") && warnings.contains("not there yet"),
+        "{warnings}"
+    );
+    let https = gw.https.unwrap();
+    let ca = certs.path().join("ca.pem");
+    let s = connect(https, "galion.studio", &ca, &[b"http/1.1"], false)
+        .await
+        .unwrap();
+    assert!(
+        peer_cn(&s).contains("waiting for its certificate"),
+        "{}",
+        peer_cn(&s)
+    );
+    // galion.app is served from its files meanwhile.
+    let mut app = connect(https, "galion.app", &ca, &[b"http/1.1"], true)
+        .await
+        .unwrap();
+    assert!(http1(&mut app, "galion.app", "/")
+        .await
+        .starts_with("HTTP/1.1 200"));
+
+    let issued = tempfile::tempdir().unwrap();
+    dev_certs(issued.path());
+    certbot_issue(
+        le.path(),
+        "galion.studio",
+        1,
+        issued.path(),
+        "galion.studio",
+    );
+    let new_ca = issued.path().join("ca.pem");
+    let served = eventually(10, || {
+        let new_ca = new_ca.clone();
+        async move {
+            connect(https, "galion.studio", &new_ca, &[b"http/1.1"], true)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(served.is_some(), "appeared files not loaded:\n{}", gw.log());
+    assert!(
+        http1(&mut app, "galion.app", "/again")
+            .await
+            .starts_with("HTTP/1.1 200"),
+        "the open connection survives the reload"
+    );
+}

@@ -239,8 +239,36 @@ pub fn tls_of(c: &mut Checker, t: RawTls) -> (TlsConfig, Option<RawAcme>) {
                 fp.update(&bytes);
             }
         }
-        match crate::tls::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts)
-        {
+        let missing: Vec<&String> = [&cert_path, &key_path]
+            .into_iter()
+            .filter(|f| {
+                std::fs::metadata(f).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            })
+            .collect();
+        let loaded = if missing.is_empty() {
+            crate::tls::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts)
+        } else {
+            // certbot's first issuance needs the gateway running: serve a
+            // placeholder and load the files when they appear (reload service).
+            c.warn(
+                &p.key("cert"),
+                format!(
+                    "{} not there yet: these hosts get a self-signed placeholder until it appears",
+                    missing
+                        .iter()
+                        .map(|f| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            crate::tls::certs::placeholder(&hosts).map(|mut l| {
+                l.files = [&cert_path, &key_path]
+                    .map(|f| crate::tls::certs::absolute(std::path::Path::new(f)))
+                    .to_vec();
+                l
+            })
+        };
+        match loaded {
             Ok(loaded) => {
                 if rc.default {
                     if default.is_some() {

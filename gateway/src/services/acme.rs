@@ -111,7 +111,7 @@ pub fn install_at_hand(cfg: &AcmeConfig) {
         };
         match loaded {
             Some(c) => install(c),
-            None => match acme::placeholder(names) {
+            None => match crate::tls::certs::placeholder(names) {
                 Ok(p) => {
                     tracing::warn!(
                         hosts = %names.join(","),

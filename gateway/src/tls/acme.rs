@@ -25,6 +25,8 @@ use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AcmeChallenge, AcmeConfig};
+#[cfg(test)]
+use crate::tls::certs::placeholder;
 use crate::tls::certs::{from_pem, LoadedCert};
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
@@ -185,22 +187,6 @@ pub fn save(cfg: &AcmeConfig, primary: &str, issued: &Issued) -> std::io::Result
     let dir = cert_dir(cfg, primary);
     crate::private_file::write(&dir.join("key.pem"), issued.key_pem.as_bytes())?;
     crate::private_file::write(&dir.join("cert.pem"), issued.chain_pem.as_bytes())
-}
-
-/// A self-signed stand-in for `names`, served until the real one arrives (so a
-/// handshake gets an answer a browser can explain, not a reset).
-pub fn placeholder(names: &[String]) -> Result<LoadedCert, String> {
-    let err = |e: rcgen::Error| e.to_string();
-    let mut p = rcgen::CertificateParams::new(names.to_vec()).map_err(err)?;
-    p.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("{} (waiting for its ACME certificate)", names[0]),
-    );
-    let key = rcgen::KeyPair::generate().map_err(err)?;
-    let cert = p.self_signed(&key).map_err(err)?;
-    let mut loaded = from_pem(&cert.pem(), &key.serialize_pem(), names.to_vec())?;
-    loaded.placeholder = true;
-    Ok(loaded)
 }
 
 /// When a certificate is due for renewal: at 2/3 of its lifetime (Let's

@@ -71,6 +71,23 @@ pub fn from_pem(chain_pem: &str, key_pem: &str, hosts: Vec<String>) -> Result<Lo
     from_der(chain, &key, hosts)
 }
 
+/// A self-signed stand-in for `names`, served until the real certificate
+/// arrives (an ACME order, or a file not written yet), so that a handshake gets
+/// an answer a browser can explain rather than a reset.
+pub fn placeholder(names: &[String]) -> Result<LoadedCert, String> {
+    let err = |e: rcgen::Error| e.to_string();
+    let mut p = rcgen::CertificateParams::new(names.to_vec()).map_err(err)?;
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("{} (waiting for its certificate)", names[0]),
+    );
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = p.self_signed(&key).map_err(err)?;
+    let mut loaded = from_pem(&cert.pem(), &key.serialize_pem(), names.to_vec())?;
+    loaded.placeholder = true;
+    Ok(loaded)
+}
+
 fn from_der(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key_der: &rustls::pki_types::PrivateKeyDer<'_>,
@@ -98,7 +115,7 @@ fn from_der(
     })
 }
 
-fn absolute(p: &Path) -> std::path::PathBuf {
+pub fn absolute(p: &Path) -> std::path::PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
