@@ -18,7 +18,8 @@ use galion_tests::{fake_upstream, spawn_gateway_with};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn config(jwks: &str, up: SocketAddr) -> String {
+fn config(jwks: &str, up: SocketAddr, site: &std::path::Path) -> String {
+    let site = site.display();
     format!(
         r#"
 auth:
@@ -68,6 +69,14 @@ hosts:
         response_headers: {{ set: {{ x-served: cache }}, remove: [x-upstream] }}
       - {{ name: robots, exact: /robots.txt, methods: [GET], respond: {{ body: "User-agent: *\n" }} }}
       - {{ name: old, exact: /old, redirect: {{ to: "https://galion.app/new", status: 301 }} }}
+      - name: site
+        prefix: /site/
+        strip_prefix: true
+        response_headers: {{ add: {{ x-tag: site }} }}
+        static:
+          root: "{site}"
+          spa_fallback: true
+          cache_control: [{{ pattern: "/assets/*", value: "public, max-age=31536000, immutable" }}, {{ pattern: "*.html", value: no-cache }}]
   galion.studio:
     routes:
       - {{ name: studio, prefix: /, upstream: up }}
@@ -206,9 +215,28 @@ async fn both_transports_give_the_same_answers_and_upstream_requests() {
     let auth = FakeAuth::start(&[&ed]).await;
     // One upstream each: its echo counts the requests it got.
     let (up_fast, up_slow) = (fake_upstream("up").await, fake_upstream("up").await);
-    let fast = spawn_gateway_with(&config(&auth.jwks_url(), up_fast.addr), "fast_path: true").await;
-    let slow =
-        spawn_gateway_with(&config(&auth.jwks_url(), up_slow.addr), "fast_path: false").await;
+    // A front end's files: both gateways serve the same directory.
+    let site = tempfile::tempdir().unwrap();
+    let w = |p: &str, b: &[u8]| {
+        let f = site.path().join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, b).unwrap();
+    };
+    w("index.html", b"<!doctype html><title>Galion</title>");
+    w("assets/app-1.js", b"console.log('galion');");
+    w("assets/app-1.js.gz", b"GZIP-BYTES");
+    w("big.bin", &vec![b'z'; 200 * 1024]);
+    w(".env", b"SECRET=1");
+    let fast = spawn_gateway_with(
+        &config(&auth.jwks_url(), up_fast.addr, site.path()),
+        "fast_path: true",
+    )
+    .await;
+    let slow = spawn_gateway_with(
+        &config(&auth.jwks_url(), up_slow.addr, site.path()),
+        "fast_path: false",
+    )
+    .await;
     let user = ed.sign(&claims("u-1", "user"));
     let admin = ed.sign(&claims("u-2", "admin"));
     let body_1k = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
@@ -440,6 +468,71 @@ async fn both_transports_give_the_same_answers_and_upstream_requests() {
     // Transfer-Encoding wins over Content-Length (RFC 9112 6.3): forwarded
     // chunked, without the Content-Length (the upstream decodes it).
     add("cl and te", "POST /upload HTTP/1.1\r\nHost: galion.app\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_string(), 1, false);
+
+    add("static index", get("/site/", ""), 1, false);
+    add(
+        "static asset, precompressed",
+        get("/site/assets/app-1.js", "Accept-Encoding: br, gzip\r\n"),
+        1,
+        false,
+    );
+    add(
+        "static 304",
+        get("/site/assets/app-1.js", "If-None-Match: *\r\n"),
+        1,
+        false,
+    );
+    add(
+        "static range",
+        get("/site/big.bin", "Range: bytes=10-19\r\n"),
+        1,
+        false,
+    );
+    add(
+        "static unsatisfiable range",
+        get("/site/big.bin", "Range: bytes=999999-\r\n"),
+        1,
+        false,
+    );
+    add(
+        "static spa route",
+        get("/site/dashboard/settings", ""),
+        1,
+        false,
+    );
+    add(
+        "static missing asset",
+        get("/site/missing.js", ""),
+        1,
+        false,
+    );
+    add("static hidden file", get("/site/.env", ""), 1, false);
+    add(
+        "static traversal",
+        get("/site/%2e%2e/%2e%2e/etc/passwd", ""),
+        1,
+        false,
+    );
+    add("static streamed file", get("/site/big.bin", ""), 1, false);
+    add(
+        "static head",
+        "HEAD /site/big.bin HTTP/1.1\r\nHost: galion.app\r\n\r\n".to_string(),
+        1,
+        true,
+    );
+    add(
+        "static post",
+        "POST /site/index.html HTTP/1.1\r\nHost: galion.app\r\nContent-Length: 0\r\n\r\n"
+            .to_string(),
+        1,
+        false,
+    );
+    add(
+        "static pipelined",
+        format!("{}{}", get("/site/big.bin", ""), get("/site/", "")),
+        2,
+        false,
+    );
 
     let mut differences = Vec::new();
     for (what, raw, n, head) in &corpus {

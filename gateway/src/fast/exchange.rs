@@ -9,12 +9,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::deadline::Deadline;
-use super::request::{Head, Hit, Local, Plan};
+use super::request::{FileLocal, Head, Hit, Local, Plan};
 use super::response::{self, Chunked, Decorations, Framing, Parsed, RespHead};
 use super::upstream::{self, ConnectError, Held};
 use super::wire::header as line;
 use super::{Conn, GatewayApp, BODY_BUF};
 use crate::access_log::Line;
+use crate::files::{self, Body};
 use crate::pipeline::{
     attempt_answered, attempt_failed, finish, pick_server, Failure, LocalReply, Reply, RequestCtx,
 };
@@ -453,6 +454,94 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             (whole, keepalive),
         )
         .await
+    }
+
+    /// Answers with a file (`pipeline::statics`): its head rewritten with the
+    /// route's edits as an upstream's is, then the bytes in memory, or the
+    /// file streamed from its open handle. `true` when the client connection
+    /// stays open.
+    pub(super) async fn answer_file(
+        &self,
+        stream: &mut Stream,
+        c: &mut Conn,
+        file: Box<FileLocal>,
+    ) -> bool {
+        let FileLocal {
+            head,
+            reply,
+            mut ctx,
+        } = *file;
+        let (whole, keepalive) = self.keeps_open(c, &head, false);
+        let head_request = head.method == Method::HEAD;
+        let mut own = Vec::with_capacity(256);
+        own.extend_from_slice(b"HTTP/1.1 ");
+        own.extend_from_slice(itoa::Buffer::new().format(reply.status).as_bytes());
+        own.push(b' ');
+        let reason = http::StatusCode::from_u16(reply.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        own.extend_from_slice(reason.as_bytes());
+        own.extend_from_slice(b"\r\n");
+        for (n, v) in &reply.fields {
+            line(&mut own, n.as_str().as_bytes(), v.as_bytes());
+        }
+        if reply.status != 304 {
+            line(
+                &mut own,
+                b"Content-Length",
+                itoa::Buffer::new().format(reply.body.len()).as_bytes(),
+            );
+        }
+        own.extend_from_slice(b"\r\n");
+        let deco = Decorations {
+            edits: &reply.edits,
+            keepalive,
+            head_request,
+        };
+        if !matches!(response::parse(&own, &deco, &mut c.resp), Parsed::Ready(_)) {
+            // Our own head: always whole and valid.
+            return false;
+        }
+        let mut bytes = 0;
+        let mut complete = true;
+        match (&reply.body, head_request) {
+            (_, true) | (Body::Empty, _) => {}
+            (Body::Bytes(b), false) => {
+                c.resp.extend_from_slice(b);
+                bytes = b.len();
+            }
+            (Body::File { file, offset, len }, false) => {
+                let limit = self.send_timeout;
+                complete = send(stream, &c.resp, limit).await;
+                c.resp.clear();
+                let mut sent = 0u64;
+                while complete && sent < *len {
+                    let want = (len - sent).min(files::CHUNK);
+                    match files::read_chunk(file, offset + sent, want).await {
+                        // An empty read: the file shrank after its length was
+                        // sent; the response cannot be completed.
+                        Ok(chunk) if !chunk.is_empty() => {
+                            sent += chunk.len() as u64;
+                            complete = send(stream, &chunk, limit).await;
+                        }
+                        _ => complete = false,
+                    }
+                }
+                bytes = usize::try_from(sent).unwrap_or(usize::MAX);
+            }
+        }
+        let open = self
+            .send_answer(
+                stream,
+                c,
+                &head,
+                &mut ctx,
+                (reply.status, bytes),
+                (whole, keepalive && complete),
+            )
+            .await;
+        open && complete
     }
 
     /// Proxies one planned request; `true` when the client connection stays open.

@@ -355,6 +355,7 @@ impl<P: HttpServerApp + Send + Sync + 'static> ServerApp for GatewayApp<P> {
                 Decision::Forward(plan) => self.serve(&mut stream, &mut c, plan).await,
                 Decision::Answer(local) => self.answer_local(&mut stream, &mut c, local).await,
                 Decision::Hit(hit) => self.answer_hit(&mut stream, &mut c, hit).await,
+                Decision::File(file) => self.answer_file(&mut stream, &mut c, file).await,
                 Decision::Drop => return None,
                 Decision::Partial | Decision::Delegate => {
                     stream = self.delegate(stream, &mut c, first, shutdown).await?;

@@ -66,6 +66,13 @@ pub struct Local {
     pub ctx: RequestCtx,
 }
 
+/// A `static` route's answer (`pipeline::statics`).
+pub struct FileLocal {
+    pub head: Head,
+    pub reply: pipeline::statics::FileReply,
+    pub ctx: RequestCtx,
+}
+
 pub enum Decision {
     /// The head is not whole yet.
     Partial,
@@ -76,6 +83,7 @@ pub enum Decision {
     Drop,
     Answer(Box<Local>),
     Hit(Box<Hit>),
+    File(Box<FileLocal>),
     Forward(Box<Plan>),
 }
 
@@ -300,6 +308,10 @@ pub async fn decide(
     if let Some(reply) = pipeline::policies(env, &view, &mut ctx, &route).await {
         ctx.cache_status = None;
         return Decision::Answer(Box::new(Local { head, reply, ctx }));
+    }
+    if let crate::routing::Action::Static(site) = &route.action {
+        let reply = pipeline::statics::serve(env, &view, &mut ctx, &route, site).await;
+        return Decision::File(Box::new(FileLocal { head, reply, ctx }));
     }
     if let Some(hit) = hit {
         let mut response = Edits::new();

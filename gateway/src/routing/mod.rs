@@ -89,12 +89,6 @@ pub fn pingora_only(
     if compress {
         return Some("compression");
     }
-    if matches!(action, Action::Static(_)) {
-        // The fast path writes bodies it holds in memory; streaming a file
-        // from its handle is pingora's rendering for now (fast-path
-        // rendering of file answers is a later step).
-        return Some("static files");
-    }
     if let Action::Upstream(pool) = action {
         if pool.is_tls() {
             return Some("TLS upstream");
