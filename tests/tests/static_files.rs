@@ -401,3 +401,35 @@ async fn route_rate_limits_apply_to_files() {
     assert_eq!(codes[..3], [200, 200, 200]);
     assert_eq!(codes[4], 429, "{codes:?}");
 }
+
+#[tokio::test]
+async fn an_edited_or_deleted_file_shows_within_a_second_of_the_memory_cache() {
+    let site = Site::new();
+    let gw = gateway(&site).await;
+    let first = get(&gw, "/style.css", &[]).await;
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(first.text().await.unwrap(), "body{margin:0}");
+    // Served from memory now; an edit (as a deploy writes it) is seen once the
+    // lookup is a second old.
+    std::fs::write(site.root().join("style.css.new"), b"body{margin:1px}").unwrap();
+    std::fs::rename(
+        site.root().join("style.css.new"),
+        site.root().join("style.css"),
+    )
+    .unwrap();
+    let edited = galion_tests::eventually(5, || async {
+        let r = get(&gw, "/style.css", &[]).await;
+        let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+        let body = r.text().await.unwrap();
+        (body == "body{margin:1px}").then_some(tag)
+    })
+    .await;
+    assert_ne!(edited.expect("edit not served within 5 s"), etag);
+    // A removed file stops being served too.
+    std::fs::remove_file(site.root().join("style.css")).unwrap();
+    let gone = galion_tests::eventually(5, || async {
+        (get(&gw, "/style.css", &[]).await.status() == 404).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "a deleted file is still served");
+}

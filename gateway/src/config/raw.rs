@@ -365,6 +365,9 @@ pub struct RawStatic {
     /// Follow symlinks whose target lies outside the root (default false).
     #[serde(default)]
     pub outside_symlinks: bool,
+    /// Keep files up to 64 KiB in memory, looked up again on disk at most
+    /// once a second (default true).
+    pub memory_cache: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

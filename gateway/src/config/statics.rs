@@ -22,6 +22,8 @@ pub struct StaticSite {
     pub cache_control: Vec<CacheRule>,
     pub precompressed: bool,
     pub outside_symlinks: bool,
+    /// Keep small files and path lookups in memory (`files::cache`).
+    pub memory_cache: bool,
 }
 
 /// `pattern`: with a `/`, matched against the whole path of the served file
@@ -113,6 +115,7 @@ pub fn static_of(c: &mut Checker, at: &KeyPath, r: &RawStatic) -> Option<StaticS
         cache_control,
         precompressed: r.precompressed.unwrap_or(true),
         outside_symlinks: r.outside_symlinks,
+        memory_cache: r.memory_cache.unwrap_or(true),
     })
 }
 

@@ -19,6 +19,7 @@
 //! tokio's blocking pool, and a transport streams large bodies with
 //! [`read_chunk`].
 
+pub mod cache;
 mod mime;
 pub mod path;
 pub mod validators;
@@ -159,6 +160,25 @@ pub fn serve(site: &StaticSite, req: &FileRequest) -> Result<Answer, Refusal> {
     Ok(answer(site, req, &root, &rel, file, meta))
 }
 
+/// What an answer needs to know of the file it serves (the variant chosen:
+/// the file itself or a precompressed sibling).
+#[derive(Debug, Clone)]
+pub struct FileMeta {
+    /// `/`-rooted path of the logical file (for `cache_control` patterns).
+    pub logical: String,
+    pub content_type: &'static str,
+    pub encoding: Option<&'static str>,
+    pub len: u64,
+    pub mtime: SystemTime,
+    pub etag: String,
+}
+
+/// Where the bytes come from.
+enum Source<'a> {
+    File(File),
+    Memory(&'a Bytes),
+}
+
 /// The answer for the regular file `rel` (opened as `file`), or for its
 /// precompressed sibling.
 fn answer(
@@ -189,10 +209,39 @@ fn answer(
     };
     let len = meta.len();
     let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let etag = validators::etag(len, mtime, encoding);
+    let info = FileMeta {
+        logical,
+        content_type: ctype,
+        encoding,
+        len,
+        mtime,
+        etag: validators::etag(len, mtime, encoding),
+    };
+    if site.memory_cache && len <= cache::MAX_FILE {
+        if let Ok(Body::Bytes(bytes)) = read_whole(&file, 0, len) {
+            let answer = respond(site, req, &info, Source::Memory(&bytes));
+            cache::store(site, req, info, bytes);
+            return answer;
+        }
+    }
+    respond(site, req, &info, Source::File(file))
+}
+
+/// The answer from a file's validators and bytes (conditional requests,
+/// ranges, `HEAD`).
+fn respond(site: &StaticSite, req: &FileRequest, info: &FileMeta, source: Source<'_>) -> Answer {
+    let FileMeta {
+        logical,
+        content_type: ctype,
+        encoding,
+        len,
+        mtime,
+        etag,
+    } = info;
+    let (len, mtime, encoding) = (*len, *mtime, *encoding);
     let mut fields: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(8);
     // Validators and caching fields go on the 304 too (RFC 9110 §15.4.5).
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         fields.push((header::ETAG, v));
     }
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(mtime)) {
@@ -201,7 +250,7 @@ fn answer(
     if let Some(rule) = site
         .cache_control
         .iter()
-        .find(|r| path::pattern_matches(&r.pattern, &logical))
+        .find(|r| path::pattern_matches(&r.pattern, logical))
     {
         fields.push((header::CACHE_CONTROL, rule.value.clone()));
     }
@@ -209,7 +258,7 @@ fn answer(
         fields.push((header::VARY, ACCEPT_ENCODING.clone()));
     }
     let not_modified = match (&req.if_none_match, &req.if_modified_since) {
-        (Some(inm), _) => validators::none_match(inm, &etag),
+        (Some(inm), _) => validators::none_match(inm, etag),
         (None, Some(ims)) => validators::not_modified_since(ims, mtime),
         (None, None) => false,
     };
@@ -228,7 +277,7 @@ fn answer(
     let stale = req
         .if_range
         .as_deref()
-        .is_some_and(|ir| !validators::if_range_holds(ir, &etag, mtime));
+        .is_some_and(|ir| !validators::if_range_holds(ir, etag, mtime));
     let ranged = match &req.range {
         Some(r) if !stale => validators::range(r, len),
         _ => Ranged::Whole,
@@ -255,18 +304,25 @@ fn answer(
             };
         }
     };
-    let body = if req.method == Method::GET && n <= SMALL {
-        read_whole(&file, offset, n).unwrap_or_else(|_| Body::File {
-            file: Arc::new(file),
-            offset,
-            len: n,
-        })
-    } else {
-        Body::File {
-            file: Arc::new(file),
-            offset,
-            len: n,
+    let body = match source {
+        Source::Memory(bytes) => usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(offset + n).ok())
+            .and_then(|(a, b)| bytes.get(a..b).map(|_| bytes.slice(a..b)))
+            .map(Body::Bytes)
+            .unwrap_or(Body::Empty),
+        Source::File(file) if req.method == Method::GET && n <= SMALL => {
+            read_whole(&file, offset, n).unwrap_or_else(|_| Body::File {
+                file: Arc::new(file),
+                offset,
+                len: n,
+            })
         }
+        Source::File(file) => Body::File {
+            file: Arc::new(file),
+            offset,
+            len: n,
+        },
     };
     Answer {
         status,

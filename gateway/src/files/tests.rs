@@ -21,6 +21,7 @@ fn site(root: &Path) -> StaticSite {
         ],
         precompressed: true,
         outside_symlinks: false,
+        memory_cache: false,
     }
 }
 
@@ -270,4 +271,70 @@ fn head_counts_without_reading() {
     r.method = Method::HEAD;
     let a = serve(&s, &r).expect("head");
     assert!(matches!(a.body, Body::File { len: 15, .. }));
+}
+
+#[test]
+fn memory_cache_answers_what_the_disk_answered_and_keeps_no_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("assets")).unwrap();
+    std::fs::write(root.join("index.html"), "<h1>index</h1>").unwrap();
+    std::fs::write(root.join("assets/app.js"), "console.log(1)").unwrap();
+    std::fs::write(root.join(".env"), "SECRET").unwrap();
+    let mut s = site(root);
+    s.memory_cache = true;
+    let get = |path: &str| FileRequest {
+        method: Method::GET,
+        path: path.into(),
+        target: path.into(),
+        if_none_match: None,
+        if_modified_since: None,
+        range: None,
+        if_range: None,
+        accept_encoding: None,
+    };
+    // Nothing before the first lookup on disk.
+    assert!(cache::lookup(&s, &get("/assets/app.js")).is_none());
+    let disk = serve(&s, &get("/assets/app.js")).unwrap();
+    let mem = cache::lookup(&s, &get("/assets/app.js")).expect("kept in memory");
+    assert_eq!((mem.status, &mem.fields), (disk.status, &disk.fields));
+    match (&mem.body, &disk.body) {
+        (Body::Bytes(a), Body::Bytes(b)) => assert_eq!(a, b),
+        other => panic!("{other:?}"),
+    }
+    // Conditional and range requests are answered from the kept validators.
+    let etag = disk
+        .fields
+        .iter()
+        .find(|(k, _)| *k == header::ETAG)
+        .map(|(_, v)| v.as_bytes().to_vec());
+    let mut conditional = get("/assets/app.js");
+    conditional.if_none_match = etag;
+    assert_eq!(cache::lookup(&s, &conditional).unwrap().status, 304);
+    let mut ranged = get("/assets/app.js");
+    ranged.range = Some(b"bytes=0-6".to_vec());
+    let part = cache::lookup(&s, &ranged).unwrap();
+    assert_eq!(part.status, 206);
+    assert!(matches!(&part.body, Body::Bytes(b) if &b[..] == b"console"));
+    // A client route falls back to the index: kept under its own path.
+    serve(&s, &get("/dashboard/settings")).unwrap();
+    let spa = cache::lookup(&s, &get("/dashboard/settings")).unwrap();
+    assert!(matches!(&spa.body, Body::Bytes(b) if &b[..] == b"<h1>index</h1>"));
+    // Refusals and misses always go to the file system.
+    assert!(serve(&s, &get("/.env")).is_err());
+    assert!(cache::lookup(&s, &get("/.env")).is_none());
+    assert!(serve(&s, &get("/missing.js")).is_err());
+    assert!(cache::lookup(&s, &get("/missing.js")).is_none());
+    let mut post = get("/assets/app.js");
+    post.method = Method::POST;
+    assert!(cache::lookup(&s, &post).is_none());
+    // Another root never answers from this one's entries.
+    let mut other = s.clone();
+    other.root = root.join("assets");
+    assert!(cache::lookup(&other, &get("/assets/app.js")).is_none());
+    // Off: nothing is kept.
+    let mut off = site(root);
+    off.memory_cache = false;
+    serve(&off, &get("/index.html")).unwrap();
+    assert!(cache::lookup(&off, &get("/index.html")).is_none());
 }

@@ -46,8 +46,15 @@ pub async fn serve<F: Fields>(
         if_range: field("if-range"),
         accept_encoding: field("accept-encoding"),
     };
-    let site = site.clone();
-    let served = tokio::task::spawn_blocking(move || files::serve(&site, &freq)).await;
+    // A path looked up within the last second answers from memory, on this
+    // thread; anything else takes the file system, on the blocking pool.
+    let served = match files::cache::lookup(site, &freq) {
+        Some(answer) => Ok(Ok(answer)),
+        None => {
+            let site = site.clone();
+            tokio::task::spawn_blocking(move || files::serve(&site, &freq)).await
+        }
+    };
     let rid = ctx.request_id.as_ref();
     let (status, fields, body) = match served {
         Ok(Ok(a)) => (a.status, a.fields, a.body),
