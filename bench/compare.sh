@@ -13,6 +13,7 @@
 #   MODE=cache bench/compare.sh               # cache hits: gateway cache vs nginx proxy_cache
 #   LOADGEN=wrk MODE=prod bench/compare.sh    # the production API route (limits, rate limit, CORS,
 #                                             # security headers, JWT, 1 KiB POST) vs nginx doing that work
+#   LOADGEN=wrk MODE=static bench/compare.sh  # files from disk: gateway `static:` vs nginx `root` + sendfile
 #
 # Layout (2 cores): every proxy runs one worker pinned to CPU 1, beside the
 # origin (a second nginx, one worker, `return 200` and a 16 KiB file,
@@ -49,6 +50,11 @@
 #                                     Bearer token (checked on jwt and post only) and an Origin
 #                                     header (BENCH_ORIGIN); ratios gw_pub, gw_jwt / nginx_prod,
 #                                     gw_post / nginx_post, gw_jwt / gw_pub. POST targets answer "small" only
+#                                     static: files from disk, no origin involved: nginx with `root`, sendfile,
+#                                     open_file_cache, try_files to /index.html and the gateway's security
+#                                     headers and request id (add_header), vs the gateway's `static:` route
+#                                     (spa_fallback, security headers as shipped). Scenarios /16k (16 KiB) and
+#                                     /index.html (3 KiB); targets "nginx_static gateway_static"
 #   BENCH_ORIGIN=https://galion.app   MODE=prod: the Origin header the load generator sends (an allowed one)
 #   TLS=0|1                           MODE=prod: 1 puts every prod target behind TLS (nginx_prod and the
 #                                     gateway terminating it with the same dev-certs certificate,
@@ -99,7 +105,8 @@ case $MODE in
   https) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"nginx_tls gateway_tls"} ;;
   cache) SCENARIOS=${SCENARIOS:-"small 16k"}; PROXIES=${PROXIES:-"nginx_cache gateway_cache"} ;;
   prod) SCENARIOS=${SCENARIOS:-small}; PROXIES=${PROXIES:-"nginx_prod gw_pub gw_jwt nginx_post gw_post"} ;;
-  *) printf '[compare] error: MODE=%s (plain, auth, https, cache, prod)\n' "$MODE" >&2; exit 1 ;;
+  static) SCENARIOS=${SCENARIOS:-"16k index.html"}; PROXIES=${PROXIES:-"nginx_static gateway_static"} ;;
+  *) printf '[compare] error: MODE=%s (plain, auth, https, cache, prod, static)\n' "$MODE" >&2; exit 1 ;;
 esac
 BENCH_ORIGIN=${BENCH_ORIGIN:-https://galion.app}
 TLS=${TLS:-0}
@@ -243,7 +250,7 @@ done < <(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null)
 read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
 NEXT_PORT=$(( 20000 + RANDOM % 5000 ))
 for var in P_ORIGIN P_NGINX P_NGINX_EQ P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_GATEWAY_PLAIN P_GWP_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
-           P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN P_NGINX_PROD; do
+           P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN P_NGINX_PROD P_NGINX_STATIC P_GATEWAY_STATIC P_GWS_ADMIN; do
   # below the ephemeral range, not listening/connected now (no subshell: USED_PORT must grow)
   while [[ -n "${USED_PORT[$NEXT_PORT]:-}" ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
   ((NEXT_PORT < EPH_LOW)) || die "no free port below $EPH_LOW"
@@ -295,6 +302,8 @@ nginx_pass_origin() { echo 'proxy_pass http://origin; proxy_http_version 1.1; pr
 
 mkdir -p "$TMP/www" "$TMP/logs"
 head -c 16384 /dev/zero | tr '\0' 'x' >"$TMP/www/16k"
+# MODE=static: a front end's index (3 KiB of HTML).
+{ printf '<!doctype html><title>Galion</title>\n'; head -c 4096 /dev/zero | tr '\0' 'g'; } | head -c 3072 >"$TMP/www/index.html"
 
 nginx_main origin >"$TMP/origin.conf"
 cat >>"$TMP/origin.conf" <<EOF
@@ -457,6 +466,42 @@ http {
 EOF
 fi
 
+# MODE=static: nginx serving the files itself, as the seeds served the front
+# ends (root + try_files), with what it has for speed (sendfile, open_file_cache)
+# and the response fields the gateway adds (request id, security headers).
+if [[ "$MODE" == static ]]; then
+  nginx_main nginx_static >"$TMP/nginx_static.conf"
+  cat >>"$TMP/nginx_static.conf" <<EOF
+http {
+  $(nginx_temp_paths "$TMP/nginx_static-tmp")
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  sendfile on;
+  tcp_nopush on;
+  open_file_cache max=1000 inactive=60s;
+  open_file_cache_valid 60s;
+  open_file_cache_min_uses 1;
+  open_file_cache_errors on;
+  default_type application/octet-stream;
+  types { text/html html; }
+  map \$http_x_request_id \$galion_rid { "" \$request_id; default \$http_x_request_id; }
+  server {
+    listen 127.0.0.1:$P_NGINX_STATIC backlog=4096;
+    root $TMP/www;
+    location / {
+      try_files \$uri /index.html;
+      add_header X-Request-Id \$galion_rid always;
+      add_header X-Content-Type-Options nosniff always;
+      add_header X-Frame-Options DENY always;
+      add_header Referrer-Policy strict-origin-when-cross-origin always;
+      add_header Vary Accept-Encoding;
+    }
+  }
+}
+EOF
+fi
+
 # MODE=https (and MODE=prod TLS=1): nginx terminating TLS with the gateway's dev certificate.
 if tls_targets; then
   "$GATEWAY" dev-certs "$TMP/certs" >"$TMP/dev-certs.log" 2>&1 || { cat "$TMP/dev-certs.log" >&2; die "dev-certs failed"; }
@@ -595,6 +640,8 @@ EOF
 EOF
   elif [[ "$MODE" == cache ]]; then
     echo "      - { name: all, prefix: /, upstream: origin, cache: { ttl: 10m } }"
+  elif [[ "$MODE" == static ]]; then
+    echo "      - { name: all, prefix: /, static: { root: $TMP/www, spa_fallback: true } }"
   else
     echo "      - { name: all, prefix: /, upstream: origin }"
   fi
@@ -612,13 +659,18 @@ gateway_conf "$P_GATEWAY_PLAIN" "$P_GWP_ADMIN" gateway_plain false 'security_hea
 if [[ "$MODE" == https ]]; then
   gateway_conf "$P_GATEWAY_TLS" "$P_GWT_ADMIN" gateway_tls false >"$TMP/gateway_tls.yaml"
 fi
+if [[ "$MODE" == static ]]; then
+  gateway_conf "$P_GATEWAY_STATIC" "$P_GWS_ADMIN" gateway_static false >"$TMP/gateway_static.yaml"
+  "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_static.conf" || die "nginx_static config rejected"
+  "$GATEWAY" check -c "$TMP/gateway_static.yaml" >/dev/null || die "gateway_static config rejected (above)"
+fi
 if [[ "$MODE" == cache ]]; then
   gateway_conf "$P_GATEWAY_CACHE" "$P_GWC_ADMIN" gateway_cache false >"$TMP/gateway_cache.yaml"
   "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/nginx_cache.conf" || die "nginx_cache config rejected"
   "$GATEWAY" check -c "$TMP/gateway_cache.yaml" >/dev/null || die "gateway_cache config rejected (above)"
 fi
 
-for f in origin.conf nginx.conf nginx_eq.conf nginx_tls.conf nginx_cache.conf nginx_prod.conf gateway.yaml gateway_log.yaml gateway_plain.yaml gateway_tls.yaml gateway_cache.yaml; do
+for f in origin.conf nginx.conf nginx_eq.conf nginx_tls.conf nginx_cache.conf nginx_prod.conf nginx_static.conf gateway.yaml gateway_log.yaml gateway_plain.yaml gateway_tls.yaml gateway_cache.yaml gateway_static.yaml; do
   [[ -f "$TMP/$f" ]] && cp "$TMP/$f" "$RUN_DIR/"
 done
 "$NGINX" -t -q -p "$TMP" -e "$TMP/nginx-t.log" -c "$TMP/origin.conf" || die "origin config rejected"
@@ -642,7 +694,8 @@ fi
 declare -A URL_OF=() HDR_OF=() BODY_OF=() PROC_OF=()
 declare -A PORT_OF=([nginx]=$P_NGINX [nginx_eq]=$P_NGINX_EQ [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [gateway_plain]=$P_GATEWAY_PLAIN [bare]=$P_BARE
                     [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS
-                    [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE [nginx_prod]=$P_NGINX_PROD)
+                    [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE [nginx_prod]=$P_NGINX_PROD
+                    [nginx_static]=$P_NGINX_STATIC [gateway_static]=$P_GATEWAY_STATIC)
 SCHEME=http; [[ "$TLS" == 1 ]] && SCHEME=https
 PROD_JWT_HDR="Authorization: Bearer $JWT_TOKEN"$'\n'"Origin: $BENCH_ORIGIN"
 PROD_POST_HDR="$PROD_JWT_HDR"$'\n''Content-Type: application/json'
@@ -655,6 +708,7 @@ for p in $PROXIES; do
     auth:key) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/key; PROC_OF[$p]=gateway; HDR_OF[$p]="X-API-Key: $API_KEY" ;;
     https:nginx_tls | https:gateway_tls) URL_OF[$p]=https://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     cache:nginx_cache | cache:gateway_cache) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
+    static:nginx_static | static:gateway_static) URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     # Every GET target sends the same request (token included): the public
     # route forwards the Authorization header it does not check, so gw_jwt/gw_pub
     # is what checking the token costs, and gw_pub/nginx_prod is like for like.
@@ -707,6 +761,8 @@ for p in $PROCS; do
     nginx_prod) start nginx_prod TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_prod.error.log" -c "$TMP/nginx_prod.conf" -g 'daemon off;' ;;
     nginx_cache) start nginx_cache TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_cache.error.log" -c "$TMP/nginx_cache.conf" -g 'daemon off;' ;;
     gateway_cache) start gateway_cache INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_cache.yaml" ;;
+    nginx_static) start nginx_static TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_static.error.log" -c "$TMP/nginx_static.conf" -g 'daemon off;' ;;
+    gateway_static) start gateway_static INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_static.yaml" ;;
     bare) start bare INT "$PROXY_CPU" env RUST_LOG=warn "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_ORIGIN" 1 ;;
   esac
   pid_var=PID_$p
@@ -722,7 +778,7 @@ curl_check() {
 # Every target must return the origin's bodies before anything is measured.
 for p in $PROXIES; do
   for s in $SCENARIOS; do
-    case $s in small) want=3 ;; 16k) want=16384 ;; *) die "unknown scenario '$s' (small, 16k)" ;; esac
+    case $s in small) want=3 ;; 16k) want=16384 ;; index.html) want=3072 ;; *) die "unknown scenario '$s' (small, 16k, index.html)" ;; esac
     skip_run "$p" "$s" && continue
     got=$(curl_check "$p" "$s")
     [[ "$got" == "200 $want" ]] || die "$p /$s answered '$got', expected '200 $want'"
@@ -1023,7 +1079,7 @@ summarize() { # TSV
       np = split(proxies, P, " "); ns = split(scenarios, S, " ")
       for (i = 1; i <= ns; i++) {
         s = S[i]
-        printf "\n%s body (/%s), %s conns, %s per run, %s rounds, medians:\n", (s == "small" ? "small" : "16 KiB"), s, conns, dur, rounds
+        printf "\n%s body (/%s), %s conns, %s per run, %s rounds, medians:\n", (s == "small" ? "small" : (s == "index.html" ? "3 KiB" : "16 KiB")), s, conns, dur, rounds
         printf "  %-12s %9s %8s %8s %11s %9s %10s %9s %12s %7s\n", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s", "proxy CPU", "proxy core", "load CPU", "load us/req", "RSS MB"
         for (j = 1; j <= np; j++) {
           k = s SUBSEP P[j]
@@ -1038,6 +1094,7 @@ summarize() { # TSV
         ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")
         ratio(s, "gateway_tls", "nginx_tls")
         ratio(s, "gateway_cache", "nginx_cache")
+        ratio(s, "gateway_static", "nginx_static")
         ratio(s, "gw_pub", "nginx_prod"); ratio(s, "gw_jwt", "nginx_prod"); ratio(s, "gw_post", "nginx_post")
         ratio(s, "gw_jwt", "gw_pub")
         # In a closed loop the busiest core sets the pace: when the load core

@@ -69,6 +69,7 @@ hosts:
         response_headers: {{ set: {{ x-served: cache }}, remove: [x-upstream] }}
       - {{ name: robots, exact: /robots.txt, methods: [GET], respond: {{ body: "User-agent: *\n" }} }}
       - {{ name: old, exact: /old, redirect: {{ to: "https://galion.app/new", status: 301 }} }}
+      - {{ name: site-z, prefix: /z/, strip_prefix: true, compress: {{ encodings: [gzip] }}, static: {{ root: "{site}" }} }}
       - name: site
         prefix: /site/
         strip_prefix: true
@@ -226,6 +227,10 @@ async fn both_transports_give_the_same_answers_and_upstream_requests() {
     w("assets/app-1.js", b"console.log('galion');");
     w("assets/app-1.js.gz", b"GZIP-BYTES");
     w("big.bin", &vec![b'z'; 200 * 1024]);
+    w(
+        "assets/lib.js",
+        "export const x = 1;\n".repeat(150).as_bytes(),
+    );
     w(".env", b"SECRET=1");
     let fast = spawn_gateway_with(
         &config(&auth.jwks_url(), up_fast.addr, site.path()),
@@ -470,6 +475,21 @@ async fn both_transports_give_the_same_answers_and_upstream_requests() {
     add("cl and te", "POST /upload HTTP/1.1\r\nHost: galion.app\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_string(), 1, false);
 
     add("static index", get("/site/", ""), 1, false);
+    add(
+        "static compressed on request",
+        get("/z/assets/lib.js", "Accept-Encoding: gzip\r\n"),
+        1,
+        false,
+    );
+    add(
+        "static compressed, revalidated",
+        get(
+            "/z/assets/lib.js",
+            "Accept-Encoding: gzip\r\nIf-None-Match: *\r\n",
+        ),
+        1,
+        false,
+    );
     add(
         "static asset, precompressed",
         get("/site/assets/app-1.js", "Accept-Encoding: br, gzip\r\n"),

@@ -433,3 +433,108 @@ async fn an_edited_or_deleted_file_shows_within_a_second_of_the_memory_cache() {
     .await;
     assert!(gone.is_some(), "a deleted file is still served");
 }
+
+#[tokio::test]
+async fn a_fifo_under_the_root_is_refused_without_blocking_a_thread() {
+    let site = Site::new();
+    let fifo = site.root().join("pipe.txt");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let gw = gateway(&site).await;
+    // More requests than tokio's blocking pool has threads to spare would hang
+    // if each open waited for a writer.
+    for _ in 0..8 {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            get(&gw, "/pipe.txt", &[]),
+        )
+        .await
+        .expect("a FIFO open blocked");
+        assert_eq!(r.status(), 404);
+    }
+    assert_eq!(get(&gw, "/style.css", &[]).await.status(), 200);
+}
+
+#[tokio::test]
+async fn text_without_a_precompressed_sibling_is_compressed_once_on_request() {
+    let site = Site::new();
+    let root = site.root();
+    let text = "export const galion = () => 'galion';\n".repeat(200);
+    std::fs::write(root.join("assets/vendor-77.js"), &text).unwrap();
+    std::fs::write(root.join("logo.png"), vec![7u8; 4096]).unwrap();
+    let conf = format!(
+        r#"
+hosts:
+  galion.app:
+    routes:
+      - name: web
+        prefix: /
+        compress: {{ encodings: [gzip, zstd] }}
+        static: {{ root: "{root}", spa_fallback: true }}
+"#,
+        root = root.display()
+    );
+    let gw = spawn_gateway(&conf).await;
+    let raw =
+        |r: &reqwest::Response, k: &str| r.headers().get(k).map(|v| v.to_str().unwrap().to_owned());
+    // gzip for a client that prefers it (br is not enabled on the route).
+    let r = get(
+        &gw,
+        "/assets/vendor-77.js",
+        &[("accept-encoding", "br, gzip")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(raw(&r, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(raw(&r, "vary").as_deref(), Some("Accept-Encoding"));
+    assert!(raw(&r, "etag").unwrap().starts_with("W/"));
+    let body = r.bytes().await.unwrap();
+    assert!(body.len() < text.len() / 4, "{} bytes", body.len());
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+        .unwrap();
+    assert_eq!(plain, text, "compressed once: the client decodes the file");
+    // zstd when that is what the client takes.
+    let r = get(&gw, "/assets/vendor-77.js", &[("accept-encoding", "zstd")]).await;
+    assert_eq!(raw(&r, "content-encoding").as_deref(), Some("zstd"));
+    let body = r.bytes().await.unwrap();
+    assert_eq!(
+        zstd::bulk::decompress(&body, text.len()).unwrap(),
+        text.as_bytes()
+    );
+    // As it is: no Accept-Encoding, a range, or a type that does not compress.
+    let r = get(&gw, "/assets/vendor-77.js", &[]).await;
+    assert_eq!(raw(&r, "content-encoding"), None);
+    assert_eq!(r.bytes().await.unwrap().len(), text.len());
+    let r = get(
+        &gw,
+        "/assets/vendor-77.js",
+        &[("accept-encoding", "gzip"), ("range", "bytes=0-5")],
+    )
+    .await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(raw(&r, "content-encoding"), None);
+    assert_eq!(&r.bytes().await.unwrap()[..], b"export");
+    let r = get(&gw, "/logo.png", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(raw(&r, "content-encoding"), None);
+    // A precompressed sibling wins over compressing again.
+    let r = get(&gw, "/assets/app-3f9a.js", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(raw(&r, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(&r.bytes().await.unwrap()[..], b"GZIP-BYTES");
+    // The compressed variant revalidates: 304 on its own (weak) tag.
+    let etag = raw(
+        &get(&gw, "/assets/vendor-77.js", &[("accept-encoding", "gzip")]).await,
+        "etag",
+    )
+    .unwrap();
+    let r = get(
+        &gw,
+        "/assets/vendor-77.js",
+        &[("accept-encoding", "gzip"), ("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(r.status(), 304);
+}

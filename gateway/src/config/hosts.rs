@@ -268,7 +268,7 @@ fn route_of(
     auth: &AuthConfig,
 ) -> Option<RouteConfig> {
     let before = c.errors.len();
-    let action = action_of(c, at, &r, upstreams);
+    let mut action = action_of(c, at, &r, upstreams);
     let rewrites = r.rewrite.is_some() || r.strip_prefix;
     let access = access_rule(c, at, r.auth.as_ref(), r.roles.as_ref(), &defaults.access);
     let needs_jwt = matches!(access.mode, AuthMode::Jwt | AuthMode::Any);
@@ -374,14 +374,16 @@ fn route_of(
         .as_ref()
         .map(|rc| std::sync::Arc::new(super::shaping::compression_of(c, &at.key("compress"), rc)));
     let serves_files = matches!(action, Some(RouteAction::Static(_)));
-    if serves_files && r.compress.is_some() {
-        // Files are compressed ahead of time (`precompressed` siblings);
-        // compressing them again per request is a later step.
-        c.err(
-            &at.key("compress"),
-            "compress needs `upstream:` (a static route serves precompressed .br/.zst/.gz siblings)",
-        );
-    }
+    // A static route compresses its files itself (what has no precompressed
+    // sibling, in memory): the route keeps no `compress` of its own, so
+    // nothing compresses its answers a second time.
+    let compress = match (&mut action, compress) {
+        (Some(RouteAction::Static(site)), Some(comp)) => {
+            std::sync::Arc::make_mut(site).compress = Some(comp);
+            None
+        }
+        (_, comp) => comp,
+    };
     if !matches!(action, Some(RouteAction::Upstream(_)) | None) {
         // These only mean something on the way to and from a backend (a
         // static route maps its path under its root, so it may rewrite).

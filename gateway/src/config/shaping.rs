@@ -47,7 +47,7 @@ pub struct RouteCache {
     pub private: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compression {
     pub gzip: bool,
     pub br: bool,

@@ -24,6 +24,9 @@ pub struct StaticSite {
     pub outside_symlinks: bool,
     /// Keep small files and path lookups in memory (`files::cache`).
     pub memory_cache: bool,
+    /// The route's `compress:`: text files without a precompressed sibling
+    /// are compressed per request (`files::encode`).
+    pub compress: Option<std::sync::Arc<super::shaping::Compression>>,
 }
 
 /// `pattern`: with a `/`, matched against the whole path of the served file
@@ -116,6 +119,7 @@ pub fn static_of(c: &mut Checker, at: &KeyPath, r: &RawStatic) -> Option<StaticS
         precompressed: r.precompressed.unwrap_or(true),
         outside_symlinks: r.outside_symlinks,
         memory_cache: r.memory_cache.unwrap_or(true),
+        compress: None,
     })
 }
 

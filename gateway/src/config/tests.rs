@@ -408,8 +408,8 @@ fn static_routes_are_checked_with_their_line_and_key() {
             "static.listing: unknown field `listing`".to_owned(),
         ),
         (
-            format!("static: {{ root: '{root}' }}, compress: {{}}"),
-            "compress: compress needs `upstream:`".to_owned(),
+            format!("static: {{ root: '{root}' }}, compress: {{ level: 42 }}"),
+            "compress.level".to_owned(),
         ),
         (
             format!("static: {{ root: '{root}' }}, upstream: users"),

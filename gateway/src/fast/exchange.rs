@@ -507,8 +507,16 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
         let mut complete = true;
         match (&reply.body, head_request) {
             (_, true) | (Body::Empty, _) => {}
-            (Body::Bytes(b), false) => {
+            // A small body goes out in one write with the head; a larger one
+            // is written from where it is (the file cache's buffer), not copied.
+            (Body::Bytes(b), false) if b.len() <= 4096 => {
                 c.resp.extend_from_slice(b);
+                bytes = b.len();
+            }
+            (Body::Bytes(b), false) => {
+                let limit = self.send_timeout;
+                complete = send(stream, &c.resp, limit).await && send(stream, b, limit).await;
+                c.resp.clear();
                 bytes = b.len();
             }
             (Body::File { file, offset, len }, false) => {

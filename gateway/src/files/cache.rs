@@ -6,13 +6,14 @@
 //! Within that window an answer needs no system call, so the transports take
 //! it on their own thread instead of tokio's blocking pool; after it, the next
 //! request resolves the path again (every safety check of [`super::serve`]
-//! included) and refreshes the entry, so an edit or a deploy shows within
-//! [`VALID`]. Only regular files found under the root are kept (refusals and
+//! included) and refreshes the entry while the others still answer from it,
+//! so an edit or a deploy shows within 2 × [`VALID`]. Only regular files found under the root are kept (refusals and
 //! misses always take the full path), files of at most [`MAX_FILE`] bytes, at
 //! most [`ENTRIES`] of them: memory stays below `MAX_FILE × ENTRIES`.
 
 use std::hash::{BuildHasher, Hash};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,10 @@ struct Entry {
     path: String,
     accept: Option<Vec<u8>>,
     at: Instant,
+    /// Set by the one request that looks the path up again once the entry is
+    /// stale; the others keep answering from it meanwhile (at most [`VALID`]
+    /// more), rather than all going to the disk at once.
+    refreshing: AtomicBool,
     meta: FileMeta,
     body: Bytes,
 }
@@ -61,8 +66,12 @@ pub fn lookup(site: &StaticSite, req: &FileRequest) -> Option<Answer> {
         return None;
     }
     let e = map().get(&key(site, req))?;
-    let same = e.root == site.root && e.path == req.path && e.accept == req.accept_encoding;
-    (same && e.at.elapsed() < VALID).then(|| respond(site, req, &e.meta, Source::Memory(&e.body)))
+    if e.root != site.root || e.path != req.path || e.accept != req.accept_encoding {
+        return None;
+    }
+    let age = e.at.elapsed();
+    let usable = age < VALID || (age < 2 * VALID && e.refreshing.swap(true, Ordering::Relaxed));
+    usable.then(|| respond(site, req, &e.meta, Source::Memory(&e.body)))
 }
 
 /// Keeps a file just resolved for `req`.
@@ -73,6 +82,7 @@ pub(super) fn store(site: &StaticSite, req: &FileRequest, meta: FileMeta, body: 
         path: req.path.clone(),
         accept: req.accept_encoding.clone(),
         at,
+        refreshing: AtomicBool::new(false),
         meta,
         body,
     });

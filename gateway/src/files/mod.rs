@@ -20,13 +20,14 @@
 //! [`read_chunk`].
 
 pub mod cache;
+mod encode;
 mod mime;
 pub mod path;
 pub mod validators;
 
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -209,6 +210,9 @@ fn answer(
     };
     let len = meta.len();
     let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    if let Some(a) = compressed(site, req, &logical, ctype, &file, len, mtime, encoding) {
+        return a;
+    }
     let info = FileMeta {
         logical,
         content_type: ctype,
@@ -225,6 +229,48 @@ fn answer(
         }
     }
     respond(site, req, &info, Source::File(file))
+}
+
+/// With `compress:` on the route: a text file without a precompressed
+/// variant, compressed for a client that accepts it (whole-file answers only:
+/// a range request gets the file as it is). The weak `ETag` names the encoding.
+#[allow(clippy::too_many_arguments)]
+fn compressed(
+    site: &StaticSite,
+    req: &FileRequest,
+    logical: &str,
+    ctype: &'static str,
+    file: &File,
+    len: u64,
+    mtime: SystemTime,
+    encoding: Option<&'static str>,
+) -> Option<Answer> {
+    let comp = site.compress.as_deref()?;
+    if encoding.is_some()
+        || req.range.is_some()
+        || len > cache::MAX_FILE
+        || !comp.wants(Some(ctype.as_bytes()), Some(len))
+    {
+        return None;
+    }
+    let enc = encode::pick(comp, req.accept_encoding.as_deref())?;
+    let Ok(Body::Bytes(raw)) = read_whole(file, 0, len) else {
+        return None;
+    };
+    let zipped = encode::encode(&raw, enc, comp.level)?;
+    let info = FileMeta {
+        logical: logical.to_owned(),
+        content_type: ctype,
+        encoding: Some(enc),
+        len: zipped.len() as u64,
+        mtime,
+        etag: format!("W/{}", validators::etag(len, mtime, Some(enc))),
+    };
+    let answer = respond(site, req, &info, Source::Memory(&zipped));
+    if site.memory_cache {
+        cache::store(site, req, info, zipped);
+    }
+    Some(answer)
 }
 
 /// The answer from a file's validators and bytes (conditional requests,
@@ -254,7 +300,7 @@ fn respond(site: &StaticSite, req: &FileRequest, info: &FileMeta, source: Source
     {
         fields.push((header::CACHE_CONTROL, rule.value.clone()));
     }
-    if site.precompressed {
+    if site.precompressed || site.compress.is_some() {
         fields.push((header::VARY, ACCEPT_ENCODING.clone()));
     }
     let not_modified = match (&req.if_none_match, &req.if_modified_since) {
@@ -380,7 +426,14 @@ fn open_under(
 ) -> io::Result<Option<(File, Metadata)>> {
     debug_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
     let full = root.join(rel);
-    let file = match File::open(&full) {
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer,
+    // holding a blocking-pool thread for ever (a FIFO is then refused as not a
+    // regular file); regular files ignore the flag.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&full)
+    {
         Ok(f) => f,
         Err(e)
             if matches!(

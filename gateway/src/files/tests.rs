@@ -22,6 +22,7 @@ fn site(root: &Path) -> StaticSite {
         precompressed: true,
         outside_symlinks: false,
         memory_cache: false,
+        compress: None,
     }
 }
 
