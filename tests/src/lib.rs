@@ -9,6 +9,7 @@ pub mod jwt;
 pub mod pebble;
 pub mod redis_server;
 pub mod stack;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use galion_tests::pebble::Pebble;
 use galion_tests::redis_server::{cleanup, shared_redis, unique_prefix};
+use galion_tests::tls::{roots_from_pem, AcceptAny};
 use galion_tests::{eventually, fake_upstream, free_addr, launch_on, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
@@ -55,14 +56,6 @@ fn client_config(roots: Option<rustls::RootCertStore>) -> Arc<rustls::ClientConf
             .with_no_client_auth(),
     };
     Arc::new(cfg)
-}
-
-fn roots_of(pem: &str) -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    roots
 }
 
 async fn tls(
@@ -124,7 +117,7 @@ async fn issued(
     not: Option<&[u8]>,
     secs: u64,
 ) -> (Vec<u8>, i64, i64) {
-    let roots = roots_of(&pebble.issuing_root().await);
+    let roots = roots_from_pem(pebble.issuing_root().await);
     let cfg = client_config(Some(roots));
     let addr = gw.https.unwrap();
     let found = eventually(secs, || {
@@ -149,20 +142,31 @@ fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http01_orders_serves_and_renews_without_dropping_a_connection() {
+/// Pebble validating against a fresh gateway (its own ports, fresh state
+/// directory) that orders with `challenge`, certificates valid `validity_secs`.
+async fn start(
+    challenge: &str,
+    validity_secs: u64,
+) -> (Pebble, Gateway, galion_tests::FakeUpstream) {
     let up = fake_upstream("app").await;
     let (http, https, admin) = (free_addr(), free_addr(), free_addr());
-    // 30 s certificates: renewal is due 20 s after issuance.
-    let pebble = Pebble::start(http.port(), https.port(), 30).await;
-    let mut gw = launch_on(
-        &config(&pebble, "http-01", up.addr, ""),
+    let pebble = Pebble::start(http.port(), https.port(), validity_secs).await;
+    let gw = launch_on(
+        &config(&pebble, challenge, up.addr, ""),
         http,
         Some(https),
         admin,
         &[],
     );
     gw.wait_ready().await;
+    (pebble, gw, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_orders_serves_and_renews_without_dropping_a_connection() {
+    // 30 s certificates: renewal is due 20 s after issuance.
+    let (pebble, mut gw, _up) = start("http-01", 30).await;
+    let https = gw.https.unwrap();
 
     let (serial, not_before, not_after) = issued(&gw, &pebble, HOST, None, 60).await;
     assert!(not_after - not_before <= 31, "Pebble's short lifetime");
@@ -196,7 +200,7 @@ async fn http01_orders_serves_and_renews_without_dropping_a_connection() {
     );
 
     // A client keeps its connection across the renewal.
-    let roots = roots_of(&pebble.issuing_root().await);
+    let roots = roots_from_pem(pebble.issuing_root().await);
     let mut kept = tls(https, HOST, client_config(Some(roots))).await.unwrap();
     assert_eq!(get(&mut kept, HOST).await, 200);
     let (renewed, _, renewed_after) = issued(&gw, &pebble, HOST, Some(&serial), 40).await;
@@ -220,7 +224,7 @@ async fn http01_orders_serves_and_renews_without_dropping_a_connection() {
 
     // A restart serves the stored certificate at once (verified: no placeholder).
     gw.restart().await;
-    let roots = roots_of(&pebble.issuing_root().await);
+    let roots = roots_from_pem(pebble.issuing_root().await);
     let s = tls(https, HOST, client_config(Some(roots))).await.unwrap();
     assert!(
         leaf(&s).2 >= renewed_after,
@@ -231,17 +235,8 @@ async fn http01_orders_serves_and_renews_without_dropping_a_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_orders_on_the_https_listener_while_it_serves_traffic() {
-    let up = fake_upstream("app").await;
-    let (http, https, admin) = (free_addr(), free_addr(), free_addr());
-    let pebble = Pebble::start(http.port(), https.port(), 3600).await;
-    let mut gw = launch_on(
-        &config(&pebble, "tls-alpn-01", up.addr, ""),
-        http,
-        Some(https),
-        admin,
-        &[],
-    );
-    gw.wait_ready().await;
+    let (pebble, mut gw, _up) = start("tls-alpn-01", 3600).await;
+    let https = gw.https.unwrap();
 
     // Ordinary HTTPS clients (HTTP/1.1 and h2) connect throughout the order:
     // ClientHellos read while a challenge is open are put back for pingora.
@@ -390,41 +385,4 @@ async fn in_a_cluster_one_instance_orders_and_every_instance_serves_it() {
     a.stop();
     b.stop();
     cleanup(&redis, &prefix).await;
-}
-
-/// For looking at the placeholder, which no root vouches for.
-#[derive(Debug)]
-struct AcceptAny;
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

@@ -146,20 +146,24 @@ async fn attempt(
     }
 }
 
-/// A reply of the pipeline as bytes: its fields, `Content-Length`, `Date`,
-/// and `Connection: close` unless the connection stays open.
-fn render(out: &mut Vec<u8>, reply: &Reply, head_request: bool, keepalive: bool) {
-    out.clear();
+/// `HTTP/1.1 <status> <reason>\r\n`.
+fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    let mut status = itoa::Buffer::new();
-    out.extend_from_slice(status.format(reply.status).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
-    let reason = http::StatusCode::from_u16(reply.status)
+    let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// A reply of the pipeline as bytes: its fields, `Content-Length`, `Date`,
+/// and `Connection: close` unless the connection stays open.
+fn render(out: &mut Vec<u8>, reply: &Reply, head_request: bool, keepalive: bool) {
+    out.clear();
+    status_line(out, reply.status);
     for (n, v) in &reply.fields {
         line(out, n.as_str().as_bytes(), v.as_bytes());
     }
@@ -474,15 +478,7 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
         let (whole, keepalive) = self.keeps_open(c, &head, false);
         let head_request = head.method == Method::HEAD;
         let mut own = Vec::with_capacity(256);
-        own.extend_from_slice(b"HTTP/1.1 ");
-        own.extend_from_slice(itoa::Buffer::new().format(reply.status).as_bytes());
-        own.push(b' ');
-        let reason = http::StatusCode::from_u16(reply.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        own.extend_from_slice(reason.as_bytes());
-        own.extend_from_slice(b"\r\n");
+        status_line(&mut own, reply.status);
         for (n, v) in &reply.fields {
             line(&mut own, n.as_str().as_bytes(), v.as_bytes());
         }

@@ -284,16 +284,6 @@ fn memory_cache_answers_what_the_disk_answered_and_keeps_no_refusal() {
     std::fs::write(root.join(".env"), "SECRET").unwrap();
     let mut s = site(root);
     s.memory_cache = true;
-    let get = |path: &str| FileRequest {
-        method: Method::GET,
-        path: path.into(),
-        target: path.into(),
-        if_none_match: None,
-        if_modified_since: None,
-        range: None,
-        if_range: None,
-        accept_encoding: None,
-    };
     // Nothing before the first lookup on disk.
     assert!(cache::lookup(&s, &get("/assets/app.js")).is_none());
     let disk = serve(&s, &get("/assets/app.js")).unwrap();
