@@ -216,9 +216,16 @@ impl Db {
     }
 
     /// Starts a transaction.
+    ///
+    /// On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): every
+    /// transaction here writes, and a deferred one that reads first and then
+    /// writes gets `SQLITE_BUSY` at once, without waiting out the busy
+    /// timeout, when another connection (a relay, the mailer, the other
+    /// service sharing the file) committed in between. Waiting for the lock
+    /// up front lets the busy timeout do its work.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -288,6 +295,7 @@ pub fn like_pattern(needle: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -298,6 +306,62 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+
+    /// A transaction that reads and then writes while another connection
+    /// commits a write in between (the outbox relay or the mailer beside a
+    /// request) must wait for it, not fail with `SQLITE_BUSY`.
+    #[tokio::test]
+    async fn sqlite_transactions_wait_for_a_concurrent_writer() {
+        let dir = std::env::temp_dir().join(format!("galion-db-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/t.db", dir.display());
+        let db = Db::connect(&url, &DbOptions::default()).await.unwrap();
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite URL opens SQLite")
+        };
+        sqlx::query("CREATE TABLE counter (n INTEGER NOT NULL)")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO counter (n) VALUES (0)")
+            .execute(pool)
+            .await
+            .unwrap();
+        let Tx::Sqlite(mut first) = db.begin().await.unwrap() else {
+            unreachable!()
+        };
+        let n: i64 = sqlx::query_scalar("SELECT n FROM counter")
+            .fetch_one(&mut *first)
+            .await
+            .unwrap();
+        // The other writer starts while the first transaction has read.
+        let other = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let Tx::Sqlite(mut tx) = db.begin().await? else {
+                    unreachable!()
+                };
+                sqlx::query("UPDATE counter SET n = n + 10")
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sqlx::query("UPDATE counter SET n = $1")
+            .bind(n + 1)
+            .execute(&mut *first)
+            .await
+            .unwrap();
+        first.commit().await.unwrap();
+        other.await.unwrap().unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT n FROM counter")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 11, "both writes are kept, in order");
+        db.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
