@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use tracing_subscriber::prelude::*;
 
 use crate::config::{AccessLogSettings, LogTarget};
@@ -62,7 +62,11 @@ pub fn init(settings: &AccessLogSettings) -> std::io::Result<AccessLog> {
         .with_current_span(false)
         .with_span_list(false)
         .with_writer(writer.clone())
-        .with_filter(filter_fn(|m| m.target() == TARGET));
+        // The level hint matters: with none, the subscriber's maximum level
+        // is TRACE, and so is the `log` crate's (set from it at init), so
+        // every `log::debug!` inside pingora is formatted and filtered on
+        // every request. The access line is an INFO event.
+        .with_filter(filter_fn(|m| m.target() == TARGET).with_max_level_hint(LevelFilter::INFO));
     // The gateway's own logs: text for people, or JSON lines like the
     // backends' with `GALION_LOG_FORMAT=json` (one switch for all four).
     let json = std::env::var("GALION_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
@@ -195,6 +199,25 @@ impl std::fmt::Display for OptIp {
 #[cfg(test)]
 mod tests {
     use super::OptIp;
+
+    /// What is off stays cheap: the subscriber's maximum level (and the `log`
+    /// crate's, which pingora logs through) is the most verbose of the access
+    /// line and `RUST_LOG`, never TRACE by default.
+    #[test]
+    fn the_maximum_level_is_what_is_on() {
+        let settings = crate::config::AccessLogSettings {
+            enabled: true,
+            target: crate::config::LogTarget::Stdout,
+            redact_query: std::sync::Arc::from([]),
+        };
+        let _log = super::init(&settings);
+        let expected = match std::env::var("RUST_LOG") {
+            Ok(v) if !v.is_empty() => return, // a developer's own filter
+            _ => super::LevelFilter::INFO,
+        };
+        assert_eq!(tracing::level_filters::LevelFilter::current(), expected);
+        assert!(!tracing::enabled!(target: "pingora_core::any", tracing::Level::DEBUG));
+    }
 
     #[test]
     fn the_client_address_is_written_as_is_or_left_empty() {
