@@ -666,3 +666,72 @@ async fn certificate_files_that_appear_after_start_are_loaded() {
         "the open connection survives the reload"
     );
 }
+
+/// An HTTP/2 request answered before its body is in (a `deny` route, a 401)
+/// ends cleanly: the gateway reads the rest of the body instead of dropping
+/// the stream, which h2 resets with `CANCEL` (curl reports "stream error in
+/// the HTTP/2 framing layer" for the complete answer it got).
+#[tokio::test]
+async fn an_early_answer_to_an_h2_upload_ends_the_stream_cleanly() {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let up = fake_upstream("up").await;
+    let cfg = config(certs.path(), up.addr, "").replace(
+        "      - { name: plain-ok,",
+        "      - { name: gone, prefix: /gone, deny: 403 }\n      - { name: plain-ok,",
+    );
+    let gw = spawn_gateway_tls(&cfg).await;
+    let https = gw.https.unwrap();
+    let tls = connect(
+        https,
+        "galion.app",
+        &certs.path().join("ca.pem"),
+        &[b"h2"],
+        true,
+    )
+    .await
+    .unwrap();
+    let (mut h2, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let post = || {
+        http::Request::post(format!("https://galion.app:{}/gone/upload", https.port()))
+            .header("content-length", "2048")
+            .body(())
+            .unwrap()
+    };
+    let (answer, mut body) = h2.send_request(post(), false).unwrap();
+    body.send_data(bytes::Bytes::from(vec![b'a'; 1024]), false)
+        .unwrap();
+    // The whole answer comes while half of the body is still to be sent.
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    let mut data = answer.into_body();
+    while let Some(chunk) = data.data().await {
+        chunk.unwrap();
+    }
+    body.send_data(bytes::Bytes::from(vec![b'b'; 1024]), true)
+        .unwrap_or_else(|e| panic!("the first stream was reset after its answer: {e}"));
+    // A second exchange on the connection: its frames come after any reset
+    // of the first stream, so by its answer such a reset has been seen.
+    h2 = h2.ready().await.unwrap();
+    let (again, mut body2) = h2.send_request(post(), false).unwrap();
+    body2
+        .send_data(bytes::Bytes::from(vec![b'c'; 2048]), true)
+        .unwrap();
+    assert_eq!(again.await.unwrap().status(), 403);
+    let reset = futures::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match body.poll_reset(cx) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    assert!(
+        !matches!(reset, Some(Ok(reason)) if reason != h2::Reason::NO_ERROR),
+        "the first stream was reset: {reset:?}\n{}",
+        gw.log()
+    );
+}

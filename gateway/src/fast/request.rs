@@ -373,7 +373,7 @@ fn write_request_headers(
     https: bool,
     edits: &[Edit],
 ) {
-    let trusted = ctx.peer_trusted;
+    let trusted = ctx.client.peer_trusted;
     let start = out.len();
     // Where each line went, for the edits: no second pass over the bytes
     // (a bearer token alone is a few hundred of them).

@@ -43,6 +43,12 @@ pub enum LocalReply {
     Dropped,
 }
 
+/// Per-request state, in the stages a request goes through: who sent it
+/// ([`Client`], set by `pipeline::route`), where it goes (`snapshot`,
+/// `route`, set by `pipeline::route`), what the policies decided
+/// (`identity`, `rate`, `local`), and the upstream [`Attempts`]. Pingora's
+/// phases share one value of this type, so what a later stage sets is an
+/// `Option` there; the pipeline's own functions take the stages they need.
 pub struct RequestCtx {
     pub start: Instant,
     /// Loaded once in `request_filter`; the whole request uses this snapshot.
@@ -51,28 +57,11 @@ pub struct RequestCtx {
     /// The path routed on, when the client's differs from it (`routing::normalize_path`);
     /// it is what the upstream gets.
     pub normalized_path: Option<String>,
-    /// Who the request is charged to (`client_ip::resolve`); `None` when the
-    /// peer is unknown or a trusted proxy sent an unreadable chain.
-    pub client_ip: Option<IpAddr>,
-    /// `client_ip` is a trusted proxy's own address: never limited or jailed.
-    pub client_is_proxy: bool,
-    pub peer_ip: Option<IpAddr>,
-    pub peer_trusted: bool,
+    pub client: Client,
     pub request_id: Option<HeaderValue>,
-    /// Index of the server of the current attempt in the route's pool.
-    pub server: Option<usize>,
-    /// The server of the last attempt, kept for the access log.
-    pub last: Option<usize>,
-    pub tried: Tried,
-    pub attempts: u32,
-    /// When the current attempt picked its server (upstream response time).
-    pub attempt_start: Option<Instant>,
-    /// The last attempt's time to the response head, for the access log.
-    pub upstream_time: Option<std::time::Duration>,
+    pub attempts: Attempts,
     /// What only the access log needs of the request, copied once when it is on.
     pub log: Option<Box<LogFields>>,
-    /// Set when the upstream's response header arrived: no retry after that.
-    pub response_started: bool,
     pub local: Option<LocalReply>,
     /// The verified caller, when the route is not public.
     pub identity: Option<Arc<Identity>>,
@@ -87,6 +76,46 @@ pub struct RequestCtx {
     /// Brotli done here rather than by pingora's module, whose brotli stream is
     /// never terminated (clients see a truncated body).
     pub brotli: Option<Box<brotli::CompressorWriter<Vec<u8>>>>,
+}
+
+/// Who sent the request: the TCP peer and the client it speaks for
+/// (`client_ip::resolve`). All empty when the peer is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Client {
+    pub peer: Option<IpAddr>,
+    /// The peer is a configured trusted proxy.
+    pub peer_trusted: bool,
+    /// Who the request is charged to; `None` when the peer is unknown or a
+    /// trusted proxy sent an unreadable chain.
+    pub ip: Option<IpAddr>,
+    /// `ip` is a trusted proxy's own address: never limited or jailed.
+    pub is_proxy: bool,
+}
+
+impl Client {
+    /// The client whose limits, jails and bans apply: `None` for a trusted
+    /// proxy's own requests and for unknown clients.
+    pub fn chargeable(&self) -> Option<IpAddr> {
+        self.ip.filter(|_| !self.is_proxy)
+    }
+}
+
+/// The attempts at the route's upstream servers (retries, in-flight counts,
+/// failure accounting, timings), the same for both transports.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    /// The server of the current attempt, counted in flight until released.
+    pub current: Option<usize>,
+    /// The server of the last attempt, kept for the access log.
+    pub last: Option<usize>,
+    pub tried: Tried,
+    pub count: u32,
+    /// When the current attempt picked its server (upstream response time).
+    pub started: Option<Instant>,
+    /// The last attempt's time to the response head, for the access log.
+    pub upstream_time: Option<std::time::Duration>,
+    /// The upstream's response head arrived: no retry after that.
+    pub response_started: bool,
 }
 
 /// Request facts for the access log (nginx's combined format and more),
@@ -109,19 +138,10 @@ impl RequestCtx {
             snapshot: None,
             route: None,
             normalized_path: None,
-            client_ip: None,
-            client_is_proxy: false,
-            peer_ip: None,
-            peer_trusted: false,
+            client: Client::default(),
             request_id: None,
-            server: None,
-            last: None,
-            tried: Tried::default(),
-            attempts: 0,
-            attempt_start: None,
-            upstream_time: None,
+            attempts: Attempts::default(),
             log: None,
-            response_started: false,
             local: None,
             identity: None,
             auth_reject: None,
@@ -144,27 +164,26 @@ impl RequestCtx {
         cdn: Option<&[u8]>,
     ) -> Result<(), client_ip::BadChain> {
         let peer = client_ip::canonical(peer);
-        self.peer_ip = Some(peer);
-        self.peer_trusted = trusted.is_trusted(peer);
+        self.client.peer = Some(peer);
+        self.client.peer_trusted = trusted.is_trusted(peer);
         let c = client_ip::resolve(peer, trusted, xff, cdn)?;
-        self.client_ip = Some(c.ip);
-        self.client_is_proxy = c.is_proxy;
+        self.client.ip = Some(c.ip);
+        self.client.is_proxy = c.is_proxy;
         Ok(())
     }
 
-    /// The client whose limits, jails and bans apply: `None` for a trusted
-    /// proxy's own requests and for unknown clients.
+    /// The client whose limits, jails and bans apply (see [`Client::chargeable`]).
     pub fn chargeable_ip(&self) -> Option<IpAddr> {
-        self.client_ip.filter(|_| !self.client_is_proxy)
+        self.client.chargeable()
     }
 
     pub fn last_server(&self) -> Option<usize> {
-        self.last
+        self.attempts.last
     }
 
     /// Ends the in-flight count of the current attempt (least-connections).
     pub fn release_server(&mut self) {
-        if let (Some(i), Some(route)) = (self.server.take(), self.route.as_ref()) {
+        if let (Some(i), Some(route)) = (self.attempts.current.take(), self.route.as_ref()) {
             if let Some(s) = route.pool().and_then(|p| p.servers.get(i)) {
                 s.inflight
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -35,8 +35,8 @@ pub fn forwarding<F: Fields>(
     authority: Option<&str>,
     out: &mut Edits,
 ) {
-    let trusted = ctx.peer_trusted;
-    let peer_value = ctx.peer_ip.and_then(ip_value);
+    let trusted = ctx.client.peer_trusted;
+    let peer_value = ctx.client.peer.and_then(ip_value);
     if let Some(peer_value) = &peer_value {
         let mut prior = fields.all("x-forwarded-for").peekable();
         let chain = if trusted && prior.peek().is_some() {
@@ -217,7 +217,7 @@ pub fn ip_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
 /// The client address the upstream is told (`X-Real-IP`): the resolved client,
 /// reusing the peer's value when they are the same.
 pub fn real_ip(ctx: &RequestCtx, peer_value: Option<&HeaderValue>) -> Option<HeaderValue> {
-    match (ctx.client_ip, ctx.peer_ip) {
+    match (ctx.client.ip, ctx.client.peer) {
         (Some(c), Some(p)) if c == p => peer_value.cloned(),
         (Some(c), _) => ip_value(c),
         (None, _) => None,

@@ -20,13 +20,13 @@ pub fn pick_server<'a>(
 ) -> Option<usize> {
     ctx.release_server();
     let pool = route.pool()?;
-    if ctx.attempts > 0 {
+    if ctx.attempts.count > 0 {
         pool.metrics.retries.inc();
     }
     let ip_bytes;
     let key: &[u8] = match &pool.config.balance {
         Balance::ConsistentHash(HashKey::Ip) => {
-            ip_bytes = ctx.client_ip.map(|ip| match ip {
+            ip_bytes = ctx.client.ip.map(|ip| match ip {
                 std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
                 std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
             });
@@ -36,13 +36,13 @@ pub fn pick_server<'a>(
         Balance::ConsistentHash(HashKey::Header(h)) => header(h).unwrap_or(b""),
         _ => b"",
     };
-    let i = pool.select(key, ctx.tried)?;
-    ctx.tried.add(i);
-    ctx.attempts += 1;
-    ctx.attempt_start = Some(std::time::Instant::now());
+    let i = pool.select(key, ctx.attempts.tried)?;
+    ctx.attempts.tried.add(i);
+    ctx.attempts.count += 1;
+    ctx.attempts.started = Some(std::time::Instant::now());
     pool.servers[i].inflight.fetch_add(1, Relaxed);
-    ctx.server = Some(i);
-    ctx.last = Some(i);
+    ctx.attempts.current = Some(i);
+    ctx.attempts.last = Some(i);
     Some(i)
 }
 
@@ -62,7 +62,10 @@ pub enum Failure {
 /// only an idempotent request that got no response yet (a POST may have
 /// been processed).
 pub fn attempt_failed(ctx: &RequestCtx, method: &http::Method, failure: Failure) -> bool {
-    let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) else {
+    let (Some(pool), Some(i)) = (
+        ctx.route.as_ref().and_then(|r| r.pool()),
+        ctx.attempts.current,
+    ) else {
         return false;
     };
     pool.report_failure(i);
@@ -77,20 +80,23 @@ pub fn attempt_failed(ctx: &RequestCtx, method: &http::Method, failure: Failure)
     } else {
         pool.metrics.connect_error.inc();
     }
-    let within = ctx.attempts <= pool.config.retries;
-    within && (!sent || (is_idempotent(method) && !ctx.response_started))
+    let within = ctx.attempts.count <= pool.config.retries;
+    within && (!sent || (is_idempotent(method) && !ctx.attempts.response_started))
 }
 
 /// Counts an attempt whose response head arrived.
 pub fn attempt_answered(ctx: &mut RequestCtx) {
-    ctx.response_started = true;
-    if let (Some(pool), Some(i)) = (ctx.route.as_ref().and_then(|r| r.pool()), ctx.server) {
+    ctx.attempts.response_started = true;
+    if let (Some(pool), Some(i)) = (
+        ctx.route.as_ref().and_then(|r| r.pool()),
+        ctx.attempts.current,
+    ) {
         pool.report_success(i);
         pool.metrics.ok.inc();
-        if let Some(t) = ctx.attempt_start {
+        if let Some(t) = ctx.attempts.started {
             let took = t.elapsed();
             pool.metrics.response_duration.observe(took.as_secs_f64());
-            ctx.upstream_time = Some(took);
+            ctx.attempts.upstream_time = Some(took);
         }
     }
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use http::{Method, Version};
 
-pub use ctx::{LocalReply, LogFields, RequestCtx};
+pub use ctx::{Attempts, Client, LocalReply, LogFields, RequestCtx};
 pub use finish::{attempt_answered, attempt_failed, finish, is_idempotent, pick_server, Failure};
 pub use policy::policies;
 pub use reply::Reply;
@@ -213,7 +213,7 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
     }
     if let Some(ip) = ctx.chargeable_ip() {
         if let Some(ban) = env.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {
-            if ban.action == BanAction::Drop && !ctx.peer_trusted {
+            if ban.action == BanAction::Drop && !ctx.client.peer_trusted {
                 // Closed without an answer (the connection filter refuses new
                 // connections; this catches ones opened before the ban).
                 ctx.local = Some(LocalReply::Dropped);

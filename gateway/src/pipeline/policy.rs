@@ -101,7 +101,7 @@ async fn rate_limit(
     let snap = env.snap;
     // A load generator the operator named: not limited, still banned if it
     // misbehaves (bans are checked before any policy).
-    if let Some(ip) = ctx.client_ip {
+    if let Some(ip) = ctx.client.ip {
         if snap
             .config
             .rate_limits

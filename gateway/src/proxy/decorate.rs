@@ -69,7 +69,7 @@ pub fn upstream_head(
         crate::pipeline::edits::request(ctx, route, &mut edits);
     }
     head::edit_request(upstream_request, edits.len(), |h| {
-        forward::strip_forged(h, ctx.peer_trusted);
+        forward::strip_forged(h, ctx.client.peer_trusted);
         fields::apply(h, &edits)
     })
 }

@@ -106,16 +106,20 @@ impl ProxyHttp for GatewayProxy {
                         let reply =
                             Box::pin(pipeline::statics::serve(&env, &view, ctx, &route, site))
                                 .await;
-                        return files::write(session, reply).await.map(|()| true);
+                        files::write(session, reply).await?;
+                        respond::drain_h2_body(session).await;
+                        return Ok(true);
                     }
                     let hit = route
                         .cache
                         .as_ref()
                         .and_then(|_| pipeline::cached::fresh_hit(&view, ctx, &route));
                     return match hit {
-                        Some(hit) => cache_phases::write_hit(session, ctx, hit, self.https)
-                            .await
-                            .map(|()| true),
+                        Some(hit) => {
+                            cache_phases::write_hit(session, ctx, hit, self.https).await?;
+                            respond::drain_h2_body(session).await;
+                            Ok(true)
+                        }
                         None => Ok(false),
                     };
                 }
@@ -123,6 +127,7 @@ impl ProxyHttp for GatewayProxy {
         };
         ctx.local = Some(reply.why);
         respond::write(session, &reply).await?;
+        respond::drain_h2_body(session).await;
         Ok(true)
     }
 
@@ -299,7 +304,7 @@ impl ProxyHttp for GatewayProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         let upstream_fault = e.esource() == &ErrorSource::Upstream;
-        if ctx.route.as_ref().and_then(|r| r.pool()).is_some() && ctx.server.is_some() {
+        if ctx.route.as_ref().and_then(|r| r.pool()).is_some() && ctx.attempts.current.is_some() {
             let timeout = matches!(
                 e.etype(),
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -310,7 +315,7 @@ impl ProxyHttp for GatewayProxy {
                 && !session.as_ref().retry_buffer_truncated();
             if retry_allowed {
                 e.set_retry(true);
-            } else if client_reused && upstream_fault && !ctx.response_started {
+            } else if client_reused && upstream_fault && !ctx.attempts.response_started {
                 // A pooled connection closed under us: pingora's own rule retries only
                 // when nothing can have been processed.
                 e.retry.decide_reuse(client_reused);

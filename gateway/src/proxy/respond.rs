@@ -28,6 +28,35 @@ pub async fn write(session: &mut Session, reply: &Reply) -> Result<()> {
     Ok(())
 }
 
+/// How much of an answered HTTP/2 request's body is read after the answer,
+/// and for how long, before the stream is given up.
+const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After a local answer to an HTTP/2 request whose body is still coming (a
+/// 401 to a POST, say): reads and drops the rest, within bounds, so the
+/// stream ends cleanly. Dropped with its request side open, the stream is
+/// reset with `CANCEL`, and clients such as curl then report a stream error
+/// instead of the complete answer they were sent. (RFC 9113 §8.1 lets a
+/// server answer early; HTTP/1.1 connections are drained or closed by
+/// pingora itself.)
+pub async fn drain_h2_body(session: &mut Session) {
+    let downstream = session.as_downstream_mut();
+    if !downstream.is_http2() || downstream.is_body_done() {
+        return;
+    }
+    let drain = async {
+        let mut left = DRAIN_BYTES;
+        while let Ok(Some(chunk)) = downstream.read_request_body().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    let _ = pingora_timeout::tokio_timeout(DRAIN_TIME, drain).await;
+}
+
 /// The JSON error for a failed proxy attempt (`classify`), closing the
 /// connection.
 pub async fn proxy_error(
