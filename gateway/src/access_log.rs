@@ -9,14 +9,12 @@
 use std::io::IsTerminal;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use tracing_subscriber::prelude::*;
 
 use crate::config::{AccessLogSettings, LogTarget};
 use crate::log_writer::{self, LazyWriter, LogFile, Sink};
-use crate::pipeline::{LocalReply, RequestCtx};
 
 pub const TARGET: &str = "access";
 
@@ -105,87 +103,8 @@ pub struct Line<'a> {
     pub bytes: usize,
 }
 
-/// One access log line.
-pub fn write(line: &Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) {
-    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-        return;
-    }
-    let host = line.host;
-    let route = ctx.route.as_ref().map_or("", |r| &r.name);
-    // The pool the route forwards to; `upstream` is its server that answered.
-    let pool = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.pool())
-        .map_or("", |p| &*p.name);
-    let upstream = match (&ctx.route, ctx.last_server()) {
-        (Some(r), Some(i)) => r
-            .pool()
-            .and_then(|p| p.servers.get(i))
-            .map_or("", |s| s.label.as_str()),
-        _ => "",
-    };
-    let local = match ctx.local {
-        Some(LocalReply::UnknownHost) => "unknown_host",
-        Some(LocalReply::NoRoute) => "no_route",
-        Some(LocalReply::MethodNotAllowed) => "method_not_allowed",
-        Some(LocalReply::BadRequest) => "bad_request",
-        Some(LocalReply::HeadersTooLarge) => "headers_too_large",
-        Some(LocalReply::BodyTooLarge) => "body_too_large",
-        Some(LocalReply::Unauthorized) => "unauthorized",
-        Some(LocalReply::Forbidden) => "forbidden",
-        Some(LocalReply::Preflight) => "cors_preflight",
-        Some(LocalReply::Redirect) => "https_redirect",
-        Some(LocalReply::Acme) => "acme_challenge",
-        Some(LocalReply::RateLimited) => "rate_limited",
-        Some(LocalReply::Banned) => "banned",
-        Some(LocalReply::Dropped) => "banned_drop",
-        Some(LocalReply::BadForwarding) => "bad_forwarding",
-        Some(LocalReply::RouteAction) => "route_action",
-        Some(LocalReply::TooSlow) => "too_slow",
-        None => "",
-    };
-    let auth = match (&ctx.identity, ctx.auth_reject) {
-        (_, Some(r)) => r.as_str(),
-        (Some(id), None) => match id.kind {
-            crate::auth::IdentityKind::Jwt => "jwt",
-            crate::auth::IdentityKind::ApiKey => "api_key",
-        },
-        (None, None) => "public",
-    };
-    let user = ctx.identity.as_ref().map_or("", |i| i.subject.as_str());
-    let empty = crate::pipeline::LogFields::default();
-    let f = ctx.log.as_deref().unwrap_or(&empty);
-    tracing::info!(
-        target: TARGET,
-        request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-        client_ip = %OptIp(ctx.client.ip),
-        host,
-        route,
-        method = line.method.as_str(),
-        path = line.path,
-        query = f.query.as_str(),
-        protocol = f.protocol,
-        status,
-        bytes = line.bytes,
-        bytes_in = ctx.body_bytes,
-        pool,
-        upstream,
-        attempts = ctx.attempts.count,
-        upstream_ms = ctx.attempts.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        cache = ctx.cache_status.unwrap_or(""),
-        auth,
-        user,
-        user_agent = f.user_agent.as_str(),
-        referer = f.referer.as_str(),
-        tls = f.tls,
-        local,
-    );
-}
-
 /// The client address, or nothing, formatted without a `String` per line.
-struct OptIp(Option<std::net::IpAddr>);
+pub struct OptIp(pub Option<std::net::IpAddr>);
 
 impl std::fmt::Display for OptIp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -62,60 +62,6 @@ impl Identity {
     }
 }
 
-/// Why a request was refused; the label of `gateway_auth_rejected_total{reason}`.
-/// Clients only ever see a generic 401/403.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    Missing,
-    Malformed,
-    Oversized,
-    Duplicate,
-    UnknownKid,
-    Algorithm,
-    Signature,
-    Expired,
-    NotYetValid,
-    Issuer,
-    Audience,
-    Revoked,
-    BadApiKey,
-    Forbidden,
-}
-
-impl Reject {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Reject::Missing => "missing",
-            Reject::Malformed => "malformed",
-            Reject::Oversized => "oversized",
-            Reject::Duplicate => "duplicate",
-            Reject::UnknownKid => "unknown_kid",
-            Reject::Algorithm => "algorithm",
-            Reject::Signature => "signature",
-            Reject::Expired => "expired",
-            Reject::NotYetValid => "not_yet_valid",
-            Reject::Issuer => "issuer",
-            Reject::Audience => "audience",
-            Reject::Revoked => "revoked",
-            Reject::BadApiKey => "bad_api_key",
-            Reject::Forbidden => "forbidden",
-        }
-    }
-
-    pub const ALL: [Reject; 14] = [
-        Reject::Missing,
-        Reject::Malformed,
-        Reject::Oversized,
-        Reject::Duplicate,
-        Reject::UnknownKid,
-        Reject::Algorithm,
-        Reject::Signature,
-        Reject::Expired,
-        Reject::NotYetValid,
-        Reject::Issuer,
-        Reject::Audience,
-        Reject::Revoked,
-        Reject::BadApiKey,
-        Reject::Forbidden,
-    ];
-}
+// Defined with the jail settings that name its reasons (`config::protect`):
+// the config is the bottom layer and names nothing above it.
+pub use crate::config::Reject;

@@ -543,7 +543,7 @@ fn check_path(c: &mut Checker, at: &KeyPath, p: &str) {
         c.err(at, "a path must start with /");
     } else if p.contains(char::is_whitespace) || p.contains('?') || p.contains('#') {
         c.err(at, "a path may not contain spaces, '?' or '#'");
-    } else if !crate::routing::path::path_is_safe(p) {
+    } else if !crate::uri_path::path_is_safe(p) {
         // The same test requests pass before routing: a route on a path that
         // is refused could never match.
         c.err(

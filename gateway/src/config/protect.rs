@@ -389,14 +389,8 @@ pub fn jails_of(
             }
             let reasons = o.reasons.unwrap_or_default();
             for (k, r) in reasons.iter().enumerate() {
-                if !crate::auth::identity::Reject::ALL
-                    .iter()
-                    .any(|x| x.as_str() == r)
-                {
-                    let known: Vec<_> = crate::auth::identity::Reject::ALL
-                        .iter()
-                        .map(|x| x.as_str())
-                        .collect();
+                if !Reject::ALL.iter().any(|x| x.as_str() == r) {
+                    let known: Vec<_> = Reject::ALL.iter().map(|x| x.as_str()).collect();
                     c.err(
                         &p.key("reasons").index(k),
                         format!("unknown reason {r:?} (one of {})", known.join(", ")),
@@ -462,6 +456,65 @@ pub fn jails_of(
         });
     }
     jails
+}
+
+/// Why the gateway refused a request's credentials (a jail's `auth_reject`
+/// names these); the label of `gateway_auth_rejected_total{reason}`.
+/// Clients only ever see a generic 401/403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Missing,
+    Malformed,
+    Oversized,
+    Duplicate,
+    UnknownKid,
+    Algorithm,
+    Signature,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+    Revoked,
+    BadApiKey,
+    Forbidden,
+}
+
+impl Reject {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reject::Missing => "missing",
+            Reject::Malformed => "malformed",
+            Reject::Oversized => "oversized",
+            Reject::Duplicate => "duplicate",
+            Reject::UnknownKid => "unknown_kid",
+            Reject::Algorithm => "algorithm",
+            Reject::Signature => "signature",
+            Reject::Expired => "expired",
+            Reject::NotYetValid => "not_yet_valid",
+            Reject::Issuer => "issuer",
+            Reject::Audience => "audience",
+            Reject::Revoked => "revoked",
+            Reject::BadApiKey => "bad_api_key",
+            Reject::Forbidden => "forbidden",
+        }
+    }
+
+    pub const ALL: [Reject; 14] = [
+        Reject::Missing,
+        Reject::Malformed,
+        Reject::Oversized,
+        Reject::Duplicate,
+        Reject::UnknownKid,
+        Reject::Algorithm,
+        Reject::Signature,
+        Reject::Expired,
+        Reject::NotYetValid,
+        Reject::Issuer,
+        Reject::Audience,
+        Reject::Revoked,
+        Reject::BadApiKey,
+        Reject::Forbidden,
+    ];
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::types::Listen;
 
 #[derive(Debug, Clone, Default)]
 pub struct TlsConfig {
-    pub certs: Vec<std::sync::Arc<crate::tls::certs::LoadedCert>>,
+    pub certs: Vec<std::sync::Arc<crate::certs::LoadedCert>>,
     pub default: Option<usize>,
     pub acme_webroot: Option<PathBuf>,
     /// Certificates ordered by the gateway itself.
@@ -246,7 +246,7 @@ pub fn tls_of(c: &mut Checker, t: RawTls) -> (TlsConfig, Option<RawAcme>) {
             })
             .collect();
         let loaded = if missing.is_empty() {
-            crate::tls::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts)
+            crate::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts)
         } else {
             // certbot's first issuance needs the gateway running: serve a
             // placeholder and load the files when they appear (reload service).
@@ -261,9 +261,9 @@ pub fn tls_of(c: &mut Checker, t: RawTls) -> (TlsConfig, Option<RawAcme>) {
                         .join(", ")
                 ),
             );
-            crate::tls::certs::placeholder(&hosts).map(|mut l| {
+            crate::certs::placeholder(&hosts).map(|mut l| {
                 l.files = [&cert_path, &key_path]
-                    .map(|f| crate::tls::certs::absolute(std::path::Path::new(f)))
+                    .map(|f| crate::certs::absolute(std::path::Path::new(f)))
                     .to_vec();
                 l
             })

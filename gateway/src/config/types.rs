@@ -25,7 +25,7 @@ pub use super::policy::{
 };
 pub use super::protect::{
     BanAction, EventKind, JailCondition, JailConfig, LimitKey, RateLimitConfig, RatePolicy,
-    RedisConfig, StoreConfig,
+    RedisConfig, Reject, StoreConfig,
 };
 pub use super::shaping::{CacheStoreConfig, Compression, KeyQuery, RouteCache};
 pub use super::statics::{CacheRule, StaticSite};

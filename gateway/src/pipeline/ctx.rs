@@ -43,6 +43,31 @@ pub enum LocalReply {
     Dropped,
 }
 
+impl LocalReply {
+    /// The name the access log writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalReply::UnknownHost => "unknown_host",
+            LocalReply::NoRoute => "no_route",
+            LocalReply::MethodNotAllowed => "method_not_allowed",
+            LocalReply::BadRequest => "bad_request",
+            LocalReply::HeadersTooLarge => "headers_too_large",
+            LocalReply::BodyTooLarge => "body_too_large",
+            LocalReply::Unauthorized => "unauthorized",
+            LocalReply::Forbidden => "forbidden",
+            LocalReply::Preflight => "cors_preflight",
+            LocalReply::Redirect => "https_redirect",
+            LocalReply::Acme => "acme_challenge",
+            LocalReply::RateLimited => "rate_limited",
+            LocalReply::Banned => "banned",
+            LocalReply::Dropped => "banned_drop",
+            LocalReply::BadForwarding => "bad_forwarding",
+            LocalReply::RouteAction => "route_action",
+            LocalReply::TooSlow => "too_slow",
+        }
+    }
+}
+
 /// Per-request state, in the stages a request goes through: who sent it
 /// ([`Client`], set by `pipeline::route`), where it goes (`snapshot`,
 /// `route`, set by `pipeline::route`), what the policies decided

@@ -3,6 +3,7 @@
 //! access log, jails).
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use super::{LocalReply, RequestCtx};
 use crate::access_log;
@@ -129,7 +130,7 @@ pub async fn finish(
         .as_ref()
         .is_some_and(|s| s.config.access_log.enabled)
     {
-        access_log::write(line, ctx, status, elapsed);
+        log_line(line, ctx, status, elapsed);
     }
     if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.chargeable_ip()) {
         if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
@@ -150,6 +151,66 @@ pub async fn finish(
                 .await;
         }
     }
+}
+
+/// Writes the request's access log line (when the log is on).
+fn log_line(line: &access_log::Line<'_>, ctx: &RequestCtx, status: u16, elapsed: Duration) {
+    if !tracing::enabled!(target: access_log::TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let host = line.host;
+    let route = ctx.route.as_ref().map_or("", |r| &r.name);
+    // The pool the route forwards to; `upstream` is its server that answered.
+    let pool = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.pool())
+        .map_or("", |p| &*p.name);
+    let upstream = match (&ctx.route, ctx.last_server()) {
+        (Some(r), Some(i)) => r
+            .pool()
+            .and_then(|p| p.servers.get(i))
+            .map_or("", |s| s.label.as_str()),
+        _ => "",
+    };
+    let local = ctx.local.map_or("", LocalReply::as_str);
+    let auth = match (&ctx.identity, ctx.auth_reject) {
+        (_, Some(r)) => r.as_str(),
+        (Some(id), None) => match id.kind {
+            crate::auth::IdentityKind::Jwt => "jwt",
+            crate::auth::IdentityKind::ApiKey => "api_key",
+        },
+        (None, None) => "public",
+    };
+    let user = ctx.identity.as_ref().map_or("", |i| i.subject.as_str());
+    let empty = super::LogFields::default();
+    let f = ctx.log.as_deref().unwrap_or(&empty);
+    tracing::info!(
+        target: access_log::TARGET,
+        request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        client_ip = %access_log::OptIp(ctx.client.ip),
+        host,
+        route,
+        method = line.method.as_str(),
+        path = line.path,
+        query = f.query.as_str(),
+        protocol = f.protocol,
+        status,
+        bytes = line.bytes,
+        bytes_in = ctx.body_bytes,
+        pool,
+        upstream,
+        attempts = ctx.attempts.count,
+        upstream_ms = ctx.attempts.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        cache = ctx.cache_status.unwrap_or(""),
+        auth,
+        user,
+        user_agent = f.user_agent.as_str(),
+        referer = f.referer.as_str(),
+        tls = f.tls,
+        local,
+    );
 }
 
 /// Methods a failed attempt may be sent again for (RFC 9110 §9.2.2).

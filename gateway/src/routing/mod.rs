@@ -26,9 +26,8 @@ use crate::metrics::RouteMetrics;
 use crate::upstream::Pool;
 
 pub mod exposure;
-pub mod path;
+pub use crate::uri_path::{needs_normalizing, normalize_path, path_is_safe};
 pub use exposure::{exposures, Exposure};
-pub use path::{needs_normalizing, normalize_path, path_is_safe};
 
 pub struct Route {
     pub name: Arc<str>,

@@ -14,13 +14,13 @@ use instant_acme::Account;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::certs::{from_pem, LoadedCert};
 use crate::cluster::acme as shared;
 use crate::cluster::RedisLink;
 use crate::config::{AcmeChallenge, AcmeConfig, Config};
 use crate::metrics::metrics;
 use crate::snapshot::SnapshotHandle;
 use crate::tls::acme::{self, Alone, Issued};
-use crate::tls::certs::{from_pem, LoadedCert};
 
 /// How often the schedule is looked at (cheap: no I/O unless something is due).
 const TICK: Duration = Duration::from_secs(2);
@@ -111,7 +111,7 @@ pub fn install_at_hand(cfg: &AcmeConfig) {
         };
         match loaded {
             Some(c) => install(c),
-            None => match crate::tls::certs::placeholder(names) {
+            None => match crate::certs::placeholder(names) {
                 Ok(p) => {
                     tracing::warn!(
                         hosts = %names.join(","),

@@ -24,10 +24,10 @@ use instant_acme::{
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
-use crate::config::{AcmeChallenge, AcmeConfig};
 #[cfg(test)]
-use crate::tls::certs::placeholder;
-use crate::tls::certs::{from_pem, LoadedCert};
+use crate::certs::placeholder;
+use crate::certs::{from_pem, LoadedCert};
+use crate::config::{AcmeChallenge, AcmeConfig};
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";

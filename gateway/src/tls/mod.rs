@@ -1,12 +1,12 @@
-//! TLS termination: SNI certificate selection, the HTTPS listener settings, and
-//! development certificates.
+//! TLS termination: the HTTPS listener settings, the certificates of the
+//! running config in the SNI store (`crate::certs`), ACME, the TLS-ALPN-01
+//! hook and development certificates.
 
 pub mod acme;
 pub mod alpn;
-pub mod certs;
 pub mod dev_certs;
 
-pub use certs::{load, CertStore, LoadedCert};
+pub use crate::certs::{load, CertStore, LoadedCert};
 
 use std::sync::{Arc, OnceLock};
 

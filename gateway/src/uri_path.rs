@@ -9,7 +9,7 @@
 //! decoded and runs of `/` merged. Unlike nginx's default, it also sends that
 //! form upstream, so the upstream sees the path that was routed and checked.
 //! Dot segments and encoded separators are refused earlier
-//! ([`super::path_is_safe`]); other escapes (`%20`, `%2F`…) are kept as sent.
+//! ([`path_is_safe`]); other escapes (`%20`, `%2F`…) are kept as sent.
 
 use std::borrow::Cow;
 
