@@ -806,12 +806,12 @@ fi
 # MODE=auth: the protected routes must refuse a request without (or with a wrong) credential.
 if [[ "$MODE" == auth ]]; then
   for path in jwt/small key/small; do
-    got=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_GATEWAY/$path")
+    got=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_GATEWAY/$path") || die "a check request failed (curl's error above)"
     [[ "$got" == 401 ]] || die "/$path without a credential answered $got, expected 401"
   done
-  got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%?}x" "http://127.0.0.1:$P_GATEWAY/jwt/small")
+  got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%?}x" "http://127.0.0.1:$P_GATEWAY/jwt/small") || die "a check request failed (curl's error above)"
   [[ "$got" == 401 ]] || die "/jwt/small with a bad signature answered $got, expected 401"
-  got=$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: wrong" "http://127.0.0.1:$P_GATEWAY/key/small")
+  got=$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: wrong" "http://127.0.0.1:$P_GATEWAY/key/small") || die "a check request failed (curl's error above)"
   [[ "$got" == 401 ]] || die "/key/small with a wrong key answered $got, expected 401"
   log "auth check: /jwt and /key answer 200 with the credential, 401 without or with a wrong one"
 fi
@@ -857,16 +857,16 @@ if [[ "$MODE" == prod ]]; then
   for p in gw_jwt gw_post; do
     [[ " $PROXIES " == *" $p "* ]] || continue
     req_flags "$p" curl
-    got=$(curl -sSk -o /dev/null -w '%{http_code}' -H "Origin: $BENCH_ORIGIN" "${REQ_B[@]}" "${URL_OF[$p]}/small")
+    got=$(curl -sSk -o /dev/null -w '%{http_code}' -H "Origin: $BENCH_ORIGIN" "${REQ_B[@]}" "${URL_OF[$p]}/small") || die "a check request failed (curl's error above)"
     [[ "$got" == 401 ]] || die "$p without a token answered $got, expected 401"
     sig=${JWT_TOKEN##*.}; [[ "${sig:0:1}" == A ]] && bad=B || bad=A   # the signature's first 6 bits changed
-    got=$(curl -sSk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%.*}.$bad${sig:1}" "${REQ_B[@]}" "${URL_OF[$p]}/small")
+    got=$(curl -sSk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${JWT_TOKEN%.*}.$bad${sig:1}" "${REQ_B[@]}" "${URL_OF[$p]}/small") || die "a check request failed (curl's error above)"
     [[ "$got" == 401 ]] || die "$p with a bad signature answered $got, expected 401"
   done
   for p in nginx_post gw_post; do
     [[ " $PROXIES " == *" $p "* ]] || continue
     req_flags "$p" curl
-    got=$(curl -sSk -o /dev/null -o /dev/null -w '%{http_code}/%{num_connects} ' "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" "${URL_OF[$p]}/small")
+    got=$(curl -sSk -o /dev/null -o /dev/null -w '%{http_code}/%{num_connects} ' "${REQ_H[@]}" "${REQ_B[@]}" "${URL_OF[$p]}/small" "${URL_OF[$p]}/small") || die "a check request failed (curl's error above)"
     [[ "$got" == "200/1 200/0 " ]] || die "$p: two POSTs on one connection answered '$got', expected '200/1 200/0 '"
   done
   log "prod check: 200 with request id, security headers, CORS grant for $BENCH_ORIGIN (none for another origin), RateLimit from the gateway; JWT routes 401 without or with a bad token; POST keep-alive"
