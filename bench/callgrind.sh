@@ -35,6 +35,8 @@ done
   die "build first: cargo build --release -p galion-gateway --bins --example bare_proxy"
 mkdir -p "$OUT"
 TMP=$(mktemp -d)
+# nginx's workers (www-data when started as root) must read the origin's files.
+chmod 755 "$TMP"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -106,9 +108,9 @@ for t in $TARGETS; do
   url=http://127.0.0.1:$port/small
   for _ in $(seq 1 240); do curl -fs -o /dev/null "$url" && break; sleep 0.5; done
   curl -fs -o /dev/null "$url?w=[1-$WARMUP]" || die "$t: warm-up requests failed (log: $OUT/$t.log)"
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   codes=$(curl -s -o /dev/null -w '%{http_code}\n' "$url?q=[1-$N]" | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   [[ "$codes" == "$N×200 " ]] || die "$t: answers $codes, expected $N×200"
   total=$(callgrind_annotate "$out.1" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
