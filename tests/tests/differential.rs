@@ -430,6 +430,20 @@ async fn both_transports_give_the_same_answers_and_upstream_requests() {
         2,
         false,
     );
+    // A stored body larger than what joins the head in one write.
+    add(
+        "cache miss large",
+        get("/cached/large", "X-Test-Pad: 20000\r\n"),
+        1,
+        false,
+    );
+    add("cache hit large", get("/cached/large", ""), 1, false);
+    add(
+        "cache hits large pipelined",
+        format!("{}{}", get("/cached/large", ""), get("/cached/large", "")),
+        2,
+        false,
+    );
     add(
         "cache post",
         "POST /cached/a HTTP/1.1\r\nHost: galion.app\r\nContent-Length: 2\r\n\r\n{}".to_string(),

@@ -445,19 +445,39 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             // Stored heads are whole and valid (`cache::store`): not reached.
             _ => return false,
         };
-        if !head_request {
-            c.resp.extend_from_slice(hit.body());
+        let (bytes, complete) = if head_request {
+            (0, true)
+        } else {
+            let body = hit.body();
+            (body.len(), self.body_after_head(stream, c, body).await)
+        };
+        let open = self
+            .send_answer(
+                stream,
+                c,
+                &head,
+                &mut ctx,
+                (status, bytes),
+                (whole, keepalive && complete),
+            )
+            .await;
+        open && complete
+    }
+
+    /// A body held in memory after the head in `c.resp`: a small one joins the
+    /// head (one write), a larger one is written from where it is (the cache's
+    /// or the file cache's buffer) instead of being copied behind the head
+    /// first; both pass through the connection's write buffer. `false` when
+    /// the client stopped taking it.
+    async fn body_after_head(&self, stream: &mut Stream, c: &mut Conn, body: &[u8]) -> bool {
+        if body.len() <= 4096 {
+            c.resp.extend_from_slice(body);
+            return true;
         }
-        let bytes = if head_request { 0 } else { hit.body().len() };
-        self.send_answer(
-            stream,
-            c,
-            &head,
-            &mut ctx,
-            (status, bytes),
-            (whole, keepalive),
-        )
-        .await
+        let limit = self.send_timeout;
+        let complete = send(stream, &c.resp, limit).await && send(stream, body, limit).await;
+        c.resp.clear();
+        complete
     }
 
     /// Answers with a file (`pipeline::statics`): its head rewritten with the
@@ -503,16 +523,8 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
         let mut complete = true;
         match (&reply.body, head_request) {
             (_, true) | (Body::Empty, _) => {}
-            // A small body goes out in one write with the head; a larger one
-            // is written from where it is (the file cache's buffer), not copied.
-            (Body::Bytes(b), false) if b.len() <= 4096 => {
-                c.resp.extend_from_slice(b);
-                bytes = b.len();
-            }
             (Body::Bytes(b), false) => {
-                let limit = self.send_timeout;
-                complete = send(stream, &c.resp, limit).await && send(stream, b, limit).await;
-                c.resp.clear();
+                complete = self.body_after_head(stream, c, b).await;
                 bytes = b.len();
             }
             (Body::File { file, offset, len }, false) => {
