@@ -197,15 +197,6 @@ impl RequestCtx {
         Ok(())
     }
 
-    /// The client whose limits, jails and bans apply (see [`Client::chargeable`]).
-    pub fn chargeable_ip(&self) -> Option<IpAddr> {
-        self.client.chargeable()
-    }
-
-    pub fn last_server(&self) -> Option<usize> {
-        self.attempts.last
-    }
-
     /// Ends the in-flight count of the current attempt (least-connections).
     pub fn release_server(&mut self) {
         if let (Some(i), Some(route)) = (self.attempts.current.take(), self.route.as_ref()) {

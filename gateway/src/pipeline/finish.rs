@@ -132,7 +132,7 @@ pub async fn finish(
     {
         log_line(line, ctx, status, elapsed);
     }
-    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.chargeable_ip()) {
+    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.client.chargeable()) {
         if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
             let ev = Event {
                 route: ctx.route.as_ref().map(|r| r.name.as_ref()),
@@ -166,7 +166,7 @@ fn log_line(line: &access_log::Line<'_>, ctx: &RequestCtx, status: u16, elapsed:
         .as_ref()
         .and_then(|r| r.pool())
         .map_or("", |p| &*p.name);
-    let upstream = match (&ctx.route, ctx.last_server()) {
+    let upstream = match (&ctx.route, ctx.attempts.last) {
         (Some(r), Some(i)) => r
             .pool()
             .and_then(|p| p.servers.get(i))

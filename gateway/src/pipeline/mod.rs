@@ -211,7 +211,7 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
             return Step::Answer(Reply::error(LocalReply::BadForwarding, rid));
         }
     }
-    if let Some(ip) = ctx.chargeable_ip() {
+    if let Some(ip) = ctx.client.chargeable() {
         if let Some(ban) = env.shield.bans.check(ip, snap.config.limits.ipv6_prefix) {
             if ban.action == BanAction::Drop && !ctx.client.peer_trusted {
                 // Closed without an answer (the connection filter refuses new

@@ -115,7 +115,8 @@ async fn rate_limit(
     // A trusted proxy's own requests (and unknown clients) are never counted
     // by address: everyone behind the proxy would share its budget.
     let ip_key = ctx
-        .chargeable_ip()
+        .client
+        .chargeable()
         .map(|ip| KeyValue::Ip(client_ip::group(ip, snap.config.limits.ipv6_prefix).network()));
     let id = ctx.identity.clone();
     let key = match &policy.key {
