@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::{binary, eventually, free_port};
+use crate::{binary, free_port};
 
 pub struct Pebble {
     pub directory: String,
@@ -23,6 +23,24 @@ impl Pebble {
     /// `tls_port` (the gateway's listeners) and issues certificates valid for
     /// `validity_secs`.
     pub async fn start(http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
+        // The free ports are chosen before Pebble binds them, so a process
+        // started meanwhile (a parallel test) can take one: Pebble then exits
+        // with "address already in use", and a new attempt takes new ports.
+        let mut failures = Vec::new();
+        for _ in 0..4 {
+            match Self::try_start(http_port, tls_port, validity_secs).await {
+                Ok(p) => return p,
+                Err(log) => failures.push(log),
+            }
+        }
+        panic!("pebble did not start:\n{}", failures.join("\n---\n"));
+    }
+
+    async fn try_start(
+        http_port: u16,
+        tls_port: u16,
+        validity_secs: u64,
+    ) -> Result<Pebble, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         let out = Command::new(binary("galion-gateway"))
@@ -72,7 +90,7 @@ impl Pebble {
             .stderr(log("pebble.err"))
             .spawn()
             .expect("start pebble (apt install pebble)");
-        let p = Pebble {
+        let mut p = Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             ca_root: certs.join("ca.pem"),
             management: SocketAddr::from(([127, 0, 0, 1], management)),
@@ -80,21 +98,26 @@ impl Pebble {
             dir,
         };
         let client = p.client();
-        let url = p.directory.clone();
-        let up = eventually(15, || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                client.get(&p.directory).send(),
+            )
+            .await;
+            if matches!(answer, Ok(Ok(r)) if r.status() == 200) {
+                return Ok(p);
             }
-        })
-        .await;
-        assert!(up.is_some(), "pebble did not start:\n{}", p.log());
-        p
+            let exited = p
+                .children
+                .iter_mut()
+                .any(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || tokio::time::Instant::now() > deadline {
+                // Dropping `p` stops what still runs.
+                return Err(p.log());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// An HTTPS client that trusts Pebble's listener.
