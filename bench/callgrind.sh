@@ -14,7 +14,11 @@
 # bench/results) for callgrind_annotate --inclusive=yes.
 #
 # Targets: gateway (fast path on), gateway_slow (server.fast_path: false),
-# bare (examples/bare_proxy). Needs the release build
+# bare (examples/bare_proxy), prod_pub and prod_jwt (compare.sh MODE=prod's
+# shape: default rate limit, security headers, CORS host, a public route and
+# an `auth: jwt` route; both sent the same Bearer token and Origin, so
+# prod_jwt - prod_pub is what checking the token costs). The prod targets
+# take FAST_PATH=false for pingora's transport. Needs the release build
 # (cargo build --release -p galion-gateway --bins --example bare_proxy),
 # valgrind, nginx and curl.
 set -euo pipefail
@@ -27,7 +31,7 @@ BIN=${BIN:-$ROOT/target/release}
 OUT=${OUT:-$ROOT/bench/results/callgrind-$(date -u +%Y%m%dT%H%M%SZ)}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 die() { printf '[callgrind] error: %s\n' "$*" >&2; exit 1; }
-for t in valgrind callgrind_control callgrind_annotate curl; do
+for t in valgrind callgrind_control callgrind_annotate curl openssl; do
   command -v "$t" >/dev/null || die "$t is not installed"
 done
 [[ -x "$NGINX" ]] || die "nginx is not installed"
@@ -90,6 +94,55 @@ EOF
   fi
 }
 
+# The prod targets' HS256 secret (a file the gateway reads, 0600) and token.
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+head -c 32 /dev/urandom | b64url >"$TMP/hs256.secret"; chmod 600 "$TMP/hs256.secret"
+jwt_msg=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url).$(printf '{"iss":"https://bench.local","aud":"bench","sub":"bench-user","role":"user","jti":"bench-1","exp":4102444800}' | b64url)
+JWT=$jwt_msg.$(printf '%s' "$jwt_msg" | openssl dgst -sha256 -hmac "$(cat "$TMP/hs256.secret")" -binary | b64url)
+
+prod_conf() { # PORT ADMIN
+  cat <<EOF
+listen:
+  http: 127.0.0.1:$1
+  admin: 127.0.0.1:$2
+server:
+  threads: 1
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  pid_file: $TMP/gw-$1.pid
+  upgrade_sock: $TMP/gw-$1.sock
+  fast_path: ${FAST_PATH:-true}
+access_log:
+  enabled: false
+auth:
+  jwt:
+    hs256_secret_file: $TMP/hs256.secret
+    issuer: https://bench.local
+    audience: [bench]
+limits:
+  max_body: 1MiB
+  max_header_bytes: 32KiB
+  max_connections_per_ip: 256
+rate_limits:
+  default: { rate: 1000000/s, burst: 1000000 }
+upstreams:
+  origin:
+    servers: [127.0.0.1:$P_ORIGIN]
+hosts:
+  bench.local:
+    aliases: [127.0.0.1, localhost]
+    default: true
+    cors:
+      allow_origins: ["https://galion.app", "https://*.galion.app", "http://localhost:3000"]
+      allow_credentials: true
+      allow_headers: [authorization, content-type, x-request-id]
+    routes:
+      - { name: internal, regex: '^(/api/v1/[^/]+)?/(metrics|health|revocations)(/|\$)', deny: 404 }
+      - { name: pub, prefix: /api/v1/pub, strip_prefix: true, methods: [GET, HEAD], upstream: origin }
+      - { name: jwt, prefix: /api/v1/jwt, strip_prefix: true, methods: [GET], upstream: origin, auth: jwt }
+EOF
+}
+
 declare -A PER=()
 for t in $TARGETS; do
   port=$(free_port); admin=$(free_port)
@@ -100,16 +153,27 @@ for t in $TARGETS; do
       fp=true; [[ $t == gateway_slow ]] && fp=false
       gateway_conf "$port" "$admin" "$fp" >"$TMP/$t.yaml"
       cmd=("$BIN/galion-gateway" -c "$TMP/$t.yaml") ;;
-    *) die "unknown target $t (gateway, gateway_slow, bare)" ;;
+    prod_pub | prod_jwt)
+      prod_conf "$port" "$admin" >"$TMP/$t.yaml"
+      cmd=("$BIN/galion-gateway" -c "$TMP/$t.yaml") ;;
+    *) die "unknown target $t (gateway, gateway_slow, bare, prod_pub, prod_jwt)" ;;
+  esac
+  hdr=()
+  case $t in
+    prod_*) hdr=(-H "Authorization: Bearer $JWT" -H "Origin: https://galion.app") ;;
   esac
   # The environment is set here, not through env(1): valgrind would measure env.
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$OUT/$t.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
   url=http://127.0.0.1:$port/small
-  for _ in $(seq 1 240); do curl -fs -o /dev/null "$url" && break; sleep 0.5; done
-  curl -fs -o /dev/null "$url?w=[1-$WARMUP]" || die "$t: warm-up requests failed (log: $OUT/$t.log)"
+  case $t in
+    prod_pub) url=http://127.0.0.1:$port/api/v1/pub/small ;;
+    prod_jwt) url=http://127.0.0.1:$port/api/v1/jwt/small ;;
+  esac
+  for _ in $(seq 1 240); do curl -fs "${hdr[@]}" -o /dev/null "$url" && break; sleep 0.5; done
+  curl -fs "${hdr[@]}" -o /dev/null "$url?w=[1-$WARMUP]" || die "$t: warm-up requests failed (log: $OUT/$t.log)"
   callgrind_control -z "$pid" >/dev/null 2>&1
-  codes=$(curl -s -o /dev/null -w '%{http_code}\n' "$url?q=[1-$N]" | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
+  codes=$(curl -s "${hdr[@]}" -o /dev/null -w '%{http_code}\n' "$url?q=[1-$N]" | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   [[ "$codes" == "$N×200 " ]] || die "$t: answers $codes, expected $N×200"

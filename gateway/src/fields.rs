@@ -105,6 +105,13 @@ impl Edit {
             Edit::Set(n, _) | Edit::Default(n, _) | Edit::Append(n, _) | Edit::Remove(n) => n,
         }
     }
+
+    /// Whether every one of `edits` adds a field and none replaces, removes or
+    /// yields to another: then every field of the head is kept and every edit
+    /// written, in order ([`resolve`] would say so after comparing each name).
+    pub fn only_adds(edits: &[Edit]) -> bool {
+        edits.iter().all(|e| matches!(e, Edit::Append(..)))
+    }
 }
 
 /// The edits of one head; most fit inline.

@@ -185,7 +185,7 @@ impl JwtVerifier {
 
     /// The verdict on a token when it needs no signature check: too long, or
     /// verified before (then only its expiry is checked). `None`: not cached.
-    pub fn cached(&self, token: &str) -> Option<Result<Arc<Identity>, Reject>> {
+    pub fn cached(&self, token: &[u8]) -> Option<Result<Arc<Identity>, Reject>> {
         if token.len() > MAX_TOKEN_BYTES {
             return Some(Err(Reject::Oversized));
         }
@@ -199,7 +199,7 @@ impl JwtVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Reject> {
-        if let Some(decided) = self.cached(token) {
+        if let Some(decided) = self.cached(token.as_bytes()) {
             return decided;
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Reject::Malformed)?;

@@ -118,11 +118,23 @@ impl Authenticator {
         let Some(verifier) = self.jwt.as_ref() else {
             return Some(Err(Reject::Missing));
         };
-        let token = match bearer_token(headers, verifier.config.cookie.as_deref()) {
+        let cookie = verifier.config.cookie.as_deref();
+        // The usual request: one `Authorization: Bearer` whose token is in the
+        // cache. Anything else (a miss included) takes the whole extraction,
+        // so every refusal keeps its reason.
+        if let Some(Ok(id)) = cookie
+            .is_none()
+            .then(|| plain_bearer(headers))
+            .flatten()
+            .and_then(|t| verifier.cached(t))
+        {
+            return Some(self.unrevoked(id));
+        }
+        let token = match bearer_token(headers, cookie) {
             Ok(t) => t,
             Err(r) => return Some(Err(r)),
         };
-        let id = verifier.cached(token)?;
+        let id = verifier.cached(token.as_bytes())?;
         Some(id.and_then(|id| self.unrevoked(id)))
     }
 
@@ -173,6 +185,25 @@ fn admit(
         return Err(Reject::Forbidden);
     }
     Ok(Some(id))
+}
+
+/// The token of the one `Authorization: Bearer <token>` field, as bytes, for a
+/// cache lookup: `None` when the field is absent, repeated or of another form.
+/// Where it gives a token, [`bearer_token`] gives the same one for every token
+/// the cache can hold (those are ASCII without spaces); any other case is left
+/// to [`bearer_token`], which alone decides refusals.
+fn plain_bearer(headers: &impl Fields) -> Option<&[u8]> {
+    let mut auth = headers.all("authorization");
+    let v = auth.next()?;
+    if auth.next().is_some() {
+        return None;
+    }
+    let scheme = v.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = v[7..].trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 /// The bearer token from `Authorization` or the configured cookie; both at once, or
@@ -288,6 +319,28 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The cache lookup's extraction agrees with the whole one wherever
+        /// the latter gives a token the cache could hold (ASCII, no spaces).
+        #[test]
+        fn the_plain_extraction_agrees(v in "([Bb][Ee][Aa][Rr][Ee][Rr]|Basic)?[ \t]{0,2}[A-Za-z0-9._ \t-]{0,20}") {
+            if let Ok(hv) = http::HeaderValue::from_str(&v) {
+                let mut h = HeaderMap::new();
+                h.insert(http::header::AUTHORIZATION, hv);
+                let whole = bearer_token(&h, None).ok().map(str::as_bytes);
+                let plain = plain_bearer(&h);
+                if let Some(t) = plain {
+                    if !t.contains(&b' ') && !t.contains(&b'\t') {
+                        proptest::prop_assert_eq!(Some(t), whole);
+                    }
+                }
+                if let Some(t) = whole {
+                    if !t.contains(&b' ') && !t.contains(&b'\t') {
+                        proptest::prop_assert_eq!(plain, Some(t));
+                    }
+                }
+            }
+        }
+
         #[test]
         fn extraction_never_panics(v in "\\PC{0,200}") {
             if let Ok(hv) = http::HeaderValue::from_str(&v) {

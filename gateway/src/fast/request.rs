@@ -391,7 +391,14 @@ fn write_request_headers(
             line_at(out, &mut lines, n.as_str().as_bytes(), v.as_bytes());
         }
     }
-    if !edits.is_empty() {
+    if Edit::only_adds(edits) {
+        // The identity fields of a JWT route: appended as they are.
+        for e in edits {
+            if let Edit::Append(n, v) = e {
+                header(out, n.as_str().as_bytes(), v.as_bytes());
+            }
+        }
+    } else {
         apply_edits(out, start, &lines, edits);
     }
     out.extend_from_slice(b"\r\n");

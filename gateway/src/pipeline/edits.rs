@@ -112,8 +112,11 @@ pub fn not_forwarded(name: &str, trusted: bool) -> bool {
 /// identity's fields, the pool's `Host`, then the route's `request_headers`.
 pub fn request(ctx: &RequestCtx, route: &Route, out: &mut Edits) {
     if let Some(id) = &ctx.identity {
+        // Added, not set: the client's own `X-User-*` never get this far
+        // ([`is_forged`]), so there is nothing to replace, and a head whose
+        // edits only add needs no pass over its fields (`Edit::only_adds`).
         for (k, v) in &id.headers {
-            out.push(Edit::Set(k.clone(), v.clone()));
+            out.push(Edit::Append(k.clone(), v.clone()));
         }
     }
     if let Some(v) = route.pool().and_then(|p| p.host_header.as_ref()) {
