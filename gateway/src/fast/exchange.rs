@@ -467,15 +467,20 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
     /// A body held in memory after the head in `c.resp`: a small one joins the
     /// head (one write), a larger one is written from where it is (the cache's
     /// or the file cache's buffer) instead of being copied behind the head
-    /// first; both pass through the connection's write buffer. `false` when
-    /// the client stopped taking it.
+    /// first, head and body in one vectored write (a body larger than the
+    /// connection's write buffer then leaves with its head in one send, not
+    /// after it in a second). `false` when the client stopped taking it.
     async fn body_after_head(&self, stream: &mut Stream, c: &mut Conn, body: &[u8]) -> bool {
         if body.len() <= 4096 {
             c.resp.extend_from_slice(body);
             return true;
         }
-        let limit = self.send_timeout;
-        let complete = send(stream, &c.resp, limit).await && send(stream, body, limit).await;
+        let mut both = bytes::Buf::chain(&c.resp[..], body);
+        let complete = matches!(
+            pingora_timeout::tokio_timeout(self.send_timeout, stream.write_all_buf(&mut both))
+                .await,
+            Ok(Ok(()))
+        );
         c.resp.clear();
         complete
     }
