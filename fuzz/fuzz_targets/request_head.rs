@@ -152,7 +152,7 @@ fn transports_agree(head: &[u8], env: &Env<'_>, peer: IpAddr, decision: &Decisio
         panic!("the fast path took a head pingora's parser refuses");
     };
     let view = proxy::view(&req, Some(peer));
-    let mut ctx = RequestCtx::new();
+    let mut ctx = RequestCtx::new(env.snap.clone());
     let step = match pipeline::route(env, &view, &mut ctx) {
         Step::Route(route) => {
             match futures::executor::block_on(pipeline::policies(env, &view, &mut ctx, &route)) {

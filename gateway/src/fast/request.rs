@@ -279,7 +279,7 @@ pub async fn decide(
         peer,
         head_size: (target.len() + 16 + seen.size) as u64,
     };
-    let mut ctx = RequestCtx::new();
+    let mut ctx = RequestCtx::new(env.snap.clone());
     let route = match pipeline::route(env, &view, &mut ctx) {
         Step::Route(r) => r,
         Step::Answer(reply) => return Decision::Answer(Box::new(Local { head, reply, ctx })),

@@ -68,20 +68,20 @@ impl LocalReply {
     }
 }
 
-/// Per-request state, in the stages a request goes through: who sent it
-/// ([`Client`], set by `pipeline::route`), where it goes (`snapshot`,
-/// `route`, set by `pipeline::route`), what the policies decided
-/// (`identity`, `rate`, `local`), and the upstream [`Attempts`]. Pingora's
-/// phases share one value of this type, so what a later stage sets is an
-/// `Option` there; the pipeline's own functions take the stages they need.
+/// Per-request state, in the stages a request goes through: the
+/// configuration it is served by (`snapshot`, from its start), who sent it
+/// ([`Client`]) and where it goes ([`Routed`]), both set by
+/// `pipeline::route`, what the policies decided (`identity`, `rate`,
+/// `local`), and the upstream [`Attempts`]. Pingora's phases share one value
+/// of this type, so a stage that comes later is an `Option` there, one per
+/// stage; the pipeline's own functions take the stages they need.
 pub struct RequestCtx {
     pub start: Instant,
-    /// Loaded once in `request_filter`; the whole request uses this snapshot.
-    pub snapshot: Option<Arc<Snapshot>>,
-    pub route: Option<Arc<Route>>,
-    /// The path routed on, when the client's differs from it (`routing::normalize_path`);
-    /// it is what the upstream gets.
-    pub normalized_path: Option<String>,
+    /// Loaded once when the request begins; the whole request uses this
+    /// snapshot, even if a reload swaps another in meanwhile.
+    pub snapshot: Arc<Snapshot>,
+    /// The route found for the request.
+    pub routed: Option<Routed>,
     pub client: Client,
     pub request_id: Option<HeaderValue>,
     pub attempts: Attempts,
@@ -101,6 +101,14 @@ pub struct RequestCtx {
     /// Brotli done here rather than by pingora's module, whose brotli stream is
     /// never terminated (clients see a truncated body).
     pub brotli: Option<Box<brotli::CompressorWriter<Vec<u8>>>>,
+}
+
+/// Where a request goes: its route, and the path it was routed on when the
+/// client's differs from it (`routing::normalize_path`), which is what the
+/// upstream gets.
+pub struct Routed {
+    pub route: Arc<Route>,
+    pub normalized_path: Option<String>,
 }
 
 /// Who sent the request: the TCP peer and the client it speaks for
@@ -157,12 +165,12 @@ pub struct LogFields {
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    /// A request served by `snapshot`.
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
         RequestCtx {
             start: Instant::now(),
-            snapshot: None,
-            route: None,
-            normalized_path: None,
+            snapshot,
+            routed: None,
             client: Client::default(),
             request_id: None,
             attempts: Attempts::default(),
@@ -176,6 +184,16 @@ impl RequestCtx {
             cache_status: None,
             brotli: None,
         }
+    }
+
+    /// The request's route, once `pipeline::route` found it.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.routed.as_ref().map(|r| &r.route)
+    }
+
+    /// The path the upstream gets when it differs from the client's.
+    pub fn normalized_path(&self) -> Option<&str> {
+        self.routed.as_ref()?.normalized_path.as_deref()
     }
 
     /// Records the peer and resolves the client (the same for every
@@ -199,17 +217,11 @@ impl RequestCtx {
 
     /// Ends the in-flight count of the current attempt (least-connections).
     pub fn release_server(&mut self) {
-        if let (Some(i), Some(route)) = (self.attempts.current.take(), self.route.as_ref()) {
+        if let (Some(i), Some(route)) = (self.attempts.current.take(), self.route()) {
             if let Some(s) = route.pool().and_then(|p| p.servers.get(i)) {
                 s.inflight
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }

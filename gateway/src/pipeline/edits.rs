@@ -143,7 +143,7 @@ pub fn response(ctx: &RequestCtx, https: bool, origin: Option<&[u8]>, out: &mut 
     if let Some((policy, outcome)) = &ctx.rate {
         crate::limits::headers::edits(policy, outcome, out);
     }
-    if let Some(route) = &ctx.route {
+    if let Some(route) = ctx.route() {
         if let Some(cors) = &route.cors {
             crate::cors::response_edits(cors, origin, out);
         }

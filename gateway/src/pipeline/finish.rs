@@ -63,10 +63,7 @@ pub enum Failure {
 /// only an idempotent request that got no response yet (a POST may have
 /// been processed).
 pub fn attempt_failed(ctx: &RequestCtx, method: &http::Method, failure: Failure) -> bool {
-    let (Some(pool), Some(i)) = (
-        ctx.route.as_ref().and_then(|r| r.pool()),
-        ctx.attempts.current,
-    ) else {
+    let (Some(pool), Some(i)) = (ctx.route().and_then(|r| r.pool()), ctx.attempts.current) else {
         return false;
     };
     pool.report_failure(i);
@@ -88,10 +85,7 @@ pub fn attempt_failed(ctx: &RequestCtx, method: &http::Method, failure: Failure)
 /// Counts an attempt whose response head arrived.
 pub fn attempt_answered(ctx: &mut RequestCtx) {
     ctx.attempts.response_started = true;
-    if let (Some(pool), Some(i)) = (
-        ctx.route.as_ref().and_then(|r| r.pool()),
-        ctx.attempts.current,
-    ) {
+    if let (Some(pool), Some(i)) = (ctx.route().and_then(|r| r.pool()), ctx.attempts.current) {
         pool.report_success(i);
         pool.metrics.ok.inc();
         if let Some(t) = ctx.attempts.started {
@@ -113,29 +107,26 @@ pub async fn finish(
 ) {
     ctx.release_server();
     let elapsed = ctx.start.elapsed();
-    if let (Some(route), Some(cs)) = (&ctx.route, ctx.cache_status) {
+    if let (Some(route), Some(cs)) = (ctx.route(), ctx.cache_status) {
         crate::metrics::metrics()
             .cache_lookups
             .with_label_values(&[route.name.as_ref(), cs])
             .inc();
     }
-    let metrics = match &ctx.route {
+    let metrics = match ctx.route() {
         Some(route) => &route.metrics,
         None => crate::metrics::unrouted(),
     };
     metrics.record(line.method, status, elapsed.as_secs_f64());
     metrics.record_bytes(ctx.body_bytes, line.bytes as u64);
-    if ctx
-        .snapshot
-        .as_ref()
-        .is_some_and(|s| s.config.access_log.enabled)
-    {
+    if ctx.snapshot.config.access_log.enabled {
         log_line(line, ctx, status, elapsed);
     }
-    if let (Some(snap), Some(ip)) = (ctx.snapshot.clone(), ctx.client.chargeable()) {
+    if let Some(ip) = ctx.client.chargeable() {
+        let snap = &ctx.snapshot;
         if !snap.config.jails.is_empty() && ctx.local != Some(LocalReply::Banned) {
             let ev = Event {
-                route: ctx.route.as_ref().map(|r| r.name.as_ref()),
+                route: ctx.route().map(|r| r.name.as_ref()),
                 status,
                 auth_reject: ctx.auth_reject.map(|r| r.as_str()),
                 rate_limited: ctx.local == Some(LocalReply::RateLimited),
@@ -159,14 +150,10 @@ fn log_line(line: &access_log::Line<'_>, ctx: &RequestCtx, status: u16, elapsed:
         return;
     }
     let host = line.host;
-    let route = ctx.route.as_ref().map_or("", |r| &r.name);
+    let route = ctx.route().map_or("", |r| &r.name);
     // The pool the route forwards to; `upstream` is its server that answered.
-    let pool = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.pool())
-        .map_or("", |p| &*p.name);
-    let upstream = match (&ctx.route, ctx.attempts.last) {
+    let pool = ctx.route().and_then(|r| r.pool()).map_or("", |p| &*p.name);
+    let upstream = match (ctx.route(), ctx.attempts.last) {
         (Some(r), Some(i)) => r
             .pool()
             .and_then(|p| p.servers.get(i))

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use http::{Method, Version};
 
-pub use ctx::{Attempts, Client, LocalReply, LogFields, RequestCtx};
+pub use ctx::{Attempts, Client, LocalReply, LogFields, RequestCtx, Routed};
 pub use finish::{attempt_answered, attempt_failed, finish, is_idempotent, pick_server, Failure};
 pub use policy::policies;
 pub use reply::Reply;
@@ -194,7 +194,6 @@ pub fn is_ambiguous(f: &impl Fields) -> bool {
 /// hand the request to another one afterwards.
 pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCtx) -> Step {
     let snap = env.snap;
-    ctx.snapshot = Some(snap.clone());
     if snap.config.access_log.enabled {
         ctx.log = Some(log_fields(env, req));
     }
@@ -250,11 +249,7 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
     }
     ctx.security = Some(host_routes.security.clone());
     let routed = crate::routing::normalize_path(req.path);
-    let found = host_routes.find(&routed, req.method);
-    if let Cow::Owned(p) = routed {
-        ctx.normalized_path = Some(p);
-    }
-    let route = match found {
+    let route = match host_routes.find(&routed, req.method) {
         RouteMatch::Found(route) => route.clone(),
         RouteMatch::MethodNotAllowed(allow) => {
             ctx.local = Some(LocalReply::MethodNotAllowed);
@@ -262,7 +257,13 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
         }
         RouteMatch::NotFound => return Step::Answer(Reply::error(LocalReply::NoRoute, rid)),
     };
-    ctx.route = Some(route.clone());
+    ctx.routed = Some(Routed {
+        route: route.clone(),
+        normalized_path: match routed {
+            Cow::Owned(p) => Some(p),
+            Cow::Borrowed(_) => None,
+        },
+    });
     if let Action::Deny { status } = route.action {
         // As if nothing were there: before any policy or redirect.
         return Step::Answer(Reply::deny(status, rid));

@@ -32,7 +32,7 @@ pub async fn serve<F: Fields>(
     site: &Arc<StaticSite>,
 ) -> FileReply {
     ctx.local = Some(LocalReply::RouteAction);
-    let routed = ctx.normalized_path.as_deref().unwrap_or(req.path);
+    let routed = ctx.normalized_path().unwrap_or(req.path);
     let field = |n: &str| req.fields.get(n).map(<[u8]>::to_vec);
     let freq = FileRequest {
         method: req.method.clone(),

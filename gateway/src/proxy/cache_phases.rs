@@ -16,7 +16,7 @@ use crate::fields::{self, Edits};
 /// Turns the cache on for this request when its route asks for it and nothing
 /// forbids it (method, credentials).
 pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
-    let Some(route) = ctx.route.as_ref() else {
+    let Some(route) = ctx.route() else {
         return;
     };
     let Some(rc) = route.cache.as_ref() else {
@@ -27,10 +27,7 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
         ctx.cache_status = Some("BYPASS");
         return;
     }
-    let Some(snap) = ctx.snapshot.as_ref() else {
-        return;
-    };
-    let c = cache::get().unwrap_or_else(|| cache::init(&snap.config.cache));
+    let c = cache::get().unwrap_or_else(|| cache::init(&ctx.snapshot.config.cache));
     session
         .cache
         .enable(c.store, Some(c.eviction), None, Some(c.lock), None);
@@ -72,7 +69,7 @@ pub async fn write_hit(
 }
 
 pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
-    let Some(route) = ctx.route.as_ref() else {
+    let Some(route) = ctx.route() else {
         return Error::e_explain(ErrorType::InternalError, "cache key without a route");
     };
     let Some(rc) = route.cache.as_ref() else {
@@ -88,7 +85,7 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
 }
 
 pub fn cacheable(resp: &ResponseHeader, ctx: &RequestCtx) -> RespCacheable {
-    match ctx.route.as_ref().and_then(|r| r.cache.as_ref()) {
+    match ctx.route().and_then(|r| r.cache.as_ref()) {
         Some(rc) => cache::cacheable(resp, rc, SystemTime::now()),
         None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
     }

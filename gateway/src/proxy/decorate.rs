@@ -45,9 +45,9 @@ pub fn upstream_head(
             .authority()
             .map(|a| a.as_str().to_owned())
     };
-    let routed = ctx.normalized_path.as_deref();
+    let routed = ctx.normalized_path();
     let path = routed.unwrap_or(upstream_request.uri.path());
-    match ctx.route.as_ref().and_then(|r| r.rewritten_path(path)) {
+    match ctx.route().and_then(|r| r.rewritten_path(path)) {
         Some(p) => forward::set_path(upstream_request, &p)?,
         None => {
             if let Some(p) = routed {
@@ -65,7 +65,7 @@ pub fn upstream_head(
     let mut edits = Edits::new();
     let client = &upstream_request.headers;
     crate::pipeline::edits::forwarding(ctx, https, client, authority.as_deref(), &mut edits);
-    if let Some(route) = ctx.route.as_deref() {
+    if let Some(route) = ctx.route() {
         crate::pipeline::edits::request(ctx, route, &mut edits);
     }
     head::edit_request(upstream_request, edits.len(), |h| {

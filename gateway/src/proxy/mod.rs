@@ -70,14 +70,14 @@ impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.snapshot.load_full())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // pingora has no write timeout of its own: a client that stopped
         // reading would hold the response (and its upstream) for ever.
         session.set_write_timeout(Some(self.send_timeout));
-        let snap = self.snapshot.load_full();
+        let snap = ctx.snapshot.clone();
         let tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -141,7 +141,7 @@ impl ProxyHttp for GatewayProxy {
         if let Some(b) = body.as_ref() {
             ctx.body_bytes += b.len() as u64;
         }
-        if let Some(max) = ctx.route.as_ref().and_then(|r| r.max_body) {
+        if let Some(max) = ctx.route().and_then(|r| r.max_body) {
             if ctx.body_bytes > max {
                 // Stops the upload before the upstream gets the whole body.
                 ctx.local = Some(LocalReply::BodyTooLarge);
@@ -152,17 +152,15 @@ impl ProxyHttp for GatewayProxy {
         // POST): once it has taken longer than a head may, it must keep up an
         // average rate. Not for upgraded connections: an idle WebSocket is fine.
         if !end_of_stream && !session.was_upgraded() && !session.is_upgrade_req() {
-            if let Some(s) = ctx.snapshot.as_ref() {
-                let server = &s.config.server;
-                if crate::limits::body_too_slow(
-                    ctx.body_bytes,
-                    ctx.start.elapsed(),
-                    server.header_timeout,
-                    server.min_body_rate,
-                ) {
-                    ctx.local = Some(LocalReply::TooSlow);
-                    return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
-                }
+            let server = &ctx.snapshot.config.server;
+            if crate::limits::body_too_slow(
+                ctx.body_bytes,
+                ctx.start.elapsed(),
+                server.header_timeout,
+                server.min_body_rate,
+            ) {
+                ctx.local = Some(LocalReply::TooSlow);
+                return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
             }
         }
         Ok(())
@@ -173,7 +171,7 @@ impl ProxyHttp for GatewayProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.clone() else {
+        let Some(route) = ctx.route().cloned() else {
             return Error::e_explain(ErrorType::InternalError, "no route in context");
         };
         let req = session.req_header();
@@ -219,7 +217,7 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<pingora::cache::key::HashBinary> {
-        let rc = ctx.route.as_ref()?.cache.as_ref()?;
+        let rc = ctx.route()?.cache.as_ref()?;
         crate::cache::variance(meta, req, rc)
     }
 
@@ -304,7 +302,7 @@ impl ProxyHttp for GatewayProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         let upstream_fault = e.esource() == &ErrorSource::Upstream;
-        if ctx.route.as_ref().and_then(|r| r.pool()).is_some() && ctx.attempts.current.is_some() {
+        if ctx.route().and_then(|r| r.pool()).is_some() && ctx.attempts.current.is_some() {
             let timeout = matches!(
                 e.etype(),
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout

@@ -18,7 +18,7 @@ pub fn response(
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
-    let (cached, compress) = match ctx.route.as_deref() {
+    let (cached, compress) = match ctx.route().map(|r| &**r) {
         Some(r) if r.cache.is_some() || r.compress.is_some() => {
             (r.cache.is_some(), r.compress.clone())
         }
