@@ -49,9 +49,32 @@ pub fn launch_gateway_env(config: &str, server_keys: &str, env: &[(&str, &str)])
 }
 
 async fn start(config: &str, tls: bool, server_keys: &str) -> Gateway {
+    // A port from `free_addr` is free when chosen, not reserved: a parallel
+    // test can bind it before the gateway does. pingora then logs "<addr> is
+    // in use" and keeps trying, and a client would reach the other test's
+    // server. Such a gateway is stopped and started again on fresh ports.
+    for _ in 0..3 {
+        let gw = launch_fresh(config, tls, server_keys, &[]);
+        match gw.listening_within(Duration::from_secs(15)).await {
+            Listening::Yes => return gw,
+            Listening::PortTaken => continue,
+            Listening::No => {
+                gw.wait_ready().await;
+                return gw;
+            }
+        }
+    }
     let gw = launch_fresh(config, tls, server_keys, &[]);
     gw.wait_ready().await;
     gw
+}
+
+enum Listening {
+    Yes,
+    /// One of its ports was bound by another process first.
+    PortTaken,
+    /// Not within the time (the log says why).
+    No,
 }
 
 fn launch_fresh(config: &str, tls: bool, server_keys: &str, env: &[(&str, &str)]) -> Gateway {
@@ -140,7 +163,73 @@ fn launch(
         .expect("start galion-gateway")
 }
 
+/// Whether process `pid` holds a listening TCP socket on `addr`: one of its
+/// descriptors is a socket whose inode the kernel's table lists as listening
+/// there. Connecting would not tell: the port may be another process's.
+fn holds_listener(pid: u32, addr: SocketAddr) -> bool {
+    let SocketAddr::V4(want) = addr else {
+        return false;
+    };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: std::collections::HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let t = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            t.parse().ok()
+        })
+        .collect();
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    // `0100007F:1F90` is 127.0.0.1:8080 (the address as the kernel's
+    // little-endian word); state 0A is LISTEN; the tenth column the inode.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(want.ip().octets()),
+        want.port()
+    );
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 9
+            && f[1] == local
+            && f[3] == "0A"
+            && f[9].parse::<u64>().is_ok_and(|i| inodes.contains(&i))
+    })
+}
+
 impl Gateway {
+    /// Waits until the admin port answers and the process itself holds its
+    /// proxy listeners.
+    async fn listening_within(&self, limit: Duration) -> Listening {
+        let url = format!("http://{}/health/live", self.admin);
+        let pid = self.child.id();
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if self.log().contains(" is in use") {
+                return Listening::PortTaken;
+            }
+            let admin = client()
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if admin
+                && holds_listener(pid, self.http)
+                && self.https.is_none_or(|a| holds_listener(pid, a))
+            {
+                return Listening::Yes;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Listening::No
+    }
+
     /// Waits until the admin and proxy listeners answer; fails the test with the
     /// gateway's log when they do not within 15 s.
     pub async fn wait_ready(&self) {
@@ -160,17 +249,18 @@ impl Gateway {
         })
         .await;
         assert!(up.is_some(), "gateway did not start:\n{}", gw.log());
-        // The proxy listener starts with the admin one; make sure it accepts too.
-        let proxy_up = eventually(5, || async move {
-            tokio::net::TcpStream::connect(http).await.ok()
-        })
-        .await;
+        // The proxy listener starts with the admin one; make sure this process
+        // holds it (a connection could reach another process on that port).
+        let pid = gw.child.id();
+        let proxy_up =
+            eventually(5, || async move { holds_listener(pid, http).then_some(()) }).await;
         assert!(proxy_up.is_some(), "proxy listener not up:\n{}", gw.log());
         // The HTTPS listener is a separate pingora service: it can come up a moment later.
         if let Some(https) = https {
-            let tls_up = eventually(5, || async move {
-                tokio::net::TcpStream::connect(https).await.ok()
-            })
+            let tls_up = eventually(
+                5,
+                || async move { holds_listener(pid, https).then_some(()) },
+            )
             .await;
             assert!(tls_up.is_some(), "https listener not up:\n{}", gw.log());
         }
@@ -351,5 +441,37 @@ pub fn reap_within(child: &mut Child, limit: Duration) {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "upstreams:\n  o: { servers: [\"127.0.0.1:9\"] }\nhosts:\n  t.example:\n    routes:\n      - { name: all, prefix: /, upstream: o }\n";
+
+    /// The race `start` guards against: the proxy port is someone else's by
+    /// the time the gateway binds it. Connecting would reach that one; the
+    /// fixture must see that the port is not the gateway's.
+    #[tokio::test]
+    async fn a_port_another_process_holds_is_not_taken_for_the_gateways() {
+        let thief = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = thief.local_addr().expect("addr");
+        assert!(holds_listener(std::process::id(), port));
+        assert!(!holds_listener(std::process::id(), free_addr()));
+        let gw = launch_on(CONFIG, port, None, free_addr(), &[]);
+        assert!(matches!(
+            gw.listening_within(Duration::from_secs(10)).await,
+            Listening::PortTaken
+        ));
+        assert!(!holds_listener(gw.child.id(), port));
+        // Stopped before the next one starts (it would keep trying the port).
+        drop(gw);
+        // The same gateway on a port of its own is seen listening.
+        let ok = launch_fresh(CONFIG, false, "", &[]);
+        assert!(matches!(
+            ok.listening_within(Duration::from_secs(15)).await,
+            Listening::Yes
+        ));
     }
 }
