@@ -65,7 +65,8 @@ http {
 EOF
 "$NGINX" -p "$TMP" -c "$TMP/origin.conf" -e "$TMP/logs/origin.err"
 
-gateway_conf() { # PORT ADMIN FAST_PATH
+# What every target's config starts with: listeners, one worker, no access log.
+common_conf() { # PORT ADMIN FAST_PATH
   cat <<EOF
 listen:
   http: 127.0.0.1:$1
@@ -79,6 +80,12 @@ server:
   fast_path: $3
 access_log:
   enabled: false
+EOF
+}
+
+gateway_conf() { # PORT ADMIN FAST_PATH
+  common_conf "$@"
+  cat <<EOF
 upstreams:
   origin:
     servers: [127.0.0.1:$P_ORIGIN]
@@ -101,19 +108,8 @@ jwt_msg=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url).$(printf '{"iss":"https
 JWT=$jwt_msg.$(printf '%s' "$jwt_msg" | openssl dgst -sha256 -hmac "$(cat "$TMP/hs256.secret")" -binary | b64url)
 
 prod_conf() { # PORT ADMIN
+  common_conf "$1" "$2" "${FAST_PATH:-true}"
   cat <<EOF
-listen:
-  http: 127.0.0.1:$1
-  admin: 127.0.0.1:$2
-server:
-  threads: 1
-  grace_period: 1s
-  graceful_shutdown_timeout: 1s
-  pid_file: $TMP/gw-$1.pid
-  upgrade_sock: $TMP/gw-$1.sock
-  fast_path: ${FAST_PATH:-true}
-access_log:
-  enabled: false
 auth:
   jwt:
     hs256_secret_file: $TMP/hs256.secret
