@@ -214,11 +214,11 @@ impl Gateway {
             if self.log().contains(" is in use") {
                 return Listening::PortTaken;
             }
-            let admin = client()
-                .get(&url)
-                .send()
+            // Bounded: a port taken by a process that accepts and stays silent
+            // would hold the request for the client's whole timeout.
+            let admin = tokio::time::timeout(Duration::from_secs(1), client().get(&url).send())
                 .await
-                .is_ok_and(|r| r.status() == 200);
+                .is_ok_and(|r| r.is_ok_and(|r| r.status() == 200));
             if admin
                 && holds_listener(pid, self.http)
                 && self.https.is_none_or(|a| holds_listener(pid, a))

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{eventually, free_addr};
+use crate::free_addr;
 
 /// The shared Redis every cluster test may use: `GALION_TEST_REDIS_URL`, else
 /// the one on 127.0.0.1:6379 (`./test.sh` sets the variable, starting a private
@@ -72,6 +72,16 @@ impl RedisServer {
             child: None,
             dir,
         };
+        // A port from `free_addr` is not reserved: a parallel test can bind it
+        // first, and redis-server then exits. It starts again on another port.
+        for _ in 0..3 {
+            s.spawn();
+            if s.up().await {
+                return s;
+            }
+            s.stop();
+            s.addr = free_addr();
+        }
         s.start_again().await;
         s
     }
@@ -82,6 +92,15 @@ impl RedisServer {
 
     /// (Re)starts the server on its port.
     pub async fn start_again(&mut self) {
+        self.spawn();
+        assert!(
+            self.up().await,
+            "redis-server did not start on {}",
+            self.addr
+        );
+    }
+
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -100,17 +119,34 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server (apt install redis-server)");
         self.child = Some(child);
+    }
+
+    /// Whether the server answers within 10 s; `false` at once when the
+    /// process exited (its port was taken).
+    async fn up(&mut self) -> bool {
         let url = self.url();
-        let up = eventually(10, || {
-            let url = url.clone();
-            async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self
+                .child
+                .as_mut()
+                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                return false;
+            }
+            let pong = async {
                 let c = redis::Client::open(url.as_str()).ok()?;
                 let mut c = c.get_multiplexed_async_connection().await.ok()?;
                 redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            };
+            // Bounded: a port taken by a process that accepts and stays
+            // silent would hold the handshake for ever.
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), pong).await {
+                return true;
             }
-        })
-        .await;
-        assert!(up.is_some(), "redis-server did not start on {}", self.addr);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Kills the server (by its PID).
@@ -127,5 +163,33 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race `start` guards against: the port is bound by someone else
+    /// before redis-server binds it. The fixture sees the server exit instead
+    /// of waiting out its 10 s, and a fresh start gets a port of its own.
+    #[tokio::test]
+    async fn a_taken_port_is_noticed_and_another_one_used() {
+        let thief = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut s = RedisServer {
+            addr: thief.local_addr().expect("addr"),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        s.spawn();
+        let t = std::time::Instant::now();
+        assert!(!s.up().await);
+        assert!(t.elapsed() < Duration::from_secs(10));
+        drop(s);
+        let s = RedisServer::start().await;
+        assert_ne!(s.addr, thief.local_addr().expect("addr"));
+        let mut c = connect(&s.url()).await;
+        let pong: String = redis::cmd("PING").query_async(&mut c).await.expect("ping");
+        assert_eq!(pong, "PONG");
     }
 }
