@@ -9,6 +9,7 @@ use http::HeaderValue;
 use crate::auth::{Identity, Reject};
 use crate::client_ip;
 use crate::config::{RatePolicy, SecurityHeaders, TrustedProxies};
+use crate::fields::Fields;
 use crate::limits::Outcome;
 use crate::routing::Route;
 use crate::snapshot::Snapshot;
@@ -196,20 +197,29 @@ impl RequestCtx {
         self.routed.as_ref()?.normalized_path.as_deref()
     }
 
-    /// Records the peer and resolves the client (the same for every
-    /// transport); `Err` when the forwarding chain cannot be read (answer 400,
-    /// charge nobody).
-    pub fn identify<'a>(
+    /// Records the peer and resolves the client from the request's
+    /// forwarding fields (the same for every transport); `Err` when the
+    /// forwarding chain cannot be read (answer 400, charge nobody).
+    pub fn identify(
         &mut self,
         peer: IpAddr,
         trusted: &TrustedProxies,
-        xff: impl DoubleEndedIterator<Item = &'a [u8]>,
-        cdn: Option<&[u8]>,
+        fields: &impl Fields,
     ) -> Result<(), client_ip::BadChain> {
         let peer = client_ip::canonical(peer);
         self.client.peer = Some(peer);
         self.client.peer_trusted = trusted.is_trusted(peer);
-        let c = client_ip::resolve(peer, trusted, xff, cdn)?;
+        // Only a trusted proxy's forwarding fields count: from anyone else
+        // they are not even looked up.
+        let (xff, cdn) = if self.client.peer_trusted {
+            let cdn = fields
+                .get("cf-connecting-ip")
+                .or_else(|| fields.get("true-client-ip"));
+            (Some(fields.all("x-forwarded-for")), cdn)
+        } else {
+            (None, None)
+        };
+        let c = client_ip::resolve(peer, trusted, xff.into_iter().flatten(), cdn)?;
         self.client.ip = Some(c.ip);
         self.client.is_proxy = c.is_proxy;
         Ok(())

@@ -38,8 +38,13 @@ pub fn forwarding<F: Fields>(
     let trusted = ctx.client.peer_trusted;
     let peer_value = ctx.client.peer.and_then(ip_value);
     if let Some(peer_value) = &peer_value {
-        let mut prior = fields.all("x-forwarded-for").peekable();
-        let chain = if trusted && prior.peek().is_some() {
+        // A chain is kept only from a trusted proxy: not even looked up otherwise.
+        let mut prior = trusted
+            .then(|| fields.all("x-forwarded-for"))
+            .into_iter()
+            .flatten()
+            .peekable();
+        let chain = if prior.peek().is_some() {
             let mut chain = Vec::with_capacity(64);
             for p in prior {
                 chain.extend_from_slice(p);

@@ -201,12 +201,10 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
     ctx.request_id = Some(rid.clone());
     let rid = Some(&rid);
     if let Some(peer) = req.peer {
-        let cdn = req
-            .fields
-            .get("cf-connecting-ip")
-            .or_else(|| req.fields.get("true-client-ip"));
-        let xff = req.fields.all("x-forwarded-for");
-        if ctx.identify(peer, &snap.trusted_proxies, xff, cdn).is_err() {
+        if ctx
+            .identify(peer, &snap.trusted_proxies, req.fields)
+            .is_err()
+        {
             return Step::Answer(Reply::error(LocalReply::BadForwarding, rid));
         }
     }
