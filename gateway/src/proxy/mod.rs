@@ -362,13 +362,18 @@ impl ProxyHttp for GatewayProxy {
             .or_else(|| e.map(|e| respond::classify(e).0))
             .unwrap_or(0);
         let req = session.req_header();
-        let line = access_log::Line {
-            host: req
-                .headers
+        // Only the access log line names the host: not looked up without it.
+        let host = if ctx.snapshot.config.access_log.enabled {
+            req.headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri.host())
-                .unwrap_or(""),
+                .unwrap_or("")
+        } else {
+            ""
+        };
+        let line = access_log::Line {
+            host,
             method: &req.method,
             path: req.uri.path(),
             bytes: session.body_bytes_sent(),
