@@ -117,19 +117,20 @@ impl Edit {
 /// The edits of one head; most fit inline.
 pub type Edits = smallvec::SmallVec<[Edit; 12]>;
 
-/// Applies `edits` in order to a header map (pingora's transport).
-pub fn apply(map: &mut HeaderMap, edits: &[Edit]) -> pingora::Result<()> {
+/// Applies `edits` in order to a header map (pingora's transport). Taken by
+/// value: names and values move into the map, not cloned and dropped.
+pub fn apply(map: &mut HeaderMap, edits: Edits) -> pingora::Result<()> {
     for e in edits {
         match e {
-            Edit::Set(n, v) => crate::head::set(map, n, v.clone())?,
+            Edit::Set(n, v) => crate::head::set(map, n, v)?,
             Edit::Default(n, v) => {
-                if !map.contains_key(n) {
-                    crate::head::set(map, n, v.clone())?;
+                if !map.contains_key(&n) {
+                    crate::head::set(map, n, v)?;
                 }
             }
-            Edit::Append(n, v) => crate::head::add(map, n, v.clone())?,
+            Edit::Append(n, v) => crate::head::add(map, n, v)?,
             Edit::Remove(n) => {
-                map.remove(n);
+                map.remove(&n);
             }
         }
     }
@@ -253,7 +254,7 @@ mod tests {
         for (k, val) in own {
             map.append(n(k), v(val));
         }
-        apply(&mut map, &edits).unwrap();
+        apply(&mut map, edits.iter().cloned().collect()).unwrap();
         let names: Vec<&str> = own.iter().map(|(k, _)| *k).collect();
         let (mut keep, mut live) = (vec![true; names.len()], vec![false; edits.len()]);
         resolve(&names, &edits, &mut keep, &mut live);

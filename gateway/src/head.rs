@@ -79,15 +79,15 @@ pub fn edit_response<R>(
 
 /// `HeaderMap::insert` without its panic on a full map (32k entries; pingora's
 /// parser stops far below that, so this is belt and braces).
-pub fn set(map: &mut HeaderMap, name: &HeaderName, value: HeaderValue) -> Result<()> {
-    map.try_insert(name.clone(), value)
+pub fn set(map: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> Result<()> {
+    map.try_insert(name, value)
         .or_err(ErrorType::InternalError, "too many headers")?;
     Ok(())
 }
 
 /// `HeaderMap::append`, likewise.
-pub fn add(map: &mut HeaderMap, name: &HeaderName, value: HeaderValue) -> Result<()> {
-    map.try_append(name.clone(), value)
+pub fn add(map: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> Result<()> {
+    map.try_append(name, value)
         .or_err(ErrorType::InternalError, "too many headers")?;
     Ok(())
 }
@@ -112,10 +112,10 @@ mod tests {
         edit_request(&mut req, 2, |h| {
             set(
                 h,
-                &HeaderName::from_static("x-added"),
+                HeaderName::from_static("x-added"),
                 HeaderValue::from_static("y"),
             )?;
-            add(h, &http::header::ACCEPT, HeaderValue::from_static("c"))
+            add(h, http::header::ACCEPT, HeaderValue::from_static("c"))
         })
         .unwrap();
         assert_eq!(req.method, http::Method::POST);
@@ -169,7 +169,7 @@ mod tests {
         resp.set_reason_phrase(Some("Fine Really")).unwrap();
         resp.insert_header("Content-Type", "text/plain").unwrap();
         edit_response(&mut resp, 1, |h| {
-            set(h, &http::header::SERVER, HeaderValue::from_static("g"))
+            set(h, http::header::SERVER, HeaderValue::from_static("g"))
         })
         .unwrap();
         assert_eq!(resp.status.as_u16(), 299);

@@ -70,7 +70,7 @@ pub fn upstream_head(
     }
     head::edit_request(upstream_request, edits.len(), |h| {
         forward::strip_forged(h, ctx.client.peer_trusted);
-        fields::apply(h, &edits)
+        fields::apply(h, edits)
     })
 }
 
@@ -90,6 +90,6 @@ pub fn response(
         .flatten();
     let mut edits = Edits::new();
     crate::pipeline::edits::response(ctx, https, origin.map(|o| o.as_bytes()), &mut edits);
-    head::edit_response(resp, edits.len(), |h| fields::apply(h, &edits))?;
+    head::edit_response(resp, edits.len(), |h| fields::apply(h, edits))?;
     shaping::response(session, resp, ctx)
 }

@@ -23,7 +23,7 @@ pub async fn write(session: &mut Session, reply: FileReply) -> Result<()> {
     for (n, v) in own {
         resp.append_header(n, v)?;
     }
-    head::edit_response(&mut resp, 1, |h| fields::apply(h, &edits))?;
+    head::edit_response(&mut resp, 1, |h| fields::apply(h, edits))?;
     if status != 304 {
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     }
