@@ -65,7 +65,9 @@ http {
 EOF
 "$NGINX" -p "$TMP" -c "$TMP/origin.conf" -e "$TMP/logs/origin.err"
 
-# What every target's config starts with: listeners, one worker, no access log.
+# What every target's config starts with: listeners, one worker, no access
+# log, the origin, and the host up to its routes (each target adds those and
+# any other top-level section after them).
 common_conf() { # PORT ADMIN FAST_PATH
   cat <<EOF
 listen:
@@ -80,12 +82,6 @@ server:
   fast_path: $3
 access_log:
   enabled: false
-EOF
-}
-
-gateway_conf() { # PORT ADMIN FAST_PATH
-  common_conf "$@"
-  cat <<EOF
 upstreams:
   origin:
     servers: [127.0.0.1:$P_ORIGIN]
@@ -93,6 +89,12 @@ hosts:
   bench.local:
     aliases: [127.0.0.1, localhost]
     default: true
+EOF
+}
+
+gateway_conf() { # PORT ADMIN FAST_PATH
+  common_conf "$@"
+  cat <<EOF
     routes:
       - { name: all, prefix: /, upstream: origin }
 EOF
@@ -110,6 +112,14 @@ JWT=$jwt_msg.$(printf '%s' "$jwt_msg" | openssl dgst -sha256 -hmac "$(cat "$TMP/
 prod_conf() { # PORT ADMIN
   common_conf "$1" "$2" "${FAST_PATH:-true}"
   cat <<EOF
+    cors:
+      allow_origins: ["https://galion.app", "https://*.galion.app", "http://localhost:3000"]
+      allow_credentials: true
+      allow_headers: [authorization, content-type, x-request-id]
+    routes:
+      - { name: internal, regex: '^(/api/v1/[^/]+)?/(metrics|health|revocations)(/|\$)', deny: 404 }
+      - { name: pub, prefix: /api/v1/pub, strip_prefix: true, methods: [GET, HEAD], upstream: origin }
+      - { name: jwt, prefix: /api/v1/jwt, strip_prefix: true, methods: [GET], upstream: origin, auth: jwt }
 auth:
   jwt:
     hs256_secret_file: $TMP/hs256.secret
@@ -121,21 +131,6 @@ limits:
   max_connections_per_ip: 256
 rate_limits:
   default: { rate: 1000000/s, burst: 1000000 }
-upstreams:
-  origin:
-    servers: [127.0.0.1:$P_ORIGIN]
-hosts:
-  bench.local:
-    aliases: [127.0.0.1, localhost]
-    default: true
-    cors:
-      allow_origins: ["https://galion.app", "https://*.galion.app", "http://localhost:3000"]
-      allow_credentials: true
-      allow_headers: [authorization, content-type, x-request-id]
-    routes:
-      - { name: internal, regex: '^(/api/v1/[^/]+)?/(metrics|health|revocations)(/|\$)', deny: 404 }
-      - { name: pub, prefix: /api/v1/pub, strip_prefix: true, methods: [GET, HEAD], upstream: origin }
-      - { name: jwt, prefix: /api/v1/jwt, strip_prefix: true, methods: [GET], upstream: origin, auth: jwt }
 EOF
 }
 
