@@ -15,7 +15,7 @@ use http::{Method, Version};
 use smallvec::SmallVec;
 
 use crate::cache::store::FreshHit;
-use crate::fields::{self, Edit, Edits, Fields, Parsed};
+use crate::fields::{self, Edit, Edits, Parsed};
 use crate::pipeline::{self, Env, Reply, Request, RequestCtx, Step};
 use crate::routing::{needs_normalizing, Route};
 
@@ -316,7 +316,7 @@ pub async fn decide(
     if let Some(hit) = hit {
         let mut response = Edits::new();
         pipeline::cached::hit_edits(&hit, &mut response);
-        pipeline::edits::response(&ctx, env.https, fields.get("origin"), &mut response);
+        pipeline::edits::response(&ctx, env.https, &fields, &mut response);
         pipeline::cached::status_edit(&mut response);
         return Decision::Hit(Box::new(Hit {
             head,
@@ -334,7 +334,7 @@ pub async fn decide(
     write_request_line(out, &method, target, rewritten.as_deref());
     write_request_headers(out, &fields, &ctx, env.https, &edits);
     let mut response = Edits::new();
-    pipeline::edits::response(&ctx, env.https, fields.get("origin"), &mut response);
+    pipeline::edits::response(&ctx, env.https, &fields, &mut response);
     // The body forwarded with the head (its whole declared length), as
     // pingora's transport counts it chunk by chunk.
     ctx.body_bytes = body;
@@ -391,16 +391,7 @@ fn write_request_headers(
             line_at(out, &mut lines, n.as_str().as_bytes(), v.as_bytes());
         }
     }
-    if Edit::only_adds(edits) {
-        // The identity fields of a JWT route: appended as they are.
-        for e in edits {
-            if let Edit::Append(n, v) = e {
-                header(out, n.as_str().as_bytes(), v.as_bytes());
-            }
-        }
-    } else {
-        apply_edits(out, start, &lines, edits);
-    }
+    apply_edits(out, start, &lines, edits);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -418,6 +409,16 @@ fn line_at(out: &mut Vec<u8>, lines: &mut Lines, name: &[u8], value: &[u8]) {
 /// lines an edit replaces or removes are cut out, the edits' own lines
 /// appended.
 fn apply_edits(out: &mut Vec<u8>, start: usize, lines: &Lines, edits: &[Edit]) {
+    if Edit::only_adds(edits) {
+        // No edit (a public route) or only added fields (a JWT route's
+        // identity): every line stays, every edit is written, nothing to resolve.
+        for e in edits {
+            if let Edit::Append(n, v) = e {
+                header(out, n.as_str().as_bytes(), v.as_bytes());
+            }
+        }
+        return;
+    }
     let mut keep: SmallVec<[bool; 40]> = SmallVec::from_elem(true, lines.len());
     let mut live: SmallVec<[bool; 16]> = SmallVec::from_elem(false, edits.len());
     {

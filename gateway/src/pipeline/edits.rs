@@ -137,8 +137,8 @@ pub fn request(ctx: &RequestCtx, route: &Route, out: &mut Edits) {
     );
 }
 
-/// Edits of the response to the client. `origin`: the request's `Origin`.
-pub fn response(ctx: &RequestCtx, https: bool, origin: Option<&[u8]>, out: &mut Edits) {
+/// Edits of the response to the client; `fields`: the request's.
+pub fn response(ctx: &RequestCtx, https: bool, fields: &impl Fields, out: &mut Edits) {
     if let Some(id) = &ctx.request_id {
         out.push(Edit::Set(X_REQUEST_ID.clone(), id.clone()));
     }
@@ -150,7 +150,8 @@ pub fn response(ctx: &RequestCtx, https: bool, origin: Option<&[u8]>, out: &mut 
     }
     if let Some(route) = ctx.route() {
         if let Some(cors) = &route.cors {
-            crate::cors::response_edits(cors, origin, out);
+            // Only CORS reads `Origin`: not looked up on other routes.
+            crate::cors::response_edits(cors, fields.get("origin"), out);
         }
         let ops = &route.response_headers;
         out.extend(ops.remove.iter().map(|n| Edit::Remove(n.clone())));

@@ -75,7 +75,7 @@ pub async fn serve<F: Fields>(
         }
     };
     let mut edits = Edits::new();
-    super::edits::response(ctx, env.https, req.fields.get("origin"), &mut edits);
+    super::edits::response(ctx, env.https, req.fields, &mut edits);
     FileReply {
         status,
         fields,

@@ -80,16 +80,10 @@ pub fn response(
     ctx: &mut RequestCtx,
     https: bool,
 ) -> Result<()> {
+    let mut edits = Edits::new();
+    crate::pipeline::edits::response(ctx, https, &session.req_header().headers, &mut edits);
     // One pass over the map: after it the head has no case map, so every
     // edit is cheap.
-    // Only CORS reads the request's `Origin`: not looked up on other routes.
-    let origin = ctx
-        .route()
-        .is_some_and(|r| r.cors.is_some())
-        .then(|| session.req_header().headers.get(http::header::ORIGIN))
-        .flatten();
-    let mut edits = Edits::new();
-    crate::pipeline::edits::response(ctx, https, origin.map(|o| o.as_bytes()), &mut edits);
     head::edit_response(resp, edits.len(), |h| fields::apply(h, edits))?;
     shaping::response(session, resp, ctx)
 }
