@@ -42,6 +42,13 @@ fn server_conf(c: &Config) -> ServerConf {
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        // pingora's own timeouts (client reads and writes, upstream reads,
+        // the pool's idle watch) as tokio timers, like the fast path's:
+        // pingora's fast timers register each one under a lock in a shared
+        // manager whose clock thread wakes every 10 ms on the proxy's core.
+        // Every timeout the gateway sets is at least a second; a shorter one
+        // stays a fast timer.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     if let Some(p) = &s.pid_file {

@@ -106,6 +106,19 @@ pub enum Framed {
 /// With the fast path off: one parse says both whether the head is whole
 /// and how long the first request is.
 pub fn framed(buf: &[u8]) -> Framed {
+    // Nearly every head comes alone, in one read: when the buffer ends with
+    // its first blank line it holds one head and nothing after it, so
+    // pingora gets all of it whatever a parse would say (a bad head is
+    // pingora's to refuse), and pingora parses it anyway.
+    if !matches!(buf.first(), None | Some(b'\r' | b'\n')) && blank_line_end(buf) == Some(buf.len())
+    {
+        return Framed::Whole(Some(buf.len()));
+    }
+    parsed_frame(buf)
+}
+
+/// [`framed`] by a parse of the head.
+fn parsed_frame(buf: &[u8]) -> Framed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
@@ -149,7 +162,16 @@ fn request_len(req: &httparse::Request<'_, '_>, head: usize, read: usize) -> Opt
 /// headers than the parser's array: handed to pingora before they are whole,
 /// the rest could trickle in with no deadline.
 fn head_is_whole(buf: &[u8]) -> bool {
-    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
+    blank_line_end(buf).is_some()
+}
+
+/// Where the first blank line of `buf` (`\n\n` or `\n\r\n`) ends.
+fn blank_line_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1..)? {
+        [b'\n', ..] => Some(i + 2),
+        [b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// What one pass over the client's headers found.
@@ -434,4 +456,75 @@ fn apply_edits(out: &mut Vec<u8>, start: usize, lines: &Lines, edits: &[Edit]) {
     }
     out.truncate(w);
     write_edits(out, edits, &live);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// How many bytes pingora is handed for the first request ([`framed`]'s
+    /// caller: everything read when the length cannot be told).
+    fn handed(f: &Framed, read: usize) -> Option<usize> {
+        match f {
+            Framed::Partial => None,
+            Framed::Whole(len) => Some(len.unwrap_or(read)),
+        }
+    }
+
+    fn agrees(buf: &[u8]) {
+        assert_eq!(
+            handed(&framed(buf), buf.len()),
+            handed(&parsed_frame(buf), buf.len()),
+            "{:?}",
+            String::from_utf8_lossy(buf)
+        );
+    }
+
+    #[test]
+    fn a_lone_head_is_handed_whole_without_a_parse() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+        ] {
+            agrees(head);
+        }
+        assert!(matches!(
+            framed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"),
+            Framed::Whole(Some(27))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn the_shortcut_hands_pingora_what_the_parse_would(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("GET / HTTP/1.1".to_owned()),
+                    Just("Host: a".to_owned()),
+                    Just("Content-Length: 3".to_owned()),
+                    Just(String::new()),
+                    "[ -~]{0,12}",
+                ],
+                0..8,
+            ),
+            ends in proptest::collection::vec(prop_oneof![Just("\r\n"), Just("\n"), Just("\r")], 8),
+            tail in "(abc)?(\r\n)?",
+        ) {
+            let mut buf = String::new();
+            for (l, e) in lines.iter().zip(&ends) {
+                buf.push_str(l);
+                buf.push_str(e);
+            }
+            buf.push_str(&tail);
+            agrees(buf.as_bytes());
+        }
+    }
 }
