@@ -17,7 +17,8 @@
 # bare (examples/bare_proxy), prod_pub and prod_jwt (compare.sh MODE=prod's
 # shape: default rate limit, security headers, CORS host, a public route and
 # an `auth: jwt` route; both sent the same Bearer token and Origin, so
-# prod_jwt - prod_pub is what checking the token costs). The prod targets
+# prod_jwt - prod_pub is what checking the token costs), cache_small and
+# cache_16k (a cached route; every measured request a hit). The prod targets
 # take FAST_PATH=false for pingora's transport. Needs the release build
 # (cargo build --release -p galion-gateway --bins --example bare_proxy),
 # valgrind, nginx and curl.
@@ -52,6 +53,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 P_ORIGIN=$(free_port)
 mkdir -p "$TMP/www" "$TMP/logs"
 head -c 100 /dev/zero | tr '\0' a >"$TMP/www/small"
+head -c 16384 /dev/zero | tr '\0' b >"$TMP/www/16k"
 cat >"$TMP/origin.conf" <<EOF
 worker_processes 1;
 pid $TMP/origin.pid;
@@ -103,6 +105,16 @@ EOF
   fi
 }
 
+cache_conf() { # PORT ADMIN
+  common_conf "$1" "$2" true
+  cat <<EOF
+    routes:
+      - { name: all, prefix: /, upstream: origin, cache: { ttl: 10m } }
+cache:
+  max_size: 64MiB
+EOF
+}
+
 # The prod targets' HS256 secret (a file the gateway reads, 0600) and token.
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 head -c 32 /dev/urandom | b64url >"$TMP/hs256.secret"; chmod 600 "$TMP/hs256.secret"
@@ -147,7 +159,10 @@ for t in $TARGETS; do
     prod_pub | prod_jwt)
       prod_conf "$port" "$admin" >"$TMP/$t.yaml"
       cmd=("$BIN/galion-gateway" -c "$TMP/$t.yaml") ;;
-    *) die "unknown target $t (gateway, gateway_slow, bare, prod_pub, prod_jwt)" ;;
+    cache_small | cache_16k)
+      cache_conf "$port" "$admin" >"$TMP/$t.yaml"
+      cmd=("$BIN/galion-gateway" -c "$TMP/$t.yaml") ;;
+    *) die "unknown target $t (gateway, gateway_slow, bare, prod_pub, prod_jwt, cache_small, cache_16k)" ;;
   esac
   hdr=()
   case $t in
@@ -160,11 +175,16 @@ for t in $TARGETS; do
   case $t in
     prod_pub) url=http://127.0.0.1:$port/api/v1/pub/small ;;
     prod_jwt) url=http://127.0.0.1:$port/api/v1/jwt/small ;;
+    cache_16k) url=http://127.0.0.1:$port/16k ;;
   esac
   for _ in $(seq 1 240); do curl -fs "${hdr[@]}" -o /dev/null "$url" && break; sleep 0.5; done
-  curl -fs "${hdr[@]}" -o /dev/null "$url?w=[1-$WARMUP]" || die "$t: warm-up requests failed (log: $OUT/$t.log)"
+  # Cache targets ask for the same URL every time (the count in the fragment,
+  # which is not sent): every request after the first is a hit.
+  w="?w=" q="?q="
+  case $t in cache_*) w="#" q="#" ;; esac
+  curl -fs "${hdr[@]}" -o /dev/null "$url$w[1-$WARMUP]" || die "$t: warm-up requests failed (log: $OUT/$t.log)"
   callgrind_control -z "$pid" >/dev/null 2>&1
-  codes=$(curl -s "${hdr[@]}" -o /dev/null -w '%{http_code}\n' "$url?q=[1-$N]" | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
+  codes=$(curl -s "${hdr[@]}" -o /dev/null -w '%{http_code}\n' "$url$q[1-$N]" | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   [[ "$codes" == "$N×200 " ]] || die "$t: answers $codes, expected $N×200"

@@ -70,6 +70,13 @@
 #   ACCESS_LOG=0|1                    1: add "gateway_log", the gateway writing its access log to a file
 #   LOADGEN=oha|wrk                   default oha (latency percentiles); wrk costs less CPU on CPU 0
 #   LOAD_CPU=0  PROXY_CPU=1           cores for the load generator and for the proxies
+#   PROXY_QUOTA=50                    each proxy (its process tree) in its own cgroup with this
+#                                     percent of one core (cfs quota; cgroup v1 cpu or v2 cpu.max),
+#                                     for a proxy the load core cannot saturate otherwise (cache hits):
+#                                     every proxy then runs out of the same CPU budget and req/s is its
+#                                     capacity per budget. Saturated means proxy CPU >= 95% of the quota;
+#                                     p99 then includes the throttled intervals (10 ms period). The
+#                                     cgroups are removed at exit
 #   ORIGIN_CPU=$PROXY_CPU              core for the origin (0: with the load generator, the old layout)
 #   SKIP_BUILD=1                      use the binaries already in target/release
 #   GATEWAY_BIN=path                  another galion-gateway binary (e.g. a copy of an older build)
@@ -151,6 +158,9 @@ cleanup() {
     fi
     wait "$pid" 2>/dev/null || true
   done
+  for d in "${CG_DIRS[@]}"; do
+    for _ in $(seq 20); do rmdir "$d" 2>/dev/null && break; sleep 0.1; done
+  done
   rm -rf "$TMP"
   exit "$rc"
 }
@@ -166,6 +176,30 @@ start() {
   PIDS+=("$pid")
   STOP_SIG[$pid]=$sig
   printf -v "PID_$name" '%s' "$pid"
+}
+
+# quota NAME PID: moves the process and its children (nginx's workers) into a
+# cgroup of their own limited to PROXY_QUOTA percent of one core.
+CG_DIRS=()
+quota() {
+  # A 10 ms period: a throttled proxy stalls for at most a few ms at a time.
+  local dir p us=$((PROXY_QUOTA * 100))
+  if [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+    dir=/sys/fs/cgroup/cpu/galion-bench-$$-$1
+    mkdir "$dir" || die "PROXY_QUOTA: cannot create $dir"
+    CG_DIRS+=("$dir")
+    echo 10000 >"$dir/cpu.cfs_period_us"
+    echo "$us" >"$dir/cpu.cfs_quota_us"
+  elif [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    dir=/sys/fs/cgroup/galion-bench-$$-$1
+    mkdir "$dir" || die "PROXY_QUOTA: cannot create $dir"
+    CG_DIRS+=("$dir")
+    [[ -f "$dir/cpu.max" ]] || die "PROXY_QUOTA: the cpu controller is not enabled for child cgroups (/sys/fs/cgroup/cgroup.subtree_control)"
+    echo "$us 10000" >"$dir/cpu.max"
+  else
+    die "PROXY_QUOTA: no cgroup cpu controller (/sys/fs/cgroup/cpu or cgroup v2)"
+  fi
+  for p in "$2" $(pgrep -P "$2" || true); do echo "$p" >"$dir/cgroup.procs"; done
 }
 
 wait_port() { # PORT PID NAME
@@ -767,6 +801,7 @@ for p in $PROCS; do
   esac
   pid_var=PID_$p
   wait_port "${PORT_OF[$p]}" "${!pid_var}" "$p"
+  if [[ -n "${PROXY_QUOTA:-}" ]]; then quota "$p" "${!pid_var}"; fi
 done
 
 # curl_check TARGET PATH [CURL ARGS...] -> "status size"
@@ -973,7 +1008,7 @@ load() {
   echo "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //')"
   if [[ $LOADGEN == oha ]]; then echo "loadgen: $(oha --version) ${OHA_ARGS[*]}"
   else echo "loadgen: $( (wrk -v 2>&1 || true) | head -1) -t1"; fi
-  echo "mode=$MODE rounds=$ROUNDS duration=$DURATION conns=$CONNS proxies='$PROXIES' scenarios='$SCENARIOS' load_cpu=$LOAD_CPU proxy_cpu=$PROXY_CPU origin_cpu=$ORIGIN_CPU"
+  echo "mode=$MODE rounds=$ROUNDS duration=$DURATION conns=$CONNS proxies='$PROXIES' scenarios='$SCENARIOS' load_cpu=$LOAD_CPU proxy_cpu=$PROXY_CPU origin_cpu=$ORIGIN_CPU${PROXY_QUOTA:+ proxy_quota=$PROXY_QUOTA%}"
 } >"$RUN_DIR/meta.txt"
 cat "$RUN_DIR/meta.txt" >&2
 
@@ -1045,7 +1080,7 @@ done
 
 # ----------------------------------------------------------------- summary --
 summarize() { # TSV
-  awk -F'\t' -v proxies="$PROXIES" -v scenarios="$SCENARIOS" -v rounds="$ROUNDS" -v dur="$DURATION" -v conns="$CONNS" '
+  awk -F'\t' -v proxies="$PROXIES" -v scenarios="$SCENARIOS" -v rounds="$ROUNDS" -v dur="$DURATION" -v conns="$CONNS" -v quota="${PROXY_QUOTA:-}" '
     function median(list,   a, n, i, j, t) {
       n = split(list, a, " ")
       if (n == 0) return ""
@@ -1104,17 +1139,19 @@ summarize() { # TSV
         # A ratio is quoted only when every target in it saturated the proxy core
         # (bench/README.md); "proxy core" is the busy share of that core (the proxy,
         # and the origin when it shares the core).
+        # With PROXY_QUOTA the proxy is saturated when it uses its whole quota.
         bound = ""; idle = ""
         for (j = 1; j <= np; j++) {
           k = s SUBSEP P[j]
           if (!(k in rps)) continue
-          if (median(lcpu[k]) >= 95 && median(core[k]) < 90) bound = bound " " P[j]
-          else if (median(core[k]) < 95) idle = idle " " P[j]
+          busy = (quota != "" ? 100 * median(pcpu[k]) / quota : median(core[k]))
+          if (median(lcpu[k]) >= 95 && busy < 90) bound = bound " " P[j]
+          else if (busy < 95) idle = idle " " P[j]
         }
         if (bound != "")
           printf "  note: load core saturated, proxy core not, for%s: their req/s and p99 are bounded by\n        the load core (load us/req); do not quote ratios with them (LOADGEN=wrk costs the load core less)\n", bound
         if (idle != "")
-          printf "  note: proxy core below 95%% busy for%s: not saturated; do not quote ratios with them\n", idle
+          printf "  note: %s for%s: not saturated; do not quote ratios with them\n", (quota != "" ? "proxy CPU below 95% of its quota" : "proxy core below 95% busy"), idle
       }
       if (noisy) printf "\nwarning: %d run(s) still disturbed after retries (column noisy in runs.tsv)\n", noisy
     }' "$1"

@@ -122,7 +122,7 @@ pub struct RawServer {
     /// `send_timeout`).
     #[serde(default, with = "humantime_serde")]
     pub send_timeout: Option<Duration>,
-    /// Per-connection write buffer of the proxy listeners (e.g. `32KiB`).
+    /// Per-connection write buffer of the proxy listeners (default `16KiB`).
     pub write_buffer: Option<RawSize>,
     /// Serve plain HTTP/1.1 GET/HEAD requests of simple routes on the fast path.
     pub fast_path: Option<bool>,

@@ -186,7 +186,7 @@ fn listen_of(c: &mut Checker, l: RawListen) -> Listen {
     Listen { http, https, admin }
 }
 
-const DEFAULT_WRITE_BUFFER: usize = 32 * 1024;
+const DEFAULT_WRITE_BUFFER: usize = 16 * 1024;
 /// nginx's `send_timeout` default.
 const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx's `client_header_timeout` is 60 s; a browser sends its head in one
@@ -201,11 +201,17 @@ fn server_of(c: &mut Checker, s: RawServer) -> ServerSettings {
     if threads == 0 || threads > 256 {
         c.err(&at.key("threads"), "must be between 1 and 256");
     }
-    // Pingora's default is one MSS (1460 B): a head and a 16 KiB body then take
-    // two writes. 32 KiB holds both. The price: a body of known length from a
-    // slow upstream leaves in steps of up to this size (chunked, close-delimited
-    // and h2 bodies are flushed as they come), and each client connection holds
-    // this buffer (pingora allocates it up front, beside its 64 KiB read buffer).
+    // Pingora's default is one MSS (1460 B): every response head and small
+    // body then take a write of their own. A larger buffer gathers a head and
+    // its body into one write, but what it gathers it copies first: the fast
+    // path writes head and body as one vectored write, which the buffer copies
+    // when the pair is smaller than the buffer and passes to the socket as it
+    // is when not. 16 KiB gathers the small answers and lets a 16 KiB one go
+    // uncopied (bench/README.md: cache hits). The price: a body of known length
+    // from a slow upstream leaves in steps of up to this size (chunked,
+    // close-delimited and h2 bodies are flushed as they come), and each client
+    // connection holds this buffer (pingora allocates it up front, beside its
+    // 64 KiB read buffer).
     let write_buffer = match &s.write_buffer {
         Some(v) => parse_size(c, &at.key("write_buffer"), v)
             .filter(|n| {

@@ -41,6 +41,10 @@ fn gave_up(timeout: bool) -> (u16, &'static str, &'static str) {
     }
 }
 
+/// Smaller than the smallest `server.write_buffer` allowed (1 KiB): such a pair is
+/// always copied into the buffer.
+const SMALL_PAIR: usize = 1024;
+
 /// Writes to the client (into its write buffer, sent when full); `false` when
 /// the client is gone or took longer than `limit` (`server.send_timeout`) to
 /// take more: a client that stops reading does not hold the upstream connection
@@ -48,6 +52,23 @@ fn gave_up(timeout: bool) -> (u16, &'static str, &'static str) {
 async fn send(stream: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
     matches!(
         pingora_timeout::tokio_timeout(limit, stream.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// `head` and `body` in one vectored write. tokio's write buffer (pingora's
+/// `server.write_buffer`) passes a pair at least its size straight to the
+/// socket, one `writev` without copying the body; a smaller pair joins the
+/// buffer and leaves with the next flush.
+async fn send_pair(stream: &mut Stream, head: &[u8], body: &[u8], limit: Duration) -> bool {
+    if head.len() + body.len() < SMALL_PAIR {
+        // Joins the buffer either way; two plain writes cost less than
+        // gathering the slices.
+        return send(stream, head, limit).await && send(stream, body, limit).await;
+    }
+    let mut both = bytes::Buf::chain(head, body);
+    matches!(
+        pingora_timeout::tokio_timeout(limit, stream.write_all_buf(&mut both)).await,
         Ok(Ok(()))
     )
 }
@@ -249,9 +270,7 @@ async fn relay(
         r.reusable = false;
     }
     r.sent = take;
-    // Both land in the client stream's write buffer (`server.write_buffer`):
-    // one send for a response that fits, without copying the body twice.
-    if !send(stream, head_out, send_limit).await || !send(stream, &body[..take], send_limit).await {
+    if !send_pair(stream, head_out, &body[..take], send_limit).await {
         r.client_ok = false;
         return r;
     }
@@ -475,12 +494,7 @@ impl<P: pingora::apps::HttpServerApp + Send + Sync + 'static> GatewayApp<P> {
             c.resp.extend_from_slice(body);
             return true;
         }
-        let mut both = bytes::Buf::chain(&c.resp[..], body);
-        let complete = matches!(
-            pingora_timeout::tokio_timeout(self.send_timeout, stream.write_all_buf(&mut both))
-                .await,
-            Ok(Ok(()))
-        );
+        let complete = send_pair(stream, &c.resp, body, self.send_timeout).await;
         c.resp.clear();
         complete
     }
