@@ -449,3 +449,40 @@ upstreams:
     assert_eq!(limited, [200, 200, 200, 429, 429]);
     assert_eq!(up.hits(), 2);
 }
+
+/// Hits with bodies on each side of the client connection's write buffer
+/// (`server.write_buffer`, 16 KiB by default): a head and body smaller than
+/// it are gathered in the buffer, a larger pair goes to the socket in one
+/// vectored write. Either way the body arrives whole, and the keep-alive
+/// connection carries the next answer after it.
+#[tokio::test]
+async fn hits_larger_and_smaller_than_the_write_buffer_arrive_whole() {
+    let (gw, up, _fragile) = setup().await;
+    let c = client();
+    for (path, pad) in [("/c/ten", "10000"), ("/c/forty", "40000")] {
+        let miss = c
+            .get(gw.url(path))
+            .header("x-test-pad", pad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cache_status(&miss), "MISS");
+        let stored = miss.bytes().await.unwrap();
+        assert!(
+            stored.len() > pad.parse::<usize>().unwrap(),
+            "{}",
+            stored.len()
+        );
+        for _ in 0..3 {
+            let hit = c.get(gw.url(path)).send().await.unwrap();
+            assert_eq!(hit.status(), 200);
+            assert_eq!(cache_status(&hit), "HIT");
+            assert_eq!(
+                hit.headers()["content-length"].to_str().unwrap(),
+                stored.len().to_string()
+            );
+            assert_eq!(hit.bytes().await.unwrap(), stored);
+        }
+    }
+    assert_eq!(up.hits(), 2, "one upstream request per object");
+}
