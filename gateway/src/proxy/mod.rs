@@ -54,15 +54,19 @@ pub fn view(req: &RequestHeader, peer: Option<std::net::IpAddr>) -> Request<'_, 
         version: req.version,
         target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
         path: req.uri.path(),
-        host: req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host()),
+        host: host_of(req),
         fields: &req.headers,
         peer,
         head_size: headers_size(req),
     }
+}
+
+/// The site a request names: its `Host`, else (h2) its URI's authority.
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
 }
 
 #[async_trait]
@@ -364,11 +368,7 @@ impl ProxyHttp for GatewayProxy {
         let req = session.req_header();
         // Only the access log line names the host: not looked up without it.
         let host = if ctx.snapshot.config.access_log.enabled {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.host())
-                .unwrap_or("")
+            host_of(req).unwrap_or("")
         } else {
             ""
         };
