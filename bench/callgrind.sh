@@ -14,7 +14,8 @@
 # bench/results) for callgrind_annotate --inclusive=yes.
 #
 # Targets: gateway (fast path on), gateway_slow (server.fast_path: false),
-# bare (examples/bare_proxy), prod_pub and prod_jwt (compare.sh MODE=prod's
+# bare (examples/bare_proxy), bare_eq (bare_proxy with BARE_EQ=1: Pingora doing
+# the gateway's per-request work with its own API), prod_pub and prod_jwt (compare.sh MODE=prod's
 # shape: default rate limit, security headers, CORS host, a public route and
 # an `auth: jwt` route; both sent the same Bearer token and Origin, so
 # prod_jwt - prod_pub is what checking the token costs), cache_small and
@@ -151,7 +152,7 @@ for t in $TARGETS; do
   port=$(free_port); admin=$(free_port)
   out=$OUT/$t.callgrind
   case $t in
-    bare) cmd=("$BIN/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$P_ORIGIN" 1) ;;
+    bare | bare_eq) cmd=("$BIN/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$P_ORIGIN" 1) ;;
     gateway | gateway_slow)
       fp=true; [[ $t == gateway_slow ]] && fp=false
       gateway_conf "$port" "$admin" "$fp" >"$TMP/$t.yaml"
@@ -162,14 +163,15 @@ for t in $TARGETS; do
     cache_small | cache_16k)
       cache_conf "$port" "$admin" >"$TMP/$t.yaml"
       cmd=("$BIN/galion-gateway" -c "$TMP/$t.yaml") ;;
-    *) die "unknown target $t (gateway, gateway_slow, bare, prod_pub, prod_jwt, cache_small, cache_16k)" ;;
+    *) die "unknown target $t (gateway, gateway_slow, bare, bare_eq, prod_pub, prod_jwt, cache_small, cache_16k)" ;;
   esac
   hdr=()
   case $t in
     prod_*) hdr=(-H "Authorization: Bearer $JWT" -H "Origin: https://galion.app") ;;
   esac
   # The environment is set here, not through env(1): valgrind would measure env.
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$OUT/$t.log" 2>&1 &
+  eq=0; [[ $t == bare_eq ]] && eq=1
+  RUST_LOG=warn BARE_EQ=$eq valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$OUT/$t.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
   url=http://127.0.0.1:$port/small
   case $t in

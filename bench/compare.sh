@@ -64,7 +64,10 @@
 #                                     (default "small" with MODE=auth and MODE=https)
 #   PROXIES="nginx gateway bare"      subset/order of targets (gateway_log added by ACCESS_LOG=1;
 #                                     gateway_plain: the gateway with its host's security headers off,
-#                                     answering with nginx's header lines plus X-Request-Id);
+#                                     answering with nginx's header lines plus X-Request-Id;
+#                                     bare_eq: bare_proxy with BARE_EQ=1, Pingora doing the gateway's
+#                                     per-request work with its own API, the yardstick for
+#                                     GATEWAY_SERVER_EXTRA='fast_path: false');
 #                                     MODE=auth: "pub jwt key"; MODE=https: "nginx_tls gateway_tls";
 #                                     MODE=prod: "nginx_prod gw_pub gw_jwt nginx_post gw_post"
 #   ACCESS_LOG=0|1                    1: add "gateway_log", the gateway writing its access log to a file
@@ -262,7 +265,7 @@ GATEWAY=${GATEWAY_BIN:-$ROOT/target/release/galion-gateway}
 BARE=$ROOT/target/release/examples/bare_proxy
 [[ -x "$GATEWAY" ]] || die "build first: cargo build --release -p galion-gateway --bins --example bare_proxy"
 # bare_proxy is needed only when it is measured.
-[[ " $PROXIES " != *" bare "* || -x "$BARE" ]] || die "build first: cargo build --release -p galion-gateway --example bare_proxy"
+[[ " $PROXIES " != *" bare"* || -x "$BARE" ]] || die "build first: cargo build --release -p galion-gateway --example bare_proxy"
 
 # The machine must be quiet: wait for any compiler run (ours or someone else's).
 compiler_running() { pgrep -x rustc >/dev/null || pgrep -x cc1 >/dev/null || pgrep -x ld >/dev/null; }
@@ -283,7 +286,7 @@ while read -r _ local _; do
 done < <(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null)
 read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
 NEXT_PORT=$(( 20000 + RANDOM % 5000 ))
-for var in P_ORIGIN P_NGINX P_NGINX_EQ P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_GATEWAY_PLAIN P_GWP_ADMIN P_BARE P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
+for var in P_ORIGIN P_NGINX P_NGINX_EQ P_GATEWAY P_GW_ADMIN P_GATEWAY_LOG P_GWL_ADMIN P_GATEWAY_PLAIN P_GWP_ADMIN P_BARE P_BARE_EQ P_NGINX_TLS P_GATEWAY_TLS P_GWT_ADMIN \
            P_NGINX_CACHE P_GATEWAY_CACHE P_GWC_ADMIN P_NGINX_PROD P_NGINX_STATIC P_GATEWAY_STATIC P_GWS_ADMIN; do
   # below the ephemeral range, not listening/connected now (no subshell: USED_PORT must grow)
   while [[ -n "${USED_PORT[$NEXT_PORT]:-}" ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
@@ -726,7 +729,7 @@ fi
 # empty: GET), PROC_OF (the process whose CPU is counted). MODE=auth and
 # MODE=prod: several routes of one gateway process.
 declare -A URL_OF=() HDR_OF=() BODY_OF=() PROC_OF=()
-declare -A PORT_OF=([nginx]=$P_NGINX [nginx_eq]=$P_NGINX_EQ [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [gateway_plain]=$P_GATEWAY_PLAIN [bare]=$P_BARE
+declare -A PORT_OF=([nginx]=$P_NGINX [nginx_eq]=$P_NGINX_EQ [gateway]=$P_GATEWAY [gateway_log]=$P_GATEWAY_LOG [gateway_plain]=$P_GATEWAY_PLAIN [bare]=$P_BARE [bare_eq]=$P_BARE_EQ
                     [nginx_tls]=$P_NGINX_TLS [gateway_tls]=$P_GATEWAY_TLS
                     [nginx_cache]=$P_NGINX_CACHE [gateway_cache]=$P_GATEWAY_CACHE [nginx_prod]=$P_NGINX_PROD
                     [nginx_static]=$P_NGINX_STATIC [gateway_static]=$P_GATEWAY_STATIC)
@@ -735,7 +738,7 @@ PROD_JWT_HDR="Authorization: Bearer $JWT_TOKEN"$'\n'"Origin: $BENCH_ORIGIN"
 PROD_POST_HDR="$PROD_JWT_HDR"$'\n''Content-Type: application/json'
 for p in $PROXIES; do
   case $MODE:$p in
-    plain:nginx | plain:nginx_eq | plain:gateway | plain:gateway_log | plain:gateway_plain | plain:bare)
+    plain:nginx | plain:nginx_eq | plain:gateway | plain:gateway_log | plain:gateway_plain | plain:bare | plain:bare_eq)
       URL_OF[$p]=http://127.0.0.1:${PORT_OF[$p]}; PROC_OF[$p]=$p ;;
     auth:pub) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/pub; PROC_OF[$p]=gateway ;;
     auth:jwt) URL_OF[$p]=http://127.0.0.1:$P_GATEWAY/jwt; PROC_OF[$p]=gateway; HDR_OF[$p]="Authorization: Bearer $JWT_TOKEN" ;;
@@ -752,7 +755,7 @@ for p in $PROXIES; do
     # nginx_prod gets the gateway's JWT request, token included (forwarded, not verified).
     prod:nginx_prod) URL_OF[$p]=$SCHEME://127.0.0.1:$P_NGINX_PROD/api/v1/jwt; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_JWT_HDR ;;
     prod:nginx_post) URL_OF[$p]=$SCHEME://127.0.0.1:$P_NGINX_PROD/api/v1/post; PROC_OF[$p]=nginx_prod; HDR_OF[$p]=$PROD_POST_HDR; BODY_OF[$p]=$TMP/post.json ;;
-    *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log gateway_plain bare; auth: pub jwt key; https: nginx_tls gateway_tls; cache: nginx_cache gateway_cache; prod: nginx_prod gw_pub gw_jwt nginx_post gw_post)" ;;
+    *) die "unknown target '$p' for MODE=$MODE (plain: nginx nginx_eq gateway gateway_log gateway_plain bare bare_eq; auth: pub jwt key; https: nginx_tls gateway_tls; cache: nginx_cache gateway_cache; prod: nginx_prod gw_pub gw_jwt nginx_post gw_post)" ;;
   esac
 done
 PROCS=$(for p in $PROXIES; do echo "${PROC_OF[$p]}"; done | awk '!seen[$0]++' | tr '\n' ' ')
@@ -798,6 +801,7 @@ for p in $PROCS; do
     nginx_static) start nginx_static TERM "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx_static.error.log" -c "$TMP/nginx_static.conf" -g 'daemon off;' ;;
     gateway_static) start gateway_static INT "$PROXY_CPU" env RUST_LOG=warn "$GATEWAY" -c "$TMP/gateway_static.yaml" ;;
     bare) start bare INT "$PROXY_CPU" env RUST_LOG=warn "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_ORIGIN" 1 ;;
+    bare_eq) start bare_eq INT "$PROXY_CPU" env RUST_LOG=warn BARE_EQ=1 "$BARE" "127.0.0.1:$P_BARE_EQ" "127.0.0.1:$P_ORIGIN" 1 ;;
   esac
   pid_var=PID_$p
   wait_port "${PORT_OF[$p]}" "${!pid_var}" "$p"
@@ -1123,7 +1127,7 @@ summarize() { # TSV
             median(rpc[k]), median(pcpu[k]), median(core[k]), median(lcpu[k]), median(lus[k]), median(rss[k]), (errs[k] ? "  (" errs[k] " errors)" : "")
         }
         printf "  %-24s %9s %11s %8s %s  (median of per-round ratios)\n", "ratio", "req/s", "req/CPU-s", "p99", "(p99 range)"
-        ratio(s, "gateway", "nginx"); ratio(s, "gateway", "nginx_eq"); ratio(s, "gateway", "bare"); ratio(s, "bare", "nginx")
+        ratio(s, "gateway", "nginx"); ratio(s, "gateway", "nginx_eq"); ratio(s, "gateway", "bare"); ratio(s, "gateway", "bare_eq"); ratio(s, "bare_eq", "bare"); ratio(s, "bare", "nginx")
         ratio(s, "gateway_plain", "nginx"); ratio(s, "gateway_plain", "gateway")
         ratio(s, "gateway_log", "gateway"); ratio(s, "gateway_log", "nginx")
         ratio(s, "jwt", "pub"); ratio(s, "key", "pub"); ratio(s, "jwt", "key")

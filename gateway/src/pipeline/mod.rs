@@ -227,13 +227,12 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is invalid (as nginx).
         return bad();
     }
-    if req
-        .host
-        .is_some_and(|h| !crate::routing::valid_authority(h))
-    {
-        return bad();
-    }
-    let Some(host_routes) = snap.router.host(req.host) else {
+    let name = match req.host.map(crate::routing::authority_name) {
+        Some(None) => return bad(),
+        Some(Some(name)) => Some(name),
+        None => None,
+    };
+    let Some(host_routes) = snap.router.site(name.as_deref()) else {
         return Step::Answer(Reply::error(LocalReply::UnknownHost, rid));
     };
     if !env.https

@@ -51,7 +51,7 @@ pub async fn write_hit(
     resp.set_version(http::Version::HTTP_11);
     let mut edits = Edits::new();
     crate::pipeline::cached::hit_edits(&hit, &mut edits);
-    crate::head::edit_response(&mut resp, edits.len(), |h| fields::apply(h, edits))?;
+    crate::head::edit_response(&mut resp, edits.len(), |h| fields::apply(h, &mut edits))?;
     super::decorate::response(session, &mut resp, ctx, https)?;
     let header_only = session.req_header().method == http::Method::HEAD;
     // A failed write is the client's doing (gone, stream reset), not a 5xx.

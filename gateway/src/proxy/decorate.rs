@@ -70,7 +70,7 @@ pub fn upstream_head(
     }
     head::edit_request(upstream_request, edits.len(), |h| {
         forward::strip_forged(h, ctx.client.peer_trusted);
-        fields::apply(h, edits)
+        fields::apply(h, &mut edits)
     })
 }
 
@@ -84,6 +84,6 @@ pub fn response(
     crate::pipeline::edits::response(ctx, https, &session.req_header().headers, &mut edits);
     // One pass over the map: after it the head has no case map, so every
     // edit is cheap.
-    head::edit_response(resp, edits.len(), |h| fields::apply(h, edits))?;
+    head::edit_response(resp, edits.len(), |h| fields::apply(h, &mut edits))?;
     shaping::response(session, resp, ctx)
 }

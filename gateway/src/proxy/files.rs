@@ -16,14 +16,14 @@ pub async fn write(session: &mut Session, reply: FileReply) -> Result<()> {
     let FileReply {
         status,
         fields: own,
-        edits,
+        mut edits,
         body,
     } = reply;
     let mut resp = ResponseHeader::build(status, Some(own.len() + edits.len() + 1))?;
     for (n, v) in own {
         resp.append_header(n, v)?;
     }
-    head::edit_response(&mut resp, 1, |h| fields::apply(h, edits))?;
+    head::edit_response(&mut resp, 1, |h| fields::apply(h, &mut edits))?;
     if status != 304 {
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     }

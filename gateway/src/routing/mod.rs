@@ -350,10 +350,18 @@ impl Router {
 
     /// The host for a `Host` header (or `:authority`) value.
     pub fn host(&self, raw: Option<&str>) -> Option<&HostRoutes> {
-        let i = raw
-            .map(normalize_host)
+        match raw {
+            Some(raw) => self.site(Some(&normalize_host(raw))),
+            None => self.site(None),
+        }
+    }
+
+    /// The host for a name as [`authority_name`] gives it (lowercase, no port,
+    /// no trailing dot); `None` or an unknown name is the default host's.
+    pub fn site(&self, name: Option<&str>) -> Option<&HostRoutes> {
+        let i = name
             .and_then(|h| {
-                self.by_name.get(h.as_ref()).copied().or_else(|| {
+                self.by_name.get(h).copied().or_else(|| {
                     self.wildcards
                         .iter()
                         .find(|(suffix, _)| h.len() > suffix.len() && h.ends_with(suffix.as_str()))
@@ -371,29 +379,81 @@ impl Router {
 /// empty names are refused on both paths, as nginx refuses them: an upstream
 /// that parses the value differently must not be handed it.
 pub fn valid_authority(host: &str) -> bool {
-    if let Some(rest) = host.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else {
-            return false;
+    authority_name(host).is_some()
+}
+
+/// What each byte of a `Host` name is to [`authority_name`].
+const NAME: u8 = 1;
+const UPPER: u8 = 2;
+const DOT: u8 = 3;
+const COLON: u8 = 4;
+static HOST_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => NAME,
+            b'A'..=b'Z' => UPPER,
+            b'.' => DOT,
+            b':' => COLON,
+            _ => 0,
         };
-        return v6.parse::<std::net::Ipv6Addr>().is_ok()
-            && (after.is_empty() || after.strip_prefix(':').is_some_and(valid_port));
+        i += 1;
     }
-    // One pass over the name (this runs on every request): allowed bytes, no
-    // leading dot, no two dots in a row, up to the port's colon.
+    t
+};
+
+/// A `Host` value checked as [`valid_authority`] says and reduced to the name
+/// that picks a site, as [`normalize_host`] does; `None` when it is not a plain
+/// authority. One pass over the bytes: this runs on every request.
+pub fn authority_name(host: &str) -> Option<Cow<'_, str>> {
     let b = host.as_bytes();
-    let mut prev_dot = true;
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'.' if prev_dot => return false,
-            b'.' => prev_dot = true,
-            b':' => {
-                return i > 0 && i <= 253 && valid_port(&host[i + 1..]);
-            }
-            c if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' => prev_dot = false,
-            _ => return false,
+    let (name, upper) = if let Some(rest) = host.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err()
+            || !(after.is_empty() || after.strip_prefix(':').is_some_and(valid_port))
+        {
+            return None;
         }
-    }
-    !b.is_empty() && b.len() <= 253
+        let name = &host[..v6.len() + 2];
+        (name, name.bytes().any(|c| c.is_ascii_uppercase()))
+    } else {
+        // Allowed bytes, no leading dot, no two dots in a row, up to the
+        // port's colon.
+        let mut prev_dot = true;
+        let mut upper = false;
+        let mut end = b.len();
+        for (i, &c) in b.iter().enumerate() {
+            match HOST_BYTE[usize::from(c)] {
+                NAME => prev_dot = false,
+                UPPER => {
+                    prev_dot = false;
+                    upper = true;
+                }
+                DOT if prev_dot => return None,
+                DOT => prev_dot = true,
+                COLON => {
+                    if !valid_port(&host[i + 1..]) {
+                        return None;
+                    }
+                    end = i;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        if end == 0 || end > 253 {
+            return None;
+        }
+        let name = &host[..end];
+        (name.strip_suffix('.').unwrap_or(name), upper)
+    };
+    Some(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
 }
 
 /// 1 to 5 digits that fit a port number.

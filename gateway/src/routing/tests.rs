@@ -147,6 +147,27 @@ fn host_normalization() {
         normalize_host("plain"),
         std::borrow::Cow::Borrowed(_)
     ));
+    // The checked form keeps the same name, and refuses what is no authority.
+    let name = |h| authority_name(h).map(|n| n.into_owned());
+    assert_eq!(name("Galion.App:443").as_deref(), Some("galion.app"));
+    assert_eq!(name("galion.app.").as_deref(), Some("galion.app"));
+    assert_eq!(name("[::1]:8080").as_deref(), Some("[::1]"));
+    assert_eq!(name("[FE80::1]").as_deref(), Some("[fe80::1]"));
+    assert!(matches!(
+        authority_name("plain:80"),
+        Some(std::borrow::Cow::Borrowed("plain"))
+    ));
+    for bad in [
+        "galion.studio:1@evil.example",
+        ":80",
+        ".a",
+        "a..b",
+        "a b",
+        "[::1",
+        "a:",
+    ] {
+        assert_eq!(name(bad), None, "{bad}");
+    }
 }
 
 #[test]
@@ -223,8 +244,12 @@ fn authority_model(host: &str) -> bool {
 
 proptest::proptest! {
     #[test]
-    fn authority_check_agrees_with_its_model(h in "[a-z0-9_.:@/ \\[\\]-]{0,12}|[a-z.]{250,256}(:[0-9]{1,6})?") {
+    fn authority_check_agrees_with_its_model(h in "[a-zA-F0-9_.:@/ \\[\\]-]{0,12}|[a-zA-Z.]{250,256}(:[0-9]{1,6})?") {
         proptest::prop_assert_eq!(valid_authority(&h), authority_model(&h), "{:?}", h);
+        // The name it keeps is the one the router looks up.
+        if let Some(name) = authority_name(&h) {
+            proptest::prop_assert_eq!(name, normalize_host(&h), "{:?}", h);
+        }
     }
 
     #[test]
