@@ -379,7 +379,7 @@ impl Router {
 /// empty names are refused on both paths, as nginx refuses them: an upstream
 /// that parses the value differently must not be handed it.
 pub fn valid_authority(host: &str) -> bool {
-    authority_name(host).is_some()
+    authority_parts(host).is_some()
 }
 
 /// What each byte of a `Host` name is to [`authority_name`].
@@ -408,6 +408,17 @@ static HOST_BYTE: [u8; 256] = {
 /// that picks a site, as [`normalize_host`] does; `None` when it is not a plain
 /// authority. One pass over the bytes: this runs on every request.
 pub fn authority_name(host: &str) -> Option<Cow<'_, str>> {
+    let (name, upper) = authority_parts(host)?;
+    Some(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
+}
+
+/// The name [`authority_name`] keeps, as it is in `host`, and whether it has
+/// upper-case letters (nothing is allocated for a mere check).
+fn authority_parts(host: &str) -> Option<(&str, bool)> {
     let b = host.as_bytes();
     let (name, upper) = if let Some(rest) = host.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
@@ -449,11 +460,7 @@ pub fn authority_name(host: &str) -> Option<Cow<'_, str>> {
         let name = &host[..end];
         (name.strip_suffix('.').unwrap_or(name), upper)
     };
-    Some(if upper {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
-    })
+    Some((name, upper))
 }
 
 /// 1 to 5 digits that fit a port number.
