@@ -52,15 +52,6 @@ struct Bare {
     eq: bool,
 }
 
-/// A client's request id kept as the gateway keeps it: 1–128 of `[A-Za-z0-9._:-]`.
-fn sane_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
-}
-
 #[async_trait]
 impl ProxyHttp for Bare {
     /// The request id (`BARE_EQ` only).
@@ -77,7 +68,7 @@ impl ProxyHttp for Bare {
                 .req_header()
                 .headers
                 .get("x-request-id")
-                .filter(|v| sane_id(v))
+                .filter(|v| galion_gateway::request_id::is_sane(v.as_bytes()))
                 .cloned()
                 .unwrap_or_else(|| {
                     HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>())).unwrap()
