@@ -267,7 +267,12 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
     }
     if !env.https && !route.allow_plain && snap.config.tls.redirect_http {
         if let Some(https) = snap.config.listen.https {
-            return Step::Answer(https_redirect(req, https.port(), rid));
+            return Step::Answer(https_redirect(
+                name.as_deref(),
+                req.target,
+                https.port(),
+                rid,
+            ));
         }
     }
     if *req.method == Method::OPTIONS
@@ -281,13 +286,15 @@ pub fn route<F: Fields>(env: &Env<'_>, req: &Request<'_, F>, ctx: &mut RequestCt
     Step::Route(route)
 }
 
-/// 308 to the same host, path and query over HTTPS.
-fn https_redirect<F: Fields>(
-    req: &Request<'_, F>,
+/// 308 to the same host (`name`, as `routing::authority_name` gave it), path
+/// and query over HTTPS.
+fn https_redirect(
+    name: Option<&str>,
+    target: &str,
     port: u16,
     rid: Option<&http::HeaderValue>,
 ) -> Reply {
-    let Some(host) = req.host.filter(|h| !h.is_empty()) else {
+    let Some(host) = name else {
         return Reply::json_error(
             LocalReply::BadRequest,
             400,
@@ -296,11 +303,10 @@ fn https_redirect<F: Fields>(
             &[],
         );
     };
-    let host = crate::routing::normalize_host(host);
     let location = if port == 443 {
-        format!("https://{host}{}", req.target)
+        format!("https://{host}{target}")
     } else {
-        format!("https://{host}:{port}{}", req.target)
+        format!("https://{host}:{port}{target}")
     };
     Reply::redirect(LocalReply::Redirect, 308, &location, rid)
 }

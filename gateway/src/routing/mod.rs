@@ -348,14 +348,6 @@ impl Router {
         }
     }
 
-    /// The host for a `Host` header (or `:authority`) value.
-    pub fn host(&self, raw: Option<&str>) -> Option<&HostRoutes> {
-        match raw {
-            Some(raw) => self.site(Some(&normalize_host(raw))),
-            None => self.site(None),
-        }
-    }
-
     /// The host for a name as [`authority_name`] gives it (lowercase, no port,
     /// no trailing dot); `None` or an unknown name is the default host's.
     pub fn site(&self, name: Option<&str>) -> Option<&HostRoutes> {
@@ -382,7 +374,7 @@ pub fn valid_authority(host: &str) -> bool {
     authority_parts(host).is_some()
 }
 
-/// What each byte of a `Host` name is to [`authority_name`].
+/// What each byte of a `Host` name is to [`authority_parts`].
 const NAME: u8 = 1;
 const UPPER: u8 = 2;
 const DOT: u8 = 3;
@@ -405,8 +397,8 @@ static HOST_BYTE: [u8; 256] = {
 };
 
 /// A `Host` value checked as [`valid_authority`] says and reduced to the name
-/// that picks a site, as [`normalize_host`] does; `None` when it is not a plain
-/// authority. One pass over the bytes: this runs on every request.
+/// that picks a site (lower case, no port, no trailing dot); `None` when it is
+/// not a plain authority. One pass over the bytes: this runs on every request.
 pub fn authority_name(host: &str) -> Option<Cow<'_, str>> {
     let (name, upper) = authority_parts(host)?;
     Some(if upper {
@@ -469,22 +461,6 @@ fn valid_port(p: &str) -> bool {
         && p.len() <= 5
         && p.bytes().all(|b| b.is_ascii_digit())
         && p.parse::<u16>().is_ok()
-}
-
-/// Lower-cases and strips the port and a trailing dot; borrows when nothing changes.
-pub fn normalize_host(raw: &str) -> Cow<'_, str> {
-    let no_port = if raw.starts_with('[') {
-        // IPv6 literal: keep up to the closing bracket.
-        raw.find(']').map_or(raw, |end| &raw[..=end])
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
-    let h = no_port.strip_suffix('.').unwrap_or(no_port);
-    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(h.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(h)
-    }
 }
 
 #[cfg(test)]
