@@ -59,12 +59,17 @@ enum Cursor {
     Time(u64),
 }
 
+/// Token ids and their `exp`. foldhash, not SipHash: every token a cached
+/// identity passes is looked up here, and the keys come from the auth
+/// service's feed (and verified tokens), not from what a client can choose.
+type Revoked = HashMap<String, u64, foldhash::fast::RandomState>;
+
 pub struct Revocations {
     pub config: RevocationConfig,
     /// The JWT verifier's leeway, in seconds: how long after `exp` a token is still
     /// accepted, so how long its revocation must be kept.
     leeway: u64,
-    revoked: ArcSwap<HashMap<String, u64>>,
+    revoked: ArcSwap<Revoked>,
     cursor: Mutex<Cursor>,
     last_poll: Mutex<Option<Instant>>,
     http: reqwest::Client,
@@ -77,7 +82,7 @@ impl Revocations {
         Revocations {
             config,
             leeway: leeway.as_secs(),
-            revoked: ArcSwap::from_pointee(HashMap::new()),
+            revoked: ArcSwap::from_pointee(Revoked::default()),
             cursor: Mutex::new(Cursor::Start),
             last_poll: Mutex::new(None),
             http: reqwest::Client::builder()
@@ -221,7 +226,7 @@ impl Revocations {
             .collect();
         let stale = current.values().any(|exp| !self.in_force(*exp, now));
         if !fresh.is_empty() || stale {
-            let mut next: HashMap<String, u64> = current
+            let mut next: Revoked = current
                 .iter()
                 .filter(|(_, exp)| self.in_force(**exp, now))
                 .map(|(k, v)| (k.clone(), *v))

@@ -351,7 +351,7 @@ pub async fn decide(
         return Decision::Delegate;
     };
     let mut edits = Edits::new();
-    pipeline::edits::request(&ctx, &route, &mut edits);
+    pipeline::edits::request(&route, &mut edits);
     out.clear();
     write_request_line(out, &method, target, rewritten.as_deref());
     write_request_headers(out, &fields, &ctx, env.https, &edits);
@@ -385,8 +385,8 @@ fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str, rewritte
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-/// The client's fields the pipeline lets through, then its forwarding
-/// fields, then its request edits (identity, the pool's `Host`, header
+/// The client's fields the pipeline lets through, then its forwarding and
+/// identity fields, then its request edits (the pool's `Host`, header
 /// rules).
 fn write_request_headers(
     out: &mut Vec<u8>,
@@ -413,6 +413,11 @@ fn write_request_headers(
             line_at(out, &mut lines, n.as_str().as_bytes(), v.as_bytes());
         }
     }
+    // Lines like the head's own, so the edits after them can still replace
+    // or remove them.
+    for (n, v) in pipeline::edits::identity(ctx) {
+        line_at(out, &mut lines, n.as_str().as_bytes(), v.as_bytes());
+    }
     apply_edits(out, start, &lines, edits);
     out.extend_from_slice(b"\r\n");
 }
@@ -432,8 +437,8 @@ fn line_at(out: &mut Vec<u8>, lines: &mut Lines, name: &[u8], value: &[u8]) {
 /// appended.
 fn apply_edits(out: &mut Vec<u8>, start: usize, lines: &Lines, edits: &[Edit]) {
     if Edit::only_adds(edits) {
-        // No edit (a public route) or only added fields (a JWT route's
-        // identity): every line stays, every edit is written, nothing to resolve.
+        // No edit (no header rule, no pool `Host`) or only added fields:
+        // every line stays, every edit is written, nothing to resolve.
         for e in edits {
             if let Edit::Append(n, v) = e {
                 header(out, n.as_str().as_bytes(), v.as_bytes());

@@ -113,17 +113,20 @@ pub fn not_forwarded(name: &str, trusted: bool) -> bool {
     }
 }
 
-/// Edits of the upstream request, after the forwarding fields: the verified
-/// identity's fields, the pool's `Host`, then the route's `request_headers`.
-pub fn request(ctx: &RequestCtx, route: &Route, out: &mut Edits) {
-    if let Some(id) = &ctx.identity {
-        // Added, not set: the client's own `X-User-*` never get this far
-        // ([`is_forged`]), so there is nothing to replace, and a head whose
-        // edits only add needs no pass over its fields (`Edit::only_adds`).
-        for (k, v) in &id.headers {
-            out.push(Edit::Append(k.clone(), v.clone()));
-        }
-    }
+/// The verified identity's fields (`X-User-Id`, `-Email`, `-Role`) the
+/// upstream request gets after the [forwarding](forwarding) fields and
+/// before [`request`]'s edits (which may still replace or remove them).
+/// Added, not set: the client's own `X-User-*` never get this far
+/// ([`is_forged`]), so there is nothing to replace. Borrowed from the
+/// identity, built when its token was verified: a transport that writes
+/// bytes copies them as they are, with no clone and no edit per request.
+pub fn identity(ctx: &RequestCtx) -> &[(HeaderName, HeaderValue)] {
+    ctx.identity.as_deref().map_or(&[], |id| &id.headers)
+}
+
+/// Edits of the upstream request, after the forwarding and [`identity`]
+/// fields: the pool's `Host`, then the route's `request_headers`.
+pub fn request(route: &Route, out: &mut Edits) {
     if let Some(v) = route.pool().and_then(|p| p.host_header.as_ref()) {
         out.push(Edit::Set(http::header::HOST, v.clone()));
     }

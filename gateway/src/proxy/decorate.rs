@@ -65,8 +65,11 @@ pub fn upstream_head(
     let mut edits = Edits::new();
     let client = &upstream_request.headers;
     crate::pipeline::edits::forwarding(ctx, https, client, authority.as_deref(), &mut edits);
+    for (n, v) in crate::pipeline::edits::identity(ctx) {
+        edits.push(fields::Edit::Append(n.clone(), v.clone()));
+    }
     if let Some(route) = ctx.route() {
-        crate::pipeline::edits::request(ctx, route, &mut edits);
+        crate::pipeline::edits::request(route, &mut edits);
     }
     head::edit_request(upstream_request, edits.len(), |h| {
         forward::strip_forged(h, ctx.client.peer_trusted);
