@@ -38,7 +38,9 @@ pub fn edit_request<R>(
     // An empty head is built without allocating (empty map, static "/" URI).
     let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(req, empty).into();
-    parts.headers.reserve(extra);
+    // A map too full for that fails on its first insert instead (an error,
+    // not `reserve`'s panic).
+    let _ = parts.headers.try_reserve(extra);
     let out = edit(&mut parts.headers);
     // The parts go back even when `edit` failed: the request stays whole.
     let mut rebuilt = RequestHeader::from(parts);
@@ -53,7 +55,14 @@ pub fn edit_request<R>(
     out
 }
 
-/// Runs `edit` on the response's header map with room for `extra` more headers.
+/// Fields pingora's HTTP/1 writer inserts into every response head after the
+/// filters (`Date`, `Connection`). The map is given room for them too: an
+/// insert into a full map grows it (a new table and a rehash of every field)
+/// even when it only replaces a value.
+const WRITER_ADDS: usize = 2;
+
+/// Runs `edit` on the response's header map with room for `extra` more
+/// headers, and for those pingora's writer adds.
 pub fn edit_response<R>(
     resp: &mut ResponseHeader,
     extra: usize,
@@ -65,7 +74,7 @@ pub fn edit_response<R>(
         .map(str::to_owned);
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts: http::response::Parts = std::mem::replace(resp, empty).into();
-    parts.headers.reserve(extra);
+    let _ = parts.headers.try_reserve(extra.saturating_add(WRITER_ADDS));
     let out = edit(&mut parts.headers);
     let mut rebuilt = ResponseHeader::from(parts);
     let restored = match reason {
@@ -180,5 +189,26 @@ mod tests {
         let mut ok = ResponseHeader::build(200, None).unwrap();
         edit_response(&mut ok, 0, |_| Ok(())).unwrap();
         assert_eq!(ok.get_reason_phrase(), Some("OK"));
+    }
+
+    #[test]
+    fn an_edited_response_has_room_for_the_writers_fields() {
+        // However full the upstream's head was, the edits and pingora's own
+        // `Date` and `Connection` fit without the map growing again.
+        for fields in 0..40 {
+            let mut resp = ResponseHeader::build(200, Some(fields)).unwrap();
+            for i in 0..fields {
+                resp.append_header(format!("x-f{i}"), "v").unwrap();
+            }
+            edit_response(&mut resp, 3, |h| {
+                for n in ["x-e1", "x-e2", "x-e3"] {
+                    set(h, HeaderName::from_static(n), HeaderValue::from_static("e"))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            let room = resp.headers.capacity() - resp.headers.len();
+            assert!(room >= WRITER_ADDS, "{fields} fields: room for {room}");
+        }
     }
 }
