@@ -476,6 +476,20 @@ async fn both_transports_give_the_same_answers_and_upstream_requests() {
         1,
         false,
     );
+    // A target of no HTTP/1.1 form: pingora's URI says "/" for it (found by
+    // the request_head fuzz target).
+    add(
+        "target without a slash",
+        "GET public?x=1 HTTP/1.1\r\nHost: galion.app\r\n\r\n".to_string(),
+        1,
+        false,
+    );
+    add(
+        "query-only target",
+        "GET ?x=1 HTTP/1.1\r\nHost: galion.app\r\n\r\n".to_string(),
+        1,
+        false,
+    );
     add("dot segments", get("/public/../admin", ""), 1, false);
     add("encoded slash", get("/public/a%2fb", ""), 1, false);
     add(

@@ -53,12 +53,32 @@ pub fn view(req: &RequestHeader, peer: Option<std::net::IpAddr>) -> Request<'_, 
         method: &req.method,
         version: req.version,
         target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        path: req.uri.path(),
+        path: if has_path(req.raw_path()) {
+            req.uri.path()
+        } else {
+            ""
+        },
         host: host_of(req),
         fields: &req.headers,
         peer,
         head_size: headers_size(req),
     }
+}
+
+/// Whether a request-target has a path the gateway may route on: origin-form
+/// (`/…`), absolute-form (`http://host/…`, whose path pingora's URI holds) or
+/// `*`. pingora takes a target of none of these forms (`GET x?y HTTP/1.1`,
+/// `GET ?y HTTP/1.1`), keeps its bytes and gives its URI the path `/`: routed
+/// as `/`, it would reach the root route and go upstream as `GET /`. Without
+/// a path the pipeline refuses it (400, RFC 9112 §3.2), as the fast path does.
+fn has_path(raw: &[u8]) -> bool {
+    use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+    raw.first() == Some(&b'/')
+        || raw == b"*"
+        || matches!(
+            raw_target_authority(raw),
+            RawTargetAuthority::Absolute { .. }
+        )
 }
 
 /// The site a request names: its `Host`, else (h2) its URI's authority.
