@@ -48,6 +48,21 @@ hosts:
       - { name: studio, prefix: /, upstream: users }
 "#;
 
+/// The hop-by-hop fields pingora-proxy removes from an HTTP/1 upstream
+/// request itself, after the phases (`proxy_common::strip_standard_hop_by_hop_headers`).
+const HOP_BY_HOP: [&str; 10] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "http2-settings",
+];
+
 /// Not in `trusted_proxies`.
 const UNTRUSTED_PEER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
@@ -177,6 +192,11 @@ fn transports_agree(head: &[u8], env: &Env<'_>, peer: IpAddr, decision: &Decisio
             let mut up = req.clone();
             if proxy::decorate::upstream_head(&mut up, &ctx, env.https).is_err() {
                 panic!("pingora's side failed on a head the fast path forwarded");
+            }
+            // What pingora-proxy strips from every HTTP/1 upstream request
+            // after the gateway's phases (its `strip_standard_hop_by_hop_headers`).
+            for hop in HOP_BY_HOP {
+                up.remove_header(hop);
             }
             let pq = up.uri.path_and_query().map_or("/", |p| p.as_str());
             let line = format!("{} {} HTTP/1.1", up.method, pq);
