@@ -243,6 +243,29 @@ async fn lines_carry_the_combined_fields_and_ignore_rust_log() {
     assert!(!gw.log().contains("INFO"), "{}", gw.log());
 }
 
+/// A request-target of no HTTP/1.1 form (`GET x?y`) is refused, and its line
+/// names the path the client sent, not the `/` pingora's URI gives it: the
+/// same line on both transports (`./test.sh` runs this file on both).
+#[tokio::test]
+async fn a_target_of_no_form_is_refused_and_logged_as_sent() {
+    let up = fake_upstream("a").await;
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let gw = spawn_gateway(&routes(up.addr, &path)).await;
+    let answer = galion_tests::raw_request(
+        gw.http,
+        b"GET public?x=1 HTTP/1.1\r\nHost: galion.app\r\nX-Request-Id: no-form-1\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let lines = lines_eventually(&path, 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}\n{}", gw.log());
+    let line: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["status"], 400, "{line}");
+    assert_eq!(line["path"], "public", "{line}");
+    assert_eq!(line["upstream"], "", "{line}");
+}
+
 /// `GALION_LOG_FORMAT=json`: the gateway's own log lines are JSON objects,
 /// like the backends'.
 #[tokio::test]

@@ -53,11 +53,7 @@ pub fn view(req: &RequestHeader, peer: Option<std::net::IpAddr>) -> Request<'_, 
         method: &req.method,
         version: req.version,
         target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        path: if has_path(req.raw_path()) {
-            req.uri.path()
-        } else {
-            ""
-        },
+        path: client_path(req),
         host: host_of(req),
         fields: &req.headers,
         peer,
@@ -65,12 +61,24 @@ pub fn view(req: &RequestHeader, peer: Option<std::net::IpAddr>) -> Request<'_, 
     }
 }
 
-/// Whether a request-target has a path the gateway may route on: origin-form
-/// (`/…`), absolute-form (`http://host/…`, whose path pingora's URI holds) or
-/// `*`. pingora takes a target of none of these forms (`GET x?y HTTP/1.1`,
+/// The path the client sent, for the pipeline and the access line alike: the
+/// URI's path for origin-form (`/…`), absolute-form (`http://host/…`) and `*`.
+/// pingora takes a target of none of these forms (`GET x?y HTTP/1.1`,
 /// `GET ?y HTTP/1.1`), keeps its bytes and gives its URI the path `/`: routed
-/// as `/`, it would reach the root route and go upstream as `GET /`. Without
-/// a path the pipeline refuses it (400, RFC 9112 §3.2), as the fast path does.
+/// as `/`, it would reach the root route and go upstream as `GET /`. Such a
+/// target's own bytes up to `?` have no leading slash, so the pipeline refuses
+/// them (400, RFC 9112 §3.2) and the access line names them, as on the fast
+/// path.
+fn client_path(req: &RequestHeader) -> &str {
+    let raw = req.raw_path();
+    if has_path(raw) {
+        return req.uri.path();
+    }
+    let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
+    std::str::from_utf8(path).unwrap_or("")
+}
+
+/// Whether a request-target is of a form pingora's URI holds the path of.
 fn has_path(raw: &[u8]) -> bool {
     use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
     raw.first() == Some(&b'/')
@@ -395,7 +403,7 @@ impl ProxyHttp for GatewayProxy {
         let line = access_log::Line {
             host,
             method: &req.method,
-            path: req.uri.path(),
+            path: client_path(req),
             bytes: session.body_bytes_sent(),
         };
         finish(&self.shield, ctx, &line, status).await;
