@@ -256,7 +256,11 @@ pub async fn decide(
     let Some(target) = req.path.filter(|t| t.bytes().all(target_byte_ok)) else {
         return Decision::Delegate;
     };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    // memchr: a `str` search for a char costs several times as much on a
+    // target this short.
+    let path = memchr::memchr(b'?', target.as_bytes())
+        .and_then(|i| target.get(..i))
+        .unwrap_or(target);
     let Some(seen) = scan(req.headers) else {
         return Decision::Delegate;
     };
@@ -314,7 +318,7 @@ pub async fn decide(
         || body > MAX_BODY
         || rewritten
             .as_deref()
-            .is_some_and(|p| !p.bytes().all(target_byte_ok) || p.contains('?'))
+            .is_some_and(|p| !p.bytes().all(|b| target_byte_ok(b) && b != b'?'))
     {
         return Decision::Delegate;
     }
@@ -353,7 +357,14 @@ pub async fn decide(
     let mut edits = Edits::new();
     pipeline::edits::request(&route, &mut edits);
     out.clear();
-    write_request_line(out, &method, target, rewritten.as_deref());
+    // The query as sent (`?…`, or nothing), after the path.
+    let query = target.get(path.len()..).unwrap_or_default();
+    write_request_line(
+        out,
+        &method,
+        target,
+        rewritten.as_deref().map(|p| (p, query)),
+    );
     write_request_headers(out, &fields, &ctx, env.https, &edits);
     let mut response = Edits::new();
     pipeline::edits::response(&ctx, env.https, &fields, &mut response);
@@ -369,16 +380,20 @@ pub async fn decide(
     }))
 }
 
-fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str, rewritten: Option<&str>) {
+/// The request line: `target` as sent, or a rewritten path with the target's
+/// query (`?…` or empty).
+fn write_request_line(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    rewritten: Option<(&str, &str)>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     match rewritten {
-        Some(p) => {
-            out.extend_from_slice(p.as_bytes());
-            if let Some((_, q)) = target.split_once('?') {
-                out.push(b'?');
-                out.extend_from_slice(q.as_bytes());
-            }
+        Some((path, query)) => {
+            out.extend_from_slice(path.as_bytes());
+            out.extend_from_slice(query.as_bytes());
         }
         None => out.extend_from_slice(target.as_bytes()),
     }

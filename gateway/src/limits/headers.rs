@@ -24,15 +24,19 @@ pub fn ratelimit_value(policy: &RatePolicy, o: &Outcome) -> HeaderValue {
         ceil_secs(o.retry_after_ns).max(1)
     };
     // Every response of a limited route carries it: built without the
-    // formatting machinery, one allocation (the value's own).
-    let mut v = smallvec::SmallVec::<[u8; 96]>::new();
-    v.push(b'"');
-    v.extend_from_slice(policy.name.as_bytes());
-    v.extend_from_slice(b"\";r=");
-    v.extend_from_slice(itoa::Buffer::new().format(o.remaining).as_bytes());
-    v.extend_from_slice(b";t=");
-    v.extend_from_slice(itoa::Buffer::new().format(t).as_bytes());
-    HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static("\"default\";r=0;t=1"))
+    // formatting machinery, in one allocation of the exact size that the
+    // value then owns (`Bytes` from a full `Vec` is not copied again).
+    let (mut r, mut s) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts: [&[u8]; 6] = [
+        b"\"",
+        policy.name.as_bytes(),
+        b"\";r=",
+        r.format(o.remaining).as_bytes(),
+        b";t=",
+        s.format(t).as_bytes(),
+    ];
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(parts.concat()))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"default\";r=0;t=1"))
 }
 
 pub fn retry_after(o: &Outcome) -> u64 {
