@@ -124,11 +124,7 @@ pub fn apply(map: &mut HeaderMap, edits: &mut Edits) -> pingora::Result<()> {
     for e in edits.drain(..) {
         match e {
             Edit::Set(n, v) => crate::head::set(map, n, v)?,
-            Edit::Default(n, v) => {
-                if !map.contains_key(&n) {
-                    crate::head::set(map, n, v)?;
-                }
-            }
+            Edit::Default(n, v) => crate::head::set_default(map, n, v)?,
             Edit::Append(n, v) => crate::head::add(map, n, v)?,
             Edit::Remove(n) => {
                 map.remove(&n);

@@ -94,6 +94,19 @@ pub fn set(map: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> Result<
     Ok(())
 }
 
+/// Sets `name` only if the map has none: one lookup (an entry), not a
+/// `contains_key` and then an insert that hashes and probes again.
+pub fn set_default(map: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> Result<()> {
+    if let http::header::Entry::Vacant(e) = map
+        .try_entry(name)
+        .or_err(ErrorType::InternalError, "too many headers")?
+    {
+        e.try_insert(value)
+            .or_err(ErrorType::InternalError, "too many headers")?;
+    }
+    Ok(())
+}
+
 /// `HeaderMap::append`, likewise.
 pub fn add(map: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> Result<()> {
     map.try_append(name, value)
