@@ -136,7 +136,8 @@ struct Entry {
 
 pub struct MemStore {
     /// Not bounded by count: the eviction manager keeps the byte budget. Keys
-    /// are pingora's cryptographic object hashes: not hashed again.
+    /// are keyed object hashes (`cache::object_hash`), uniform already: not
+    /// hashed again.
     objects: ShardedMap<HashBinary, Arc<Entry>, BuildHasherDefault<IdentityHasher>>,
     size: AtomicUsize,
 }
