@@ -166,7 +166,7 @@ fn launch(
 /// Whether process `pid` holds a listening TCP socket on `addr`: one of its
 /// descriptors is a socket whose inode the kernel's table lists as listening
 /// there. Connecting would not tell: the port may be another process's.
-fn holds_listener(pid: u32, addr: SocketAddr) -> bool {
+pub fn holds_listener(pid: u32, addr: SocketAddr) -> bool {
     let SocketAddr::V4(want) = addr else {
         return false;
     };

@@ -13,8 +13,8 @@ pub mod tls;
 pub mod upstream;
 
 pub use gateway::{
-    launch_gateway, launch_gateway_env, launch_on, spawn_gateway, spawn_gateway_tls,
-    spawn_gateway_with, Gateway,
+    holds_listener, launch_gateway, launch_gateway_env, launch_on, spawn_gateway,
+    spawn_gateway_tls, spawn_gateway_with, Gateway,
 };
 pub use upstream::{fake_upstream, fake_upstream_on, FakeUpstream};
 

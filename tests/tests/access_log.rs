@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use galion_tests::{
-    binary, client, eventually, fake_upstream, free_addr, launch_gateway_env, spawn_gateway,
+    binary, client, eventually, fake_upstream, free_addr, holds_listener, launch_gateway_env,
+    spawn_gateway,
 };
 use serde_json::Value;
 
@@ -173,6 +174,10 @@ async fn a_daemonized_gateway_writes_its_access_log() {
     .await;
     assert!(up_now.is_some(), "daemon did not start");
     assert!(daemon.alive(), "no daemon behind {}", pid_file.display());
+    // The admin listener can answer a moment before the proxy's is bound.
+    let pid: u32 = daemon.pid().and_then(|p| p.parse().ok()).unwrap();
+    let proxy_up = eventually(5, || async move { holds_listener(pid, http).then_some(()) }).await;
+    assert!(proxy_up.is_some(), "the daemon's proxy listener is not up");
 
     for i in 0..5 {
         assert_eq!(
