@@ -303,6 +303,9 @@ fn authorities() {
         "[::1]",
         "[2001:db8::1]:443",
         "a_b.internal",
+        "galion.app:65535",
+        "galion.app:00080",
+        "galion.app:0",
     ] {
         assert!(valid_authority(ok), "{ok}");
     }
@@ -312,6 +315,8 @@ fn authorities() {
         "user@galion.app",
         "galion.app:",
         "galion.app:99999",
+        "galion.app:65536",
+        "galion.app:123456",
         "galion.app:80:80",
         "galion.app/x",
         "galion .app",
