@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod reload;
 pub mod request_id;
 pub mod routing;
+pub mod seal;
 pub mod security_headers;
 pub mod server;
 pub mod services;

@@ -1,7 +1,8 @@
 //! Automatic HTTPS against Pebble, Let's Encrypt's test CA: a gateway on a fresh
 //! state directory orders a certificate (HTTP-01 and TLS-ALPN-01), serves it,
 //! renews it at 2/3 of its (short) lifetime without dropping a connection, and
-//! in cluster mode one instance orders while both serve the result.
+//! in cluster mode one instance orders while both serve the result, shared
+//! sealed through Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use galion_tests::pebble::Pebble;
 use galion_tests::redis_server::{cleanup, shared_redis, unique_prefix};
 use galion_tests::tls::{roots_from_pem, AcceptAny};
@@ -19,6 +21,11 @@ use tokio_rustls::client::TlsStream;
 
 const HOST: &str = "acme.galion.test";
 const ALIAS: &str = "www.acme.galion.test";
+/// The cluster's seal key (`store.redis.seal_key_env`), as the instances get it.
+const SEAL: (&str, &str) = (
+    "GALION_TEST_SEAL_KEY",
+    "an-operator-secret-of-more-than-32-bytes",
+);
 
 fn config(pebble: &Pebble, challenge: &str, upstream: SocketAddr, extra: &str) -> String {
     format!(
@@ -311,10 +318,13 @@ async fn in_a_cluster_one_instance_orders_and_every_instance_serves_it() {
     let (http_a, https_a, admin_a) = (free_addr(), free_addr(), free_addr());
     let (http_b, https_b, admin_b) = (free_addr(), free_addr(), free_addr());
     let pebble = Pebble::start(http_a.port(), https_a.port(), 3600).await;
-    let store = format!("store: {{ redis: {{ url: \"{redis}\", prefix: \"{prefix}\" }} }}");
+    let store = format!(
+        "store: {{ redis: {{ url: \"{redis}\", prefix: \"{prefix}\", seal_key_env: {} }} }}",
+        SEAL.0
+    );
     let cfg = config(&pebble, "http-01", up.addr, &store);
-    let mut a = launch_on(&cfg, http_a, Some(https_a), admin_a, &[]);
-    let mut b = launch_on(&cfg, http_b, Some(https_b), admin_b, &[]);
+    let mut a = launch_on(&cfg, http_a, Some(https_a), admin_a, &[SEAL]);
+    let mut b = launch_on(&cfg, http_b, Some(https_b), admin_b, &[SEAL]);
     a.wait_ready().await;
     b.wait_ready().await;
     for gw in [&a, &b] {
@@ -381,8 +391,150 @@ async fn in_a_cluster_one_instance_orders_and_every_instance_serves_it() {
         a.log(),
         b.log()
     );
+    // What Redis holds is sealed: no certificate, no private key in it.
+    let stored: String = redis::cmd("GET")
+        .arg(format!("{prefix}acme:cert:{HOST}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("sealed1:"), "{stored}");
+    assert!(
+        !stored.contains("BEGIN") && !stored.contains("PRIVATE"),
+        "{stored}"
+    );
 
     a.stop();
     b.stop();
+    cleanup(&redis, &prefix).await;
+}
+
+/// A self-signed certificate and key (PEM) for `HOST` and `ALIAS`, as
+/// someone with write access to Redis would make one.
+fn forged_cert(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("forged.pem"), dir.join("forged.key"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "30", "-subj"])
+        .arg(format!("/CN={HOST}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{HOST},DNS:{ALIAS}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(cert).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_planted_in_redis_is_not_served() {
+    // The attack: write access to Redis (no seal key) and a certificate of
+    // one's own for the site, put where the instances look for what a peer
+    // ordered. Before sealing, every instance installed it and served it.
+    let redis = shared_redis();
+    let prefix = unique_prefix("acme-forged");
+    let up = fake_upstream("app").await;
+    let mut conn = galion_tests::redis_server::connect(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (chain_pem, key_pem) = forged_cert(dir.path());
+    let forged_der = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, forged) = x509_parser::parse_x509_certificate(forged_der.as_ref()).unwrap();
+    let forged_serial = forged.raw_serial().to_vec();
+    let plain = serde_json::json!({ "chain_pem": chain_pem, "key_pem": key_pem }).to_string();
+    // A peer "holds" the order lock, so the instance waits for what it shares.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}acme:lock:{HOST}"))
+        .arg("a peer")
+        .arg("PX")
+        .arg(120_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let cert_key = format!("{prefix}acme:cert:{HOST}");
+    let (http, https, admin) = (free_addr(), free_addr(), free_addr());
+    let pebble = Pebble::start(http.port(), https.port(), 3600).await;
+    let store = format!(
+        "store: {{ redis: {{ url: \"{redis}\", prefix: \"{prefix}\", seal_key_env: {} }} }}",
+        SEAL.0
+    );
+    let mut gw = launch_on(
+        &config(&pebble, "http-01", up.addr, &store),
+        http,
+        Some(https),
+        admin,
+        &[SEAL],
+    );
+    gw.wait_ready().await;
+    let linked = eventually(10, || async {
+        (gw.metric("gateway_redis_up").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(linked.is_some(), "{}", gw.log());
+    let cfg = client_config(None);
+    let serves_forged = || async {
+        let s = tls(https, HOST, cfg.clone()).await.unwrap();
+        leaf(&s).0 == forged_serial
+    };
+    // In the clear (the old format), then in the sealed format without the
+    // key (a nonce and a tag of the attacker's making): each is looked at and
+    // refused, and the placeholder stays.
+    let mut framed = vec![0u8; 12];
+    framed.extend_from_slice(plain.as_bytes());
+    framed.extend_from_slice(&[0u8; 16]);
+    let unkeyed = format!(
+        "sealed1:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(&framed)
+    );
+    for (what, value) in [("plain", plain.as_str()), ("unkeyed", unkeyed.as_str())] {
+        let _: () = redis::cmd("SET")
+            .arg(&cert_key)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let before = gw
+            .log()
+            .matches("ignored the certificate shared in Redis")
+            .count();
+        // Until the instance has looked at it (it looks every 2 s): refused
+        // (logged), or installed (served).
+        let outcome = eventually(15, || async {
+            if serves_forged().await {
+                return Some("served");
+            }
+            (gw.log()
+                .matches("ignored the certificate shared in Redis")
+                .count()
+                > before)
+                .then_some("refused")
+        })
+        .await;
+        assert_eq!(outcome, Some("refused"), "{what}\n{}", gw.log());
+        assert!(
+            !serves_forged().await,
+            "{what}: the planted certificate is served"
+        );
+    }
+    assert!(
+        !gw.log()
+            .contains("installed the certificate a cluster peer ordered"),
+        "{}",
+        gw.log()
+    );
+
+    gw.stop();
     cleanup(&redis, &prefix).await;
 }

@@ -3,9 +3,15 @@
 //! validator may reach any of them behind the load balancer), and the issued
 //! certificate is shared through Redis for the others to install.
 //!
-//! The shared certificate includes its private key: Redis here is the
-//! cluster's private store (it also carries bans and revocations); keep it on a
-//! private network with authentication, as the operations guide says.
+//! The shared certificate includes its private key, so it is stored sealed
+//! (`crate::seal`, under `store.redis.seal_key_*`, bound to its Redis key):
+//! whoever reads Redis learns no key, and whoever writes it cannot make the
+//! instances serve a certificate of their own. A value that does not open is
+//! ignored (warned once per value); the instance then orders for itself when
+//! renewal is due.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -79,31 +85,71 @@ pub async fn unlock(link: &RedisLink, name: &str, owner: &str) {
     .await;
 }
 
-/// Shares an issued certificate with the other instances.
+/// Shares an issued certificate with the other instances, sealed.
 pub async fn share(link: &RedisLink, name: &str, issued: &Issued) {
     let key = cert_key(link, name);
-    let Ok(json) = serde_json::to_string(&SharedCert {
+    let Some(seal) = link.config.seal_key.as_ref() else {
+        // The configuration requires a seal key with tls.acme in cluster mode.
+        tracing::error!(host = %name, "no store.redis seal key: the certificate is not shared");
+        return;
+    };
+    let Ok(json) = serde_json::to_vec(&SharedCert {
         chain_pem: issued.chain_pem.clone(),
         key_pem: issued.key_pem.clone(),
     }) else {
         return;
     };
+    let Some(sealed) = seal.seal(&key, &json) else {
+        tracing::error!(host = %name, "cannot seal the certificate (no randomness): not shared");
+        return;
+    };
     link.run(COMPONENT, |mut c| async move {
-        c.set::<_, _, ()>(key, json).await
+        c.set::<_, _, ()>(key, sealed).await
     })
     .await;
 }
 
-/// The certificate a peer shared for `name`.
+/// The certificate a peer shared for `name`, when it opens under our seal key.
 pub async fn shared(link: &RedisLink, name: &str) -> Option<SharedCert> {
     let key = cert_key(link, name);
-    let json = link
-        .run(COMPONENT, |mut c| async move {
-            c.get::<_, Option<String>>(key).await
+    let text = link
+        .run(COMPONENT, |mut c| {
+            let key = key.clone();
+            async move { c.get::<_, Option<String>>(key).await }
         })
         .await
         .flatten()?;
-    serde_json::from_str(&json).ok()
+    let opened = link
+        .config
+        .seal_key
+        .as_ref()
+        .and_then(|k| k.open(&key, &text))
+        .and_then(|json| serde_json::from_slice(&json).ok());
+    if opened.is_none() {
+        refused(name, &text);
+    }
+    opened
+}
+
+/// Warns about a shared value that does not open, once per value: the
+/// schedule looks every few seconds.
+fn refused(name: &str, text: &str) {
+    static SEEN: Mutex<Option<HashMap<String, [u8; 32]>>> = Mutex::new(None);
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
+    let Ok(mut seen) = SEEN.lock() else {
+        return;
+    };
+    let seen = seen.get_or_insert_with(HashMap::new);
+    if seen.get(name) == Some(&digest) {
+        return;
+    }
+    seen.insert(name.to_owned(), digest);
+    tracing::warn!(
+        host = %name,
+        "ignored the certificate shared in Redis: it does not open with this instance's \
+         store.redis seal key (another key on the instance that ordered it, an unsealed \
+         value from an older version, or a value written by someone else)"
+    );
 }
 
 /// Publishes HTTP-01 answers for the peers.

@@ -165,7 +165,7 @@ pub fn access_rule(
     AccessRule { mode, roles }
 }
 
-fn secret_from(
+pub(super) fn secret_from(
     c: &mut Checker,
     at: &KeyPath,
     env: Option<&str>,

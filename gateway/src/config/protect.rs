@@ -22,6 +22,8 @@ pub struct RedisConfig {
     pub prefix: String,
     pub timeout: Duration,
     pub revocations_channel: String,
+    /// Seals shared secrets (`crate::seal`); required with `tls.acme`.
+    pub seal_key: Option<crate::seal::SealKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -170,6 +172,27 @@ pub fn store_of(c: &mut Checker, s: RawStore) -> StoreConfig {
         if timeout.is_zero() || timeout > Duration::from_secs(5) {
             c.err(&p.key("timeout"), "between 1ms and 5s");
         }
+        let seal_at = p.key(if r.seal_key_env.is_some() {
+            "seal_key_env"
+        } else {
+            "seal_key_file"
+        });
+        if r.seal_key_env.is_some() && r.seal_key_file.is_some() {
+            c.err(&seal_at, "set seal_key_env or seal_key_file, not both");
+        }
+        let seal_key = super::policy::secret_from(
+            c,
+            &seal_at,
+            r.seal_key_env.as_deref(),
+            r.seal_key_file.as_deref(),
+        )
+        .and_then(|s| {
+            if s.len() < 32 {
+                c.err(&seal_at, "the seal key must be at least 32 bytes");
+                return None;
+            }
+            Some(crate::seal::SealKey::derive(&s))
+        });
         Some(RedisConfig {
             url,
             prefix: r.prefix.unwrap_or_else(|| "galion:gw:".to_owned()),
@@ -177,6 +200,7 @@ pub fn store_of(c: &mut Checker, s: RawStore) -> StoreConfig {
             revocations_channel: r
                 .revocations_channel
                 .unwrap_or_else(|| "galion:revocations".to_owned()),
+            seal_key,
         })
     });
     let state_dir = s

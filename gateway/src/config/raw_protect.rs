@@ -27,6 +27,12 @@ pub struct RawRedis {
     pub timeout: Option<Duration>,
     /// Channel on which galion-auth publishes revocations (default `galion:revocations`).
     pub revocations_channel: Option<String>,
+    /// Environment variable holding the secret (32 bytes or more, the same on
+    /// every instance) that seals what the instances share through Redis and
+    /// must stay secret: ACME certificates and their private keys.
+    pub seal_key_env: Option<String>,
+    /// File (0600/0400) holding that secret.
+    pub seal_key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -487,6 +487,68 @@ fn acme_defaults_to_lets_encrypt_http01_with_the_aliases() {
 }
 
 #[test]
+fn acme_in_a_cluster_needs_a_seal_key() {
+    let cluster = |redis: &str| {
+        ACME.replace(
+            "store: { state_dir: /var/lib/galion-gateway }",
+            &format!("store:\n  state_dir: /var/lib/galion-gateway\n  redis: {{ url: \"redis://127.0.0.1:6379/\"{redis} }}"),
+        )
+    };
+    // Without one: refused at store.redis, with its line, saying what to set.
+    let errs = errors_of(&cluster(""));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("gw.yaml:7:"), "{errs:#?}");
+    assert!(errs[0].contains("store.redis: with tls.acme"), "{errs:#?}");
+    assert!(
+        errs[0].contains("seal_key_env or seal_key_file"),
+        "{errs:#?}"
+    );
+
+    // A key that is set but unusable has its own error, and only that.
+    let unset = errors_of(&cluster(", seal_key_env: GALION_SURELY_UNSET_SEAL_KEY"));
+    assert_eq!(unset.len(), 1, "{unset:#?}");
+    assert!(
+        unset[0].contains("store.redis.seal_key_env: environment variable GALION_SURELY_UNSET_SEAL_KEY is not set"),
+        "{unset:#?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "only-31-bytes-of-secret-in-here").unwrap();
+    std::fs::set_permissions(&short, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let too_short = errors_of(&cluster(&format!(", seal_key_file: {}", short.display())));
+    assert!(
+        too_short
+            .join("\n")
+            .contains("store.redis.seal_key_file: the seal key must be at least 32 bytes"),
+        "{too_short:#?}"
+    );
+    let open = dir.path().join("open");
+    std::fs::write(&open, "a-secret-of-more-than-thirty-two-bytes").unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let readable = errors_of(&cluster(&format!(", seal_key_file: {}", open.display())));
+    assert!(readable.join("\n").contains("chmod 600"), "{readable:#?}");
+
+    // With one: loaded, and the same secret gives the same key on every instance.
+    let good = dir.path().join("good");
+    std::fs::write(&good, "a-secret-of-more-than-thirty-two-bytes\n").unwrap();
+    std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let text = cluster(&format!(", seal_key_file: {}", good.display()));
+    let a = load_str(&text, Path::new("gw.yaml")).unwrap();
+    let b = load_str(&text, Path::new("gw.yaml")).unwrap();
+    let key = a.config.store.redis.as_ref().unwrap().seal_key.clone();
+    assert!(key.is_some());
+    assert_eq!(key, b.config.store.redis.unwrap().seal_key);
+    // Not shown where the configuration is printed.
+    assert!(!format!("{:?}", a.config.store).contains("thirty-two"));
+    // Cluster mode without ACME needs none.
+    let no_acme = GOOD.replace(
+        "listen:",
+        "store: { redis: { url: \"redis://127.0.0.1:6379/\" } }\nlisten:",
+    );
+    assert!(load_str(&no_acme, Path::new("gw.yaml")).is_ok());
+}
+
+#[test]
 fn acme_mistakes_are_located() {
     let errs = errors_of(
         &ACME

@@ -126,6 +126,19 @@ pub fn validate(
     if let Some(a) = raw_acme {
         tls.acme =
             super::tls::acme_of(&mut c, a, &hosts, &listen, store.state_dir.as_deref(), &tls);
+        let redis_at = root.key("store").key("redis");
+        // A seal key that was set but refused has its own error already.
+        let redis_refused = c.errors.iter().any(|e| e.path.0.starts_with(&redis_at.0));
+        if store.redis.as_ref().is_some_and(|r| r.seal_key.is_none()) && !redis_refused {
+            // Every instance installs what one ordered, private key included,
+            // from Redis: never in the clear there.
+            c.err(
+                &redis_at,
+                "with tls.acme, certificates and their private keys are shared through Redis: \
+                 set seal_key_env or seal_key_file (a secret of 32 bytes or more, the same on \
+                 every instance, e.g. `openssl rand -base64 48`)",
+            );
+        }
     }
     if listen.https.is_some() && tls.certs.is_empty() && tls.acme.is_none() {
         c.err(
