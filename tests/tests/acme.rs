@@ -296,6 +296,33 @@ async fn tls_alpn01_orders_on_the_https_listener_while_it_serves_traffic() {
     gw.stop();
 }
 
+/// `store:` for a cluster on `redis` under `prefix`, with the seal key from [`SEAL`].
+fn cluster_store(redis: &str, prefix: &str) -> String {
+    format!(
+        "store: {{ redis: {{ url: \"{redis}\", prefix: \"{prefix}\", seal_key_env: {} }} }}",
+        SEAL.0
+    )
+}
+
+/// Takes the order lock of `HOST` for `holder` (two minutes at most), as an
+/// instance that orders does; returns its key.
+async fn hold_order_lock(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    holder: &str,
+) -> String {
+    let lock = format!("{prefix}acme:lock:{HOST}");
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg(holder)
+        .arg("PX")
+        .arg(120_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+    lock
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_one_instance_orders_and_every_instance_serves_it() {
     let redis = shared_redis();
@@ -304,24 +331,13 @@ async fn in_a_cluster_one_instance_orders_and_every_instance_serves_it() {
     let mut conn = galion_tests::redis_server::connect(&redis).await;
     // Hold the order lock until both instances run and share Redis, so that
     // they race for it.
-    let lock = format!("{prefix}acme:lock:{HOST}");
-    let _: () = redis::cmd("SET")
-        .arg(&lock)
-        .arg("the test")
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let lock = hold_order_lock(&mut conn, &prefix, "the test").await;
     // The CA validates HTTP-01 on A's port only: when B wins the lock and
     // orders, A answers from the token B put in Redis.
     let (http_a, https_a, admin_a) = (free_addr(), free_addr(), free_addr());
     let (http_b, https_b, admin_b) = (free_addr(), free_addr(), free_addr());
     let pebble = Pebble::start(http_a.port(), https_a.port(), 3600).await;
-    let store = format!(
-        "store: {{ redis: {{ url: \"{redis}\", prefix: \"{prefix}\", seal_key_env: {} }} }}",
-        SEAL.0
-    );
+    let store = cluster_store(&redis, &prefix);
     let cfg = config(&pebble, "http-01", up.addr, &store);
     let mut a = launch_on(&cfg, http_a, Some(https_a), admin_a, &[SEAL]);
     let mut b = launch_on(&cfg, http_b, Some(https_b), admin_b, &[SEAL]);
@@ -455,21 +471,11 @@ async fn a_certificate_planted_in_redis_is_not_served() {
     let forged_serial = forged.raw_serial().to_vec();
     let plain = serde_json::json!({ "chain_pem": chain_pem, "key_pem": key_pem }).to_string();
     // A peer "holds" the order lock, so the instance waits for what it shares.
-    let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}acme:lock:{HOST}"))
-        .arg("a peer")
-        .arg("PX")
-        .arg(120_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    hold_order_lock(&mut conn, &prefix, "a peer").await;
     let cert_key = format!("{prefix}acme:cert:{HOST}");
     let (http, https, admin) = (free_addr(), free_addr(), free_addr());
     let pebble = Pebble::start(http.port(), https.port(), 3600).await;
-    let store = format!(
-        "store: {{ redis: {{ url: \"{redis}\", prefix: \"{prefix}\", seal_key_env: {} }} }}",
-        SEAL.0
-    );
+    let store = cluster_store(&redis, &prefix);
     let mut gw = launch_on(
         &config(&pebble, "http-01", up.addr, &store),
         http,
