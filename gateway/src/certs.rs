@@ -75,11 +75,14 @@ pub fn from_pem(chain_pem: &str, key_pem: &str, hosts: Vec<String>) -> Result<Lo
 /// arrives (an ACME order, or a file not written yet), so that a handshake gets
 /// an answer a browser can explain rather than a reset.
 pub fn placeholder(names: &[String]) -> Result<LoadedCert, String> {
+    let first = names
+        .first()
+        .ok_or("a certificate needs at least one host name")?;
     let err = |e: rcgen::Error| e.to_string();
     let mut p = rcgen::CertificateParams::new(names.to_vec()).map_err(err)?;
     p.distinguished_name.push(
         rcgen::DnType::CommonName,
-        format!("{} (waiting for its certificate)", names[0]),
+        format!("{first} (waiting for its certificate)"),
     );
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let cert = p.self_signed(&key).map_err(err)?;
@@ -224,5 +227,18 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.pick(hello.server_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_placeholder_stands_in_for_named_hosts_only() {
+        assert!(placeholder(&[]).is_err());
+        let p = placeholder(&["galion.app".to_owned(), "www.galion.app".to_owned()]).unwrap();
+        assert!(p.placeholder);
     }
 }

@@ -487,6 +487,26 @@ fn acme_defaults_to_lets_encrypt_http01_with_the_aliases() {
 }
 
 #[test]
+fn a_certificate_without_hosts_is_refused_even_before_its_files_exist() {
+    // Found by the config_yaml fuzz target: the missing files made a
+    // placeholder for no name at all, which panicked.
+    for hosts in ["[]", "", "~"] {
+        let text = GOOD.replace(
+            "upstreams:",
+            &format!(
+                "tls:\n  certificates:\n    - hosts: {hosts}\n      cert: /nonexistent/galion/x.pem\n      key: /nonexistent/galion/x.key\nupstreams:"
+            ),
+        );
+        let errs = errors_of(&text);
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("tls.certificates[0].hosts: list the host names")),
+            "{hosts:?}: {errs:#?}"
+        );
+    }
+}
+
+#[test]
 fn acme_in_a_cluster_needs_a_seal_key() {
     let cluster = |redis: &str| {
         ACME.replace(

@@ -247,6 +247,9 @@ pub fn tls_of(c: &mut Checker, t: RawTls) -> (TlsConfig, Option<RawAcme>) {
             .collect();
         let loaded = if missing.is_empty() {
             crate::certs::load(&PathBuf::from(&cert_path), &PathBuf::from(&key_path), hosts)
+        } else if hosts.is_empty() {
+            // Refused above: a placeholder needs a name to stand in for.
+            continue;
         } else {
             // certbot's first issuance needs the gateway running: serve a
             // placeholder and load the files when they appear (reload service).
