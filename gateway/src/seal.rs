@@ -34,23 +34,14 @@ impl fmt::Debug for SealKey {
     }
 }
 
-/// 32 bytes out of HKDF (ring's length type for them).
-struct Len32;
-
-impl hkdf::KeyType for Len32 {
-    fn len(&self) -> usize {
-        32
-    }
-}
-
 impl SealKey {
     /// The key for `secret` (the caller checks that it is long enough).
     pub fn derive(secret: &[u8]) -> SealKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(secret);
         let mut key = [0u8; 32];
-        // 32 bytes are far under HKDF-SHA256's 8160-byte limit: neither step
-        // can fail for this length.
-        if let Ok(okm) = prk.expand(&[b"aes-256-gcm"], Len32) {
+        // AES-256-GCM's 32 bytes are far under HKDF-SHA256's 8160-byte limit:
+        // neither step can fail for this length.
+        if let Ok(okm) = prk.expand(&[b"aes-256-gcm"], &AES_256_GCM) {
             let _ = okm.fill(&mut key);
         }
         SealKey(key)
@@ -68,17 +59,17 @@ impl SealKey {
         let key = self.aead()?;
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new().fill(&mut nonce).ok()?;
-        let mut body = plain.to_vec();
+        // nonce ‖ ciphertext ‖ tag, sealed in place after the nonce.
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
         let tag = key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(bound_to.as_bytes()),
-                &mut body,
+                &mut out[NONCE_LEN..],
             )
             .ok()?;
-        let mut out = Vec::with_capacity(NONCE_LEN + body.len() + AES_256_GCM.tag_len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&body);
         out.extend_from_slice(tag.as_ref());
         let mut text = String::with_capacity(PREFIX.len() + out.len() * 4 / 3 + 4);
         text.push_str(PREFIX);
@@ -90,20 +81,19 @@ impl SealKey {
     /// anything else: another key or name, a changed byte, a value that was
     /// never sealed.
     pub fn open(&self, bound_to: &str, text: &str) -> Option<Vec<u8>> {
-        let raw = STANDARD_NO_PAD.decode(text.strip_prefix(PREFIX)?).ok()?;
+        let mut raw = STANDARD_NO_PAD.decode(text.strip_prefix(PREFIX)?).ok()?;
         if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return None;
         }
-        let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut body = sealed.to_vec();
+        let nonce = Nonce::try_assume_unique_for_key(&raw[..NONCE_LEN]).ok()?;
         let plain_len = self
             .aead()?
-            .open_in_place(nonce, Aad::from(bound_to.as_bytes()), &mut body)
+            .open_in_place(nonce, Aad::from(bound_to.as_bytes()), &mut raw[NONCE_LEN..])
             .ok()?
             .len();
-        body.truncate(plain_len);
-        Some(body)
+        raw.drain(..NONCE_LEN);
+        raw.truncate(plain_len);
+        Some(raw)
     }
 }
 
